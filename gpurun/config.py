@@ -1,0 +1,393 @@
+"""TrainConfig: the training job, read from the kohya-style `training_config.toml` users already have.
+
+Accepts the sectioned form (`[model]`, `[dataset]`, `[training]`, or any section name, as kohya flattens
+sections) and the flat form. Unknown keys are errors naming the key and the closest known one; kohya keys
+that gpurun does not need (logging, dataloader workers, attention backends) are accepted and reported as
+ignored, so an existing file just works.
+"""
+
+from __future__ import annotations
+
+import difflib
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from gpurun.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+PRESETS_DIR = Path(__file__).parent / "templates" / "presets"
+
+#: kohya spellings that mean the same as one of our keys
+ALIASES: dict[str, str] = {"train_batch_size": "batch_size"}
+
+#: kohya keys gpurun accepts and ignores, with why (shown to the user once)
+IGNORED_KEYS: dict[str, str] = {
+    "xformers": "gpurun always uses PyTorch SDPA attention",
+    "sdpa": "gpurun always uses PyTorch SDPA attention",
+    "mem_eff_attn": "gpurun always uses PyTorch SDPA attention",
+    "logging_dir": "progress is streamed as events instead",
+    "log_with": "progress is streamed as events instead",
+    "log_prefix": "progress is streamed as events instead",
+    "max_data_loader_n_workers": "latents are cached; no dataloader workers are needed",
+    "persistent_data_loader_workers": "latents are cached; no dataloader workers are needed",
+    "lowram": "not needed",
+    "save_state": "gpurun always saves a resumable state",
+    "no_half_vae": "gpurun always keeps the VAE in fp32 where half precision is unsafe",
+    "full_fp16": "LoRA parameters stay fp32 under mixed precision",
+    "full_bf16": "LoRA parameters stay fp32 under mixed precision",
+}
+
+SECTION_OF: dict[str, str] = {}
+
+
+def _section(name: str, keys: str) -> None:
+    for key in keys.split():
+        SECTION_OF[key] = name
+
+
+_section("model", "pretrained_model_name_or_path v2 v_parameterization model_family vae clip_skip")
+_section(
+    "dataset",
+    "train_data_dir resolution batch_size enable_bucket min_bucket_reso max_bucket_reso bucket_reso_steps "
+    "bucket_no_upscale caption_extension shuffle_caption keep_tokens flip_aug caption_dropout_rate "
+    "cache_latents cache_latents_to_disk cache_text_encoder_outputs",
+)
+_section(
+    "training",
+    "output_dir output_name max_train_epochs max_train_steps learning_rate unet_lr text_encoder_lr lr_scheduler "
+    "lr_warmup_steps lr_scheduler_num_cycles lr_scheduler_power network_module network_dim network_alpha "
+    "network_train_unet_only network_args optimizer_type optimizer_args mixed_precision save_precision "
+    "save_every_n_epochs save_model_as gradient_checkpointing gradient_accumulation_steps max_grad_norm seed "
+    "noise_offset min_snr_gamma max_token_length resume",
+)
+_section("sample", "sample_prompts sample_every_n_epochs sample_seeds sample_weights sample_steps sample_sampler")
+
+OPTIMIZERS = {"adamw": "AdamW", "adamw8bit": "AdamW8bit", "prodigy": "Prodigy"}
+SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
+
+
+class TrainConfig(BaseModel):
+    """One LoRA training job, in kohya's vocabulary. All paths may be relative to the config file."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    # [model]
+    pretrained_model_name_or_path: str | None = None
+    v2: bool = False
+    v_parameterization: bool = False
+    #: gpurun extension: force the base family instead of detecting it (sd15 | sd2 | sdxl)
+    model_family: Literal["sd15", "sd2", "sdxl"] | None = None
+    vae: str | None = None
+    clip_skip: int | None = Field(default=None, ge=1, le=12)
+
+    # [dataset]
+    train_data_dir: str | None = None
+    resolution: tuple[int, int] = (512, 512)
+    batch_size: int = Field(default=1, ge=1, le=256)
+    enable_bucket: bool = False
+    min_bucket_reso: int = Field(default=256, ge=64)
+    max_bucket_reso: int = Field(default=1024, ge=64)
+    bucket_reso_steps: int = Field(default=64, ge=8)
+    bucket_no_upscale: bool = False
+    #: gpurun's default is .txt (kohya's is .caption, which silently ignores .txt captions)
+    caption_extension: str = ".txt"
+    shuffle_caption: bool = False
+    keep_tokens: int = Field(default=0, ge=0)
+    flip_aug: bool = False
+    caption_dropout_rate: float = Field(default=0.0, ge=0.0, le=1.0)
+    cache_latents: bool = True
+    cache_latents_to_disk: bool = False
+    #: None = cache them whenever the text encoder is not trained
+    cache_text_encoder_outputs: bool | None = None
+
+    # [training]
+    output_dir: str = "./output"
+    output_name: str = "lora"
+    max_train_epochs: int | None = Field(default=None, ge=1)
+    max_train_steps: int | None = Field(default=None, ge=1)
+    learning_rate: float = Field(default=1e-4, ge=0)
+    unet_lr: float | None = Field(default=None, ge=0)
+    text_encoder_lr: float | None = Field(default=None, ge=0)
+    lr_scheduler: str = "constant"
+    lr_warmup_steps: int = Field(default=0, ge=0)
+    lr_scheduler_num_cycles: int = Field(default=1, ge=1)
+    lr_scheduler_power: float = Field(default=1.0, gt=0)
+    network_module: str = "networks.lora"
+    network_dim: int = Field(default=4, ge=1, le=1024)
+    network_alpha: float = Field(default=1.0, gt=0)
+    network_train_unet_only: bool = False
+    network_args: list[str] = Field(default_factory=list)
+    optimizer_type: str = "AdamW"
+    optimizer_args: list[str] = Field(default_factory=list)
+    #: auto = bf16 where the GPU supports it, else fp16 on CUDA, fp32 on CPU
+    mixed_precision: Literal["no", "fp16", "bf16", "auto"] = "auto"
+    save_precision: Literal["fp16", "bf16", "float"] = "fp16"
+    save_every_n_epochs: int | None = Field(default=None, ge=1)
+    save_model_as: Literal["safetensors"] = "safetensors"
+    gradient_checkpointing: bool = False
+    gradient_accumulation_steps: int = Field(default=1, ge=1)
+    max_grad_norm: float = Field(default=1.0, ge=0)
+    seed: int | None = None
+    noise_offset: float | None = Field(default=None, ge=0)
+    min_snr_gamma: float | None = Field(default=None, gt=0)
+    max_token_length: int | None = None
+    #: True = continue from the state in output_dir; a path = continue from that state folder
+    resume: bool | str = False
+
+    # [sample]
+    #: prompts for the sample grid: a list, or the path of a text file with one prompt per line
+    sample_prompts: list[str] | str | None = None
+    sample_every_n_epochs: int | None = Field(default=None, ge=1)
+    sample_seeds: list[int] = Field(default_factory=lambda: [1, 2])
+    sample_weights: list[float] = Field(default_factory=lambda: [0.0, 0.5, 0.7, 0.8, 1.0])
+    sample_steps: int = Field(default=20, ge=1, le=150)
+    sample_sampler: str = "euler_a"
+
+    _ignored: dict[str, str] = PrivateAttr(default_factory=dict)
+    _source: str | None = PrivateAttr(default=None)
+
+    @field_validator("resolution", mode="before")
+    @classmethod
+    def _parse_resolution(cls, value: Any) -> Any:
+        # kohya accepts 512, "512" and "512,768" (width,height)
+        if isinstance(value, int):
+            return (value, value)
+        if isinstance(value, str):
+            parts = [p.strip() for p in value.split(",")]
+            try:
+                nums = [int(p) for p in parts]
+            except ValueError as exc:
+                raise ValueError(f"expected 512 or '512,768', got {value!r}") from exc
+            return (nums[0], nums[0]) if len(nums) == 1 else tuple(nums)
+        return value
+
+    @field_validator("resolution")
+    @classmethod
+    def _check_resolution(cls, value: tuple[int, int]) -> tuple[int, int]:
+        if any(v < 64 or v % 8 for v in value):
+            raise ValueError(f"each side must be a multiple of 8 and at least 64, got {value[0]}x{value[1]}")
+        return value
+
+    @field_validator("optimizer_type")
+    @classmethod
+    def _check_optimizer(cls, value: str) -> str:
+        canonical = OPTIMIZERS.get(value.lower())
+        if canonical is None:
+            raise ValueError(f"unsupported optimizer {value!r}; choose one of {', '.join(OPTIMIZERS.values())}")
+        return canonical
+
+    @field_validator("lr_scheduler")
+    @classmethod
+    def _check_scheduler(cls, value: str) -> str:
+        if value not in SCHEDULERS:
+            raise ValueError(f"unsupported scheduler {value!r}; choose one of {', '.join(SCHEDULERS)}")
+        return value
+
+    @field_validator("network_module")
+    @classmethod
+    def _check_module(cls, value: str) -> str:
+        if value != "networks.lora":
+            raise ValueError(f"only 'networks.lora' (plain LoRA) is supported, got {value!r}")
+        return value
+
+    @field_validator("caption_extension")
+    @classmethod
+    def _check_caption_ext(cls, value: str) -> str:
+        if not value:
+            raise ValueError("must not be empty (e.g. '.txt')")
+        return value if value.startswith(".") else f".{value}"
+
+    @field_validator("max_token_length")
+    @classmethod
+    def _check_token_length(cls, value: int | None) -> int | None:
+        if value not in (None, 75):
+            raise ValueError("only the standard 75-token prompt length is supported")
+        return value
+
+    @model_validator(mode="after")
+    def _check_consistency(self) -> TrainConfig:
+        if self.min_bucket_reso > self.max_bucket_reso:
+            raise ValueError(
+                f"min_bucket_reso ({self.min_bucket_reso}) is larger than max_bucket_reso ({self.max_bucket_reso})"
+            )
+        return self
+
+    # ---- derived values -------------------------------------------------------------------------------
+
+    @property
+    def epochs(self) -> int:
+        """Epochs to train; kohya's default when neither epochs nor steps are given is 10 here."""
+        return self.max_train_epochs or 10
+
+    @property
+    def effective_unet_lr(self) -> float:
+        return self.learning_rate if self.unet_lr is None else self.unet_lr
+
+    @property
+    def effective_text_encoder_lr(self) -> float:
+        """0 when the text encoder is frozen (unet-only training or an lr of 0)."""
+        if self.network_train_unet_only:
+            return 0.0
+        return self.learning_rate if self.text_encoder_lr is None else self.text_encoder_lr
+
+    @property
+    def trains_text_encoder(self) -> bool:
+        return self.effective_text_encoder_lr > 0
+
+    @property
+    def ignored_keys(self) -> dict[str, str]:
+        """kohya keys present in the source file that gpurun ignores, with the reason."""
+        return dict(self._ignored)
+
+    @property
+    def source(self) -> str | None:
+        return self._source
+
+    # ---- loading and writing --------------------------------------------------------------------------
+
+    @classmethod
+    def from_mapping(
+        cls, data: Mapping[str, Any], *, source: str = "config", base_dir: Path | None = None
+    ) -> TrainConfig:
+        """Validate a parsed TOML document (sectioned or flat). Raises ConfigError naming the key."""
+        flat, ignored = _flatten(data, source)
+        try:
+            config = cls(**flat)
+        except ValidationError as exc:
+            raise _config_error(exc, source) from None
+        if base_dir is not None:
+            config = config.resolved_against(base_dir)
+        config._ignored = ignored
+        config._source = source
+        return config
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> TrainConfig:
+        """Load a kohya-style training_config.toml; relative paths are taken relative to the file."""
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ConfigError("config file not found", where=str(path), hint="check the path") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read config file: {exc}", where=str(path)) from None
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"not valid TOML: {exc}", where=str(path), hint="fix the TOML syntax") from None
+        return cls.from_mapping(data, source=str(path), base_dir=path.resolve().parent)
+
+    @classmethod
+    def preset(cls, name: str) -> TrainConfig:
+        """A built-in preset (sd15, sd2-v, sdxl) with the tutorial's values."""
+        path = PRESETS_DIR / f"{name}.toml"
+        if not path.is_file():
+            known = sorted(p.stem for p in PRESETS_DIR.glob("*.toml"))
+            raise ConfigError(f"unknown preset {name!r}", hint=f"choose one of {', '.join(known)}")
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        return cls.from_mapping(data, source=f"preset {name}")
+
+    def resolved_against(self, base_dir: Path) -> TrainConfig:
+        """Copy with relative local paths made absolute against base_dir (hub ids are left alone)."""
+        updates: dict[str, Any] = {}
+        for key in ("train_data_dir", "output_dir"):
+            value = getattr(self, key)
+            if value and not Path(value).is_absolute():
+                updates[key] = str((base_dir / value).resolve())
+        model = self.pretrained_model_name_or_path
+        if model and _looks_like_local_path(model) and not Path(model).is_absolute():
+            updates["pretrained_model_name_or_path"] = str((base_dir / model).resolve())
+        if isinstance(self.sample_prompts, str) and not Path(self.sample_prompts).is_absolute():
+            updates["sample_prompts"] = str((base_dir / self.sample_prompts).resolve())
+        copy = self.model_copy(update=updates)
+        copy._ignored = dict(self._ignored)
+        copy._source = self._source
+        return copy
+
+    def to_toml(self) -> str:
+        """The config as a sectioned kohya-style TOML document (defaults included)."""
+        sections: dict[str, list[str]] = {}
+        for key, value in self.model_dump().items():
+            if value is None:
+                continue
+            if key == "resolution":
+                value = value[0] if value[0] == value[1] else f"{value[0]},{value[1]}"
+            sections.setdefault(SECTION_OF.get(key, "training"), []).append(f"{key} = {_toml_value(value)}")
+        return "\n".join(f"[{name}]\n" + "\n".join(lines) + "\n" for name, lines in sections.items())
+
+
+def _looks_like_local_path(value: str) -> bool:
+    # hub ids are "owner/name"; local paths start with ./ ../ / ~ or name a file with an extension
+    return value.startswith((".", "/", "~")) or value.endswith((".safetensors", ".ckpt", ".pt", ".bin"))
+
+
+def _flatten(data: Mapping[str, Any], source: str) -> tuple[dict[str, Any], dict[str, str]]:
+    """kohya flattens sections; so do we. Duplicates across sections and unknown keys are errors."""
+    flat: dict[str, Any] = {}
+    ignored: dict[str, str] = {}
+    known = set(TrainConfig.model_fields)
+    for outer_key, outer_value in data.items():
+        items = outer_value.items() if isinstance(outer_value, dict) else [(outer_key, outer_value)]
+        section = outer_key if isinstance(outer_value, dict) else None
+        for key, value in items:
+            where = f"{source}: [{section}].{key}" if section else f"{source}: {key}"
+            name = ALIASES.get(key, key)
+            if name in IGNORED_KEYS:
+                ignored[key] = IGNORED_KEYS[name]
+                continue
+            if name not in known:
+                raise ConfigError(f"unknown key {key!r}", where=where, hint=_suggest(key, known))
+            if name in flat:
+                raise ConfigError(f"key {key!r} is given twice", where=where, hint="keep one of them")
+            flat[name] = value
+    return flat, ignored
+
+
+def _suggest(key: str, known: set[str]) -> str:
+    candidates = known | set(IGNORED_KEYS) | set(ALIASES)
+    match = difflib.get_close_matches(key, sorted(candidates), n=1, cutoff=0.6)
+    if match:
+        return f"did you mean {match[0]!r}?"
+    return "see `gpurun config keys` for the accepted keys"
+
+
+def _config_error(exc: ValidationError, source: str) -> ConfigError:
+    first = exc.errors()[0]
+    key = ".".join(str(p) for p in first["loc"]) or "config"
+    section = SECTION_OF.get(str(first["loc"][0]) if first["loc"] else "")
+    where = f"{source}: [{section}].{key}" if section else f"{source}: {key}"
+    message = first["msg"].removeprefix("Value error, ")
+    if "input" in first and first["type"] not in ("missing",):
+        message = f"{message} (got {first['input']!r})"
+    more = len(exc.errors()) - 1
+    hint = f"{more} more problem(s) after this one" if more else None
+    return ConfigError(message, where=where, hint=hint)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+        return f'"{escaped}"'
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {type(value).__name__} to TOML")

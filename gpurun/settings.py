@@ -1,0 +1,117 @@
+"""User settings: where gpurun keeps its files, the providers' API keys, and the user's own SSH hosts.
+
+The settings file is `<config dir>/config.toml` (created 0600). API keys come from `VAST_API_KEY` /
+`RUNPOD_API_KEY` first (the names the official tools use), then from the file. Keys are SecretStr so they
+never appear in reprs or logs.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+
+from gpurun.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+def config_dir() -> Path:
+    """`$GPURUN_CONFIG_DIR`, else `$XDG_CONFIG_HOME/gpurun`, else `~/.config/gpurun`."""
+    if os.environ.get("GPURUN_CONFIG_DIR"):
+        return Path(os.environ["GPURUN_CONFIG_DIR"])
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "gpurun"
+
+
+def state_dir() -> Path:
+    """`$GPURUN_STATE_DIR`, else `$XDG_STATE_HOME/gpurun`, else `~/.local/state/gpurun`: journal, run keys."""
+    if os.environ.get("GPURUN_STATE_DIR"):
+        return Path(os.environ["GPURUN_STATE_DIR"])
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "gpurun"
+
+
+def settings_path() -> Path:
+    return config_dir() / "config.toml"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ProviderSettings(_Strict):
+    api_key: SecretStr | None = None
+    #: API base URL override (the env var GPURUN_<PROVIDER>_URL wins)
+    url: str | None = None
+
+
+class SshHostSettings(_Strict):
+    """A machine the user declares: any box reachable over SSH (own workstation, Lambda, GPUFlow)."""
+
+    name: str
+    host: str
+    port: int = Field(default=22, ge=1, le=65535)
+    user: str = "root"
+    #: private key file; None = the per-run key gpurun generates (then add its .pub to the host)
+    key: str | None = None
+    gpu: str = "unknown"
+    gpu_count: int = Field(default=1, ge=1)
+    vram_gb: float | None = Field(default=None, gt=0)
+    price_per_hour: float = Field(default=0.0, ge=0)
+    workdir: str | None = None
+    location: str = ""
+
+
+class PricingSettings(_Strict):
+    #: per-GPU-name efficiency (fraction of peak FLOP/s the runner reaches), overriding the built-in table
+    efficiency: dict[str, float] = Field(default_factory=dict)
+
+
+class Settings(_Strict):
+    vast: ProviderSettings = Field(default_factory=ProviderSettings)
+    runpod: ProviderSettings = Field(default_factory=ProviderSettings)
+    ssh_hosts: list[SshHostSettings] = Field(default_factory=list)
+    pricing: PricingSettings = Field(default_factory=PricingSettings)
+
+    def api_key(self, provider: str) -> str | None:
+        """The key for `provider`: environment first (VAST_API_KEY, RUNPOD_API_KEY), then the file."""
+        env = os.environ.get(f"{provider.upper()}_API_KEY")
+        if env:
+            return env
+        section = getattr(self, provider, None)
+        if isinstance(section, ProviderSettings) and section.api_key is not None:
+            return section.api_key.get_secret_value()
+        return None
+
+
+def load_settings(path: Path | None = None) -> Settings:
+    """Read the settings file; a missing file means defaults. Errors name the file and the key."""
+    path = path or settings_path()
+    if not path.exists():
+        return Settings()
+    try:
+        data: dict[str, Any] = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read settings: {exc}", where=str(path)) from None
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        key = ".".join(str(p) for p in first["loc"])
+        raise ConfigError(first["msg"], where=f"{path}: {key}", hint="fix or remove this key") from None
+
+
+def write_private_file(path: Path, text: str) -> None:
+    """Write a file readable only by the user (0600), creating its folder; never briefly world-readable."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    os.chmod(path, 0o600)

@@ -33,7 +33,7 @@ class _WaitHonouringRetryAfter:
     """Exponential backoff with jitter, or the server's Retry-After when it is longer."""
 
     def __init__(self, initial: float, maximum: float) -> None:
-        self._backoff = wait_exponential_jitter(initial=initial, max=maximum, jitter=initial)
+        self._backoff = wait_exponential_jitter(multiplier=initial, max=maximum, jitter=initial)
 
     def __call__(self, state: RetryCallState) -> float:
         backoff = float(self._backoff(state))

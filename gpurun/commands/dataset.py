@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import enum
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -124,52 +126,36 @@ def _family_from(config: TrainConfig | None) -> str:
     return "sd2" if config.v2 else "sd15"
 
 
-class _progress_bar:
+@contextlib.contextmanager
+def _progress_bar(*, enabled: bool) -> Iterator[Callable[[int, int], None] | None]:
     """A transient rich bar on stderr while images are decoded; nothing at all when stderr is not a terminal."""
+    if not enabled:
+        yield None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    def __init__(self, *, enabled: bool) -> None:
-        self.enabled = enabled
-        self._progress = None
-        self._task = None
-
-    def __enter__(self):  # -> Callable[[int, int], None] | None
-        if not self.enabled:
-            return None
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self._progress = Progress(
-            TextColumn("verifying images"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-            console=err, transient=True,
-        )  # fmt: skip
-        self._progress.start()
-        return self._update
-
-    def _update(self, done: int, total: int) -> None:
-        assert self._progress is not None
-        if self._task is None:
-            self._task = self._progress.add_task("verify", total=total)
-        self._progress.update(self._task, completed=done)
-
-    def __exit__(self, *exc: object) -> None:
-        if self._progress is not None:
-            self._progress.stop()
+    columns = (TextColumn("verifying images"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=err, transient=True) as progress:
+        task = progress.add_task("verify", total=None)
+        yield lambda done, total: progress.update(task, completed=done, total=total)
 
 
 def _render(report: DatasetReport, *, settings_from: str) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     scan, settings = report.scan, report.settings
     minimum = MIN_IMAGE_SIDE[settings.model]
     layouts = {"kohya-root": "kohya layout", "concept-folder": "one concept folder", "plain": "plain folder"}
+    folders, images = _count(len(report.folders), "concept folder"), _count(report.images, "image")
     out.print(
-        f"[bold]{scan.root}[/] — {layouts[scan.layout]}, {_count(len(report.folders), 'concept folder')}, "
-        f"{report.images} images, {human_bytes(scan.total_bytes)} · model {settings.model} (min {minimum} px) · "
-        f"captions *{scan.caption_ext}",
+        f"[bold]{escape(str(scan.root))}[/] — {layouts[scan.layout]}, {folders}, {images}, "
+        f"{human_bytes(scan.total_bytes)} · model {settings.model} (min {minimum} px) · captions *{scan.caption_ext}",
         highlight=False,
     )
     for folder in report.folders:
         table = Table(
-            title=f"[bold]{folder.name}[/]", title_justify="left", show_header=False, box=None, padding=(0, 2)
+            title=f"[bold]{escape(folder.name)}[/]", title_justify="left", show_header=False, box=None, padding=(0, 2)
         )
         table.add_column(style="dim", no_wrap=True)
         table.add_column()
@@ -180,7 +166,7 @@ def _render(report: DatasetReport, *, settings_from: str) -> None:
         else:
             source = "--trigger" if folder.trigger_source == "option" else "from the folder name"
             table.add_row(
-                "trigger", f'"{folder.trigger}" ({source}): in {folder.with_trigger}/{folder.images} captions'
+                "trigger", f'"{escape(folder.trigger)}" ({source}): in {folder.with_trigger}/{folder.images} captions'
             )
         if folder.min_side is not None and folder.smallest is not None:
             verdict = "OK" if folder.below_minimum == 0 else f"{folder.below_minimum} image(s) below"

@@ -12,9 +12,8 @@ from collections import Counter, defaultdict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
-from typing import Any
 
-from gpurun.buckets import adjust_bucket_range, aspect_label, make_buckets, select_bucket
+from gpurun.buckets import BucketChoice, adjust_bucket_range, aspect_label, make_buckets, select_bucket
 from gpurun.dataset.images import ImageHeader, ImageProblem, decode, quiet_pil
 from gpurun.dataset.report import BucketFacts, CheckSettings, DatasetReport, FolderFacts
 from gpurun.dataset.scan import scan_dataset, warn_exif_rotation
@@ -55,18 +54,20 @@ def check_dataset(
     reads headers only. `max_train_steps`, when given, replaces `epochs` as kohya does. `progress(done, total)`
     is called as images are verified.
     """
-    settings = _settings(
-        model,
-        resolution,
-        enable_bucket,
-        bucket_no_upscale,
-        min_bucket_reso,
-        max_bucket_reso,
-        bucket_reso_steps,
-        batch_size,
-        gradient_accumulation_steps,
-        epochs,
-        max_train_steps,
+    settings = _validated(
+        CheckSettings(
+            model=model,
+            resolution=_resolution(model, resolution),
+            enable_bucket=enable_bucket,
+            bucket_no_upscale=bucket_no_upscale,
+            min_bucket_reso=min_bucket_reso,
+            max_bucket_reso=max_bucket_reso,
+            bucket_reso_steps=bucket_reso_steps,
+            batch_size=batch_size,
+            gradient_accumulation_steps=gradient_accumulation_steps,
+            epochs=epochs,
+            max_train_steps=max_train_steps,
+        )
     )
     trigger = trigger.strip() if trigger and trigger.strip() else None
     scan = scan_dataset(path, caption_ext=caption_ext, repeats=repeats, trigger=trigger)
@@ -89,32 +90,12 @@ def check_dataset(
     }
     minimum = MIN_IMAGE_SIDE[settings.model]
     folders = [_folder_facts(folder, trigger, minimum, choices, issues) for folder in scan.folders]
-    for item in scan.items:
-        if item.short_side < minimum:
-            choice = choices[item.path]
-            scale = max(choice.resized[0] / item.width, choice.resized[1] / item.height)
-            upscale = (
-                f": upscaled ×{scale:.2f} to fill its {_wxh(choice.bucket)} bucket, it trains blurry"
-                if scale > 1.01
-                else ""
-            )
-            issues.warn(
-                "below-minimum",
-                item.path,
-                f"{item.width}×{item.height} is below the {settings.model} minimum "
-                f"of {minimum} px on the shorter side{upscale}",
-            )
+    _warn_below_minimum(scan, settings, choices, issues)
     _count_warnings(scan, issues)
 
-    per_bucket: dict[tuple[int, int], list[ImageItem]] = defaultdict(list)
-    for item in scan.items:
-        per_bucket[choices[item.path].bucket].append(item)
-    bucket_facts = []
-    for resolution_, items in sorted(per_bucket.items()):
-        samples = sum(item.repeats for item in items)
-        bucket_facts.append(BucketFacts(resolution_, len(items), samples, math.ceil(samples / settings.batch_size)))
-    # kohya: one batch list per bucket, ceil(samples in bucket / batch size) each; optimizer steps divide by
-    # gradient accumulation; max_train_steps, when set, decides the epochs
+    bucket_facts = _bucket_facts(scan, choices, settings.batch_size)
+    # kohya: one batch list per bucket, ceil(samples in bucket / batch size) each; an optimizer step takes
+    # gradient_accumulation_steps batches; max_train_steps, when set, decides the epochs
     batches = sum(bucket.batches for bucket in bucket_facts)
     steps_per_epoch = math.ceil(batches / settings.gradient_accumulation_steps)
     if settings.max_train_steps is not None:
@@ -139,49 +120,31 @@ def check_dataset(
     )
 
 
-def _settings(
-    model: str,
-    resolution: int | tuple[int, int] | None,
-    enable_bucket: bool,
-    bucket_no_upscale: bool,
-    min_bucket_reso: int,
-    max_bucket_reso: int,
-    step: int,
-    batch_size: int,
-    accumulation: int,
-    epochs: int,
-    max_train_steps: int | None,
-) -> CheckSettings:
-    if model not in MODEL_FAMILIES:
-        raise ConfigError(
-            f"unknown model family {model!r}", where="--model", hint=f"one of {', '.join(MODEL_FAMILIES)}"
-        )
-    for name, value in (("batch size", batch_size), ("epochs", epochs), ("gradient accumulation", accumulation)):
-        if value < 1:
-            raise ConfigError(f"{name} must be at least 1, got {value}")
-    if max_train_steps is not None and max_train_steps < 1:
-        raise ConfigError(f"max_train_steps must be at least 1, got {max_train_steps}")
+def _resolution(model: str, resolution: int | tuple[int, int] | None) -> tuple[int, int]:
     if resolution is None:
-        resolution = NATIVE_RESOLUTION[model]
-    reso = (resolution, resolution) if isinstance(resolution, int) else (int(resolution[0]), int(resolution[1]))
-    if enable_bucket:
-        try:
-            min_bucket_reso, max_bucket_reso = adjust_bucket_range(reso, min_bucket_reso, max_bucket_reso, step)
-        except ValueError as exc:
-            raise ConfigError(str(exc), hint="adjust min_bucket_reso / max_bucket_reso or the resolution") from None
-    return CheckSettings(
-        model,
-        reso,
-        enable_bucket,
-        bucket_no_upscale,
-        min_bucket_reso,
-        max_bucket_reso,
-        step,
-        batch_size,
-        accumulation,
-        epochs,
-        max_train_steps,
-    )
+        resolution = NATIVE_RESOLUTION.get(model, 512)
+    return (resolution, resolution) if isinstance(resolution, int) else (int(resolution[0]), int(resolution[1]))
+
+
+def _validated(settings: CheckSettings) -> CheckSettings:
+    if settings.model not in MODEL_FAMILIES:
+        raise ConfigError(
+            f"unknown model family {settings.model!r}", where="--model", hint=f"one of {', '.join(MODEL_FAMILIES)}"
+        )
+    for name in ("batch_size", "epochs", "gradient_accumulation_steps"):
+        if getattr(settings, name) < 1:
+            raise ConfigError(f"{name} must be at least 1, got {getattr(settings, name)}")
+    if settings.max_train_steps is not None and settings.max_train_steps < 1:
+        raise ConfigError(f"max_train_steps must be at least 1, got {settings.max_train_steps}")
+    if not settings.enable_bucket:
+        return settings
+    try:
+        low, high = adjust_bucket_range(
+            settings.resolution, settings.min_bucket_reso, settings.max_bucket_reso, settings.bucket_reso_steps
+        )
+    except ValueError as exc:
+        raise ConfigError(str(exc), hint="adjust min_bucket_reso / max_bucket_reso or the resolution") from None
+    return dataclasses.replace(settings, min_bucket_reso=low, max_bucket_reso=high)
 
 
 def _predefined_buckets(settings: CheckSettings) -> list[tuple[int, int]]:
@@ -192,6 +155,38 @@ def _predefined_buckets(settings: CheckSettings) -> list[tuple[int, int]]:
     return make_buckets(
         settings.resolution, settings.min_bucket_reso, settings.max_bucket_reso, settings.bucket_reso_steps
     )
+
+
+def _warn_below_minimum(
+    scan: DatasetScan, settings: CheckSettings, choices: dict[Path, BucketChoice], issues: IssueLog
+) -> None:
+    minimum = MIN_IMAGE_SIDE[settings.model]
+    for item in scan.items:
+        if item.short_side < minimum:
+            choice = choices[item.path]
+            scale = max(choice.resized[0] / item.width, choice.resized[1] / item.height)
+            upscale = (
+                f": upscaled ×{scale:.2f} to fill its {_wxh(choice.bucket)} bucket, it trains blurry"
+                if scale > 1.01
+                else ""
+            )
+            issues.warn(
+                "below-minimum",
+                item.path,
+                f"{item.width}×{item.height} is below the {settings.model} minimum "
+                f"of {minimum} px on the shorter side{upscale}",
+            )
+
+
+def _bucket_facts(scan: DatasetScan, choices: dict[Path, BucketChoice], batch_size: int) -> list[BucketFacts]:
+    per_bucket: dict[tuple[int, int], list[ImageItem]] = defaultdict(list)
+    for item in scan.items:
+        per_bucket[choices[item.path].bucket].append(item)
+    facts = []
+    for bucket, items in sorted(per_bucket.items()):
+        samples = sum(item.repeats for item in items)  # each image appears `repeats` times per epoch
+        facts.append(BucketFacts(bucket, len(items), samples, math.ceil(samples / batch_size)))
+    return facts
 
 
 def _verified(scan: DatasetScan, issues: IssueLog, progress: Progress | None) -> DatasetScan:
@@ -254,7 +249,7 @@ def _duplicates(scan: DatasetScan) -> list[Issue]:
 
 
 def _folder_facts(
-    folder: ConceptFolder, trigger: str | None, minimum: int, choices: dict[Path, Any], issues: IssueLog
+    folder: ConceptFolder, trigger: str | None, minimum: int, choices: dict[Path, BucketChoice], issues: IssueLog
 ) -> FolderFacts:
     items = folder.items
     wanted = trigger or folder.class_token.strip() or None

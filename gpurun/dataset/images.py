@@ -22,14 +22,15 @@ NORMAL_MODES = frozenset({"RGB", "L", "P"})
 ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
 #: EXIF orientations that swap width and height
 _SWAPPING_ORIENTATIONS = frozenset({5, 6, 7, 8})
+#: how the pixels of each EXIF orientation are stored, relative to the upright picture
 ORIENTATION_NAMES = {
     2: "mirrored",
-    3: "rotated 180°",
-    4: "flipped vertically",
-    5: "mirrored and rotated 90°",
-    6: "rotated 90° clockwise",
-    7: "mirrored and rotated 90° counter-clockwise",
-    8: "rotated 90° counter-clockwise",
+    3: "upside down",
+    4: "upside down and mirrored",
+    5: "sideways and mirrored",
+    6: "sideways",
+    7: "sideways and mirrored",
+    8: "sideways",
 }
 
 

@@ -118,7 +118,7 @@ class DatasetReport:
         errors, warnings = len(self.errors), len(self.warnings)
         if errors:
             return f"{_plural(errors, 'error')}, {_plural(warnings, 'warning')}: fix the errors before renting a GPU"
-        text = f"OK: {self.images} images, {self.samples_per_epoch} samples/epoch, {self.total_steps} steps"
+        text = f"OK: {_plural(self.images, 'image')}, {self.samples_per_epoch} samples/epoch, {self.total_steps} steps"
         return f"{text} ({_plural(warnings, 'warning')})" if warnings else text
 
     def to_dict(self) -> dict[str, Any]:

@@ -357,10 +357,11 @@ def _report_caption_ext_mismatch(root: Path, folders: list[ConceptFolder], capti
 
 
 def warn_exif_rotation(issues: IssueLog, path: Path, header: ImageHeader) -> None:
+    how = ORIENTATION_NAMES[header.orientation]
     issues.warn(
         "exif-rotated",
         path,
-        f"stored {ORIENTATION_NAMES[header.orientation]} with an EXIF orientation tag ({header.orientation}): "
-        f"tools that ignore EXIF, kohya's scripts among them, train it as stored "
-        f"({header.stored_width}×{header.stored_height}) — re-save it upright",
+        f"pixels stored {how} ({header.stored_width}×{header.stored_height}), shown upright only through an EXIF "
+        f"orientation tag ({header.orientation}): tools that ignore EXIF, kohya's scripts among them, train it "
+        f"{how} — re-save it upright",
     )

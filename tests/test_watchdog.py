@@ -467,6 +467,15 @@ def test_a_lease_naming_another_run_does_not_count(start, provider) -> None:
     assert run.events("decision")[0]["reason"] == "lease_lapsed_no_training"
 
 
+def test_a_lease_file_dated_in_the_future_still_lapses(start, provider) -> None:
+    run = start(lease_ttl_s=0.8)
+    run.lease.write_text('{"run_id": "r0test", "seq": 1}')
+    tomorrow = time.time() + 86_400
+    os.utime(run.lease, (tomorrow, tomorrow))  # a skewed clock or a stray `touch -d`: only changes renew
+    assert run.proc.wait(timeout=10) == 0
+    assert run.events("decision")[0]["reason"] == "lease_lapsed_no_training"
+
+
 def test_it_survives_its_own_exceptions(start, provider, tmp_path) -> None:
     (tmp_path / "run" / "status-is-a-dir").mkdir(parents=True)  # every status write raises
     run = start(lease_ttl_s=1.0, status_file="status-is-a-dir")

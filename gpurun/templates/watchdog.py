@@ -3,7 +3,9 @@
 
 Copied to the instance and started FIRST (before the environment install), detached:
 
-    setsid nohup python3 watchdog.py --config watchdog.json >/dev/null 2>&1 &
+    nohup python3 watchdog.py --config watchdog.json >/dev/null 2>>watchdog.stderr </dev/null &
+
+(it calls setsid itself; gpurun/watchdog_client.py builds this line, the config, and the runner's launch line).
 
 STDLIB ONLY, Python 3.8+: it runs on whatever python3 the image has, before anything is installed. It never
 imports gpurun. `python3 watchdog.py --config FILE --check` validates a config and prints it normalised.
@@ -23,7 +25,7 @@ Config file (JSON, "version": 1). Relative paths are relative to the config file
         "token_env": "CONTAINER_API_KEY" may replace "token" (read from this process's environment).
         The token must be INSTANCE-SCOPED (Vast's instance key, RunPod's pod key), never the user's master key.
     deadline            unix time (this machine's clock) when the budget is spent; null = none   null
-    lease_file          rewritten by the client every minute; its mtime is the renewal time       "lease"
+    lease_file          rewritten by the client every minute: each change of it is a renewal      "lease"
                         (content, if JSON with "run_id", must name this run; other content is ignored)
     lease_ttl_s         the lease lapses this long after its last renewal (or after start)        300
     runner_pid_file     the runner's pid, a bare integer; the runner leads its own process group  "runner.pid"
@@ -44,20 +46,20 @@ Config file (JSON, "version": 1). Relative paths are relative to the config file
     destroy_backoff_max_s  ... up to this                                                        60
     fallback_command    run when the fast attempts all failed; null = none                ["shutdown", "-h", "now"]
 
-Rules, checked every poll_s; the first that matches acts, then the watchdog exits:
-    1. deadline passed                    -> stop the runner (SIGTERM = "checkpoint now", term_grace_s), destroy
-    2. runner running, GPU idle for idle_after_s (nvidia-smi present)  -> stop the runner, destroy
+Rules, checked every poll_s; the first that matches acts (the logged reason in brackets), then the watchdog exits:
+    1. deadline passed [deadline]         -> stop the runner (SIGTERM = "checkpoint now", term_grace_s), destroy
+    2. runner running, GPU idle for idle_after_s [gpu_idle]  -> stop the runner, destroy
     3. lease fresh                        -> nothing (the client is present; it fetches and destroys)
     4. lease lapsed, runner running       -> nothing yet: training finishes first
-    5. lease lapsed, runner never started -> destroy
-    6. lease lapsed, runner ended (done or crashed) -> wait artifact_grace_s for `gpurun attach`
-       (a renewed lease cancels the countdown), then destroy
+    5. lease lapsed, runner never started [lease_lapsed_no_training] -> destroy
+    6. lease lapsed, runner ended (done, crashed, or an unreadable pid file) -> wait artifact_grace_s for
+       `gpurun attach` (a renewed lease cancels the countdown), then destroy [artifact_grace_expired]
 "Destroy" with kind "kill" means: stop the runner (SIGTERM to its pid, then SIGKILL to its process group).
 
-Runner protocol: the launcher starts the runner with setsid (so it leads its own process group), writes its pid
-to runner_pid_file, and writes done_file when it exits. SIGTERM to the runner's pid means "save a checkpoint and
-exit now"; after term_grace_s its whole process group gets SIGKILL. The group is killed only when the runner
-leads it, so a runner sharing a group with anything else (a user's shell) never takes that down.
+Runner protocol: the launcher starts the runner as the leader of its own session and process group (setsid),
+writes its pid to runner_pid_file, and writes done_file when it exits. SIGTERM to the runner's pid means "save a
+checkpoint and exit now"; after term_grace_s its whole process group gets SIGKILL. The group is killed only when
+the runner leads it, so a runner sharing a group with anything else (a user's shell) never takes that down.
 
 Destroy: HTTP DELETE with the instance token, retried with backoff on 5xx, 429 and network errors until the
 provider confirms (2xx, or 404 = already gone). If the fast attempts fail, or the provider refuses the token
@@ -66,7 +68,7 @@ RunPod pod still bills its disk), and keep retrying the DELETE every destroy_bac
 
 Log events (one JSON object per line: {"t", "event", "run_id", ...}): start (with the config, token blanked),
 already_running, idle_detection_off, lease_lapsed, lease_renewed, lease_missing, lease_garbled, lease_foreign,
-lease_in_future, runner_state, pid_file_garbled, idle_started, idle_cleared, gpu_query_failed, grace_started,
+runner_state, pid_file_garbled, idle_started, idle_cleared, gpu_query_failed, grace_started,
 grace_cancelled, decision (with the reason), runner_sigterm, runner_sigkill, destroy_attempt, destroyed,
 destroy_refused, fallback, fallback_command, error (with traceback), signal, stopped, exit.
 
@@ -94,8 +96,6 @@ from typing import Any
 
 CONFIG_VERSION = 1
 EXIT_BAD_CONFIG = 2
-#: a lease mtime this far ahead of our clock is not trusted to renew the lease forever
-FUTURE_SLACK_S = 300.0
 USER_AGENT = "gpurun-watchdog/1"
 
 DEFAULTS: dict[str, Any] = {
@@ -305,15 +305,19 @@ class Watchdog:
     def __init__(self, cfg: Config, log: JsonLog) -> None:
         self.cfg = cfg
         self.log = log
-        self.started_at = time.time()
-        self.lease_renewed_at = self.started_at
+        # Timers run on the monotonic clock, so a wall-clock jump can neither kill a live client's instance nor
+        # keep a dead one's alive. The deadline is wall-clock (the client's budget arithmetic); convert it once.
+        self.started = time.monotonic()
+        self.deadline = None if cfg.deadline is None else self.started + (cfg.deadline - time.time())
+        #: monotonic time the lease file was last seen to change
+        self.lease_renewed = self.started
+        self._lease_seen: tuple[Any, ...] | None = None
         self.lease_fresh = True
         self.grace_since: float | None = None
         self.idle_since: float | None = None
         self.runner = Runner("not_started")
         self.stop_requested = False
         self._noted: dict[str, Any] = {}
-        self._future_mtime: tuple[float, float] = (0.0, 0.0)
         self.gpu_tool = shutil.which(cfg.nvidia_smi)
         if self.gpu_tool is None:
             log.write("idle_detection_off", reason=f"{cfg.nvidia_smi} not found on PATH; the GPU-idle rule is off")
@@ -327,32 +331,39 @@ class Watchdog:
             self.log.write(event, **fields)
 
     def lease_age(self, now: float) -> float:
+        """Seconds since the lease file last changed (rewritten or touched): a change is the client's renewal.
+
+        Changes are observed, not read from the mtime, so an mtime in the future or a skewed clock proves nothing.
+        """
         path = self.cfg.lease_file
         try:
-            mtime = os.stat(path).st_mtime
+            st = os.stat(path)
         except OSError as exc:
             self._note_once("lease", "missing", "lease_missing", path=path, error=exc.strerror)
-            return now - self.lease_renewed_at
+            return now - self.lease_renewed
         text = _read_small(path) or ""
-        if text.strip():
-            try:
-                doc = json.loads(text)
-            except ValueError:
-                doc = None
-                self._note_once("lease", ("garbled", mtime), "lease_garbled", note="content is not JSON; mtime used")
-            if isinstance(doc, dict) and doc.get("run_id") not in (None, self.cfg.run_id):
-                self._note_once("lease", ("foreign", mtime), "lease_foreign", names=str(doc.get("run_id")))
-                return now - self.lease_renewed_at
-        if mtime > now + FUTURE_SLACK_S:
-            # an mtime far in the future would keep the lease fresh forever: count it as renewed when first seen
-            if self._future_mtime[0] != mtime:
-                self._future_mtime = (mtime, now)
-                self.log.write("lease_in_future", mtime=mtime, now=now)
-            renewed = self._future_mtime[1]
-        else:
-            renewed = min(mtime, now)
-        self.lease_renewed_at = max(self.lease_renewed_at, renewed)
-        return now - self.lease_renewed_at
+        signature = (st.st_mtime_ns, st.st_size, st.st_ino, text)
+        if signature != self._lease_seen:
+            self._lease_seen = signature
+            if self._lease_counts(text, st.st_mtime_ns):
+                self.lease_renewed = now
+        return now - self.lease_renewed
+
+    def _lease_counts(self, text: str, mtime_ns: int) -> bool:
+        """Whether new lease content renews: anything but JSON naming another run (garbage = a half-written one)."""
+        if not text.strip():
+            return True  # a plain touch
+        try:
+            doc = json.loads(text)
+        except ValueError:
+            self._note_once(
+                "lease", ("garbled", mtime_ns), "lease_garbled", note="content is not JSON; still a renewal"
+            )
+            return True
+        if isinstance(doc, dict) and doc.get("run_id") not in (None, self.cfg.run_id):
+            self._note_once("lease", ("foreign", mtime_ns), "lease_foreign", names=str(doc.get("run_id")))
+            return False
+        return True
 
     def read_runner(self) -> Runner:
         text = _read_small(self.cfg.runner_pid_file)
@@ -418,7 +429,7 @@ class Watchdog:
     def decide(self, now: float, lease_age: float, runner: Runner) -> str | None:
         """The rules of the module docstring, in order. Returns the reason to act, or None."""
         cfg = self.cfg
-        if cfg.deadline is not None and now >= cfg.deadline:
+        if self.deadline is not None and now >= self.deadline:
             return "deadline"
         if runner.state == "running" and self.idle_since is not None and now - self.idle_since >= cfg.idle_after_s:
             return "gpu_idle"
@@ -435,7 +446,7 @@ class Watchdog:
             return "lease_lapsed_no_training"
         if self.grace_since is None:
             self.grace_since = now
-            self.log.write("grace_started", ends_at=now + cfg.artifact_grace_s, grace_s=cfg.artifact_grace_s)
+            self.log.write("grace_started", ends_at=time.time() + cfg.artifact_grace_s, grace_s=cfg.artifact_grace_s)
         if now - self.grace_since >= cfg.artifact_grace_s:
             return "artifact_grace_expired"
         return None
@@ -581,15 +592,17 @@ class Watchdog:
     # ---- the loop ----------------------------------------------------------------------------------------
 
     def write_status(self, now: float, lease_age: float) -> None:
+        wall = time.time()
+        grace_left = None if self.grace_since is None else self.grace_since + self.cfg.artifact_grace_s - now
         status = {
-            "t": now,
+            "t": wall,
             "run_id": self.cfg.run_id,
             "lease_age_s": round(lease_age, 3),
             "lease_ttl_s": self.cfg.lease_ttl_s,
             "runner": asdict(self.runner),
             "deadline": self.cfg.deadline,
-            "grace_ends_at": None if self.grace_since is None else self.grace_since + self.cfg.artifact_grace_s,
-            "idle_since": self.idle_since,
+            "grace_ends_at": None if grace_left is None else wall + grace_left,
+            "idle_for_s": None if self.idle_since is None else round(now - self.idle_since, 3),
             "pid": os.getpid(),
         }
         tmp = self.cfg.status_file + ".tmp"
@@ -600,7 +613,7 @@ class Watchdog:
     def run(self) -> int:
         while not self.stop_requested:
             try:
-                now = time.time()
+                now = time.monotonic()
                 lease_age, runner = self.observe(now)
                 reason = self.decide(now, lease_age, runner)
                 if reason is not None:

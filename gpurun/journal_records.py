@@ -33,9 +33,12 @@ def _base32(value: int, width: int) -> str:
 
 
 def new_run_id(now: float | None = None) -> str:
-    """`r` + 9 base32 chars of milliseconds (sorts by time until year 3084) + 4 random chars, e.g. r01kf3m9x2c7qz."""
+    """`r` + 9 base32 chars of milliseconds (sorts by time until year 3084) + 6 random ones: r01kf3m9x2c7qzab.
+
+    30 random bits keep ids made in the same millisecond apart; record_intent refuses a duplicate anyway.
+    """
     millis = int((time.time() if now is None else now) * 1000)
-    return "r" + _base32(millis, 9) + _base32(secrets.randbits(20), 4)
+    return "r" + _base32(millis, 9) + _base32(secrets.randbits(30), 6)
 
 
 @dataclass(frozen=True, slots=True)

@@ -55,7 +55,7 @@ def test_default_location_and_private_permissions(journal: Journal) -> None:
 def test_run_ids_are_short_sortable_and_unique() -> None:
     early, late = new_run_id(1_800_000_000.0), new_run_id(1_800_000_000.002)
     assert early < late
-    assert len(early) == 14 and early.startswith("r") and early.isalnum() and early == early.lower()
+    assert len(early) == 16 and early.startswith("r") and early.isalnum() and early == early.lower()
     assert len({new_run_id() for _ in range(2000)}) == 2000
     assert Journal.new_run_id().startswith("r")
 

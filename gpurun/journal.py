@@ -172,7 +172,9 @@ class Journal:
                 raise JournalError(f"cannot read the run journal: {exc}", where=str(self.path)) from None
 
     def _migrate(self) -> None:
-        with self._write() as conn:
+        if self._conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION:
+            return  # the common case: no write lock, no fsync on every command's open
+        with self._write() as conn:  # re-read under the lock: another process may have just migrated
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
                 raise JournalError(

@@ -1,0 +1,616 @@
+"""The on-instance dead-man switch, run as a real subprocess (stdlib only, `python -I -S`) against a loopback fake
+provider that records every destroy call, with timings shortened to fractions of a second."""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import glob
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import REPO_ROOT
+
+WATCHDOG = REPO_ROOT / "gpurun" / "templates" / "watchdog.py"
+TOKEN = "instance-key-7f3a"
+
+
+# ---- a fake provider that records destroys ---------------------------------------------------------------
+
+
+@dataclass
+class Call:
+    method: str
+    path: str
+    auth: str
+    body: bytes
+    t: float
+
+
+@dataclass
+class FakeProvider:
+    """Answers DELETE/POST from a script of (status, body), then 200 {"success": true}; records every call."""
+
+    script: list[tuple[int, str]] = field(default_factory=list)
+    calls: list[Call] = field(default_factory=list)
+    url: str = ""
+
+    def answer(self) -> tuple[int, str]:
+        return self.script.pop(0) if self.script else (200, '{"success": true}')
+
+    @property
+    def deletes(self) -> list[Call]:
+        return [c for c in self.calls if c.method == "DELETE"]
+
+
+@pytest.fixture
+def provider() -> Iterator[FakeProvider]:
+    fake = FakeProvider()
+
+    class Handler(BaseHTTPRequestHandler):
+        def _handle(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length) if length else b""
+            call = Call(self.command, self.path, self.headers.get("Authorization", ""), body, time.time())
+            fake.calls.append(call)
+            status, text = fake.answer()
+            data = text.encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        do_DELETE = do_POST = do_GET = _handle
+
+        def log_message(self, *args: Any) -> None:  # keep pytest output clean
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    fake.url = f"http://127.0.0.1:{server.server_address[1]}"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield fake
+    server.shutdown()
+    server.server_close()
+
+
+# ---- running the watchdog -------------------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    dir: Path
+    proc: subprocess.Popen[bytes]
+
+    @property
+    def lease(self) -> Path:
+        return self.dir / "lease"
+
+    def log(self) -> list[dict[str, Any]]:
+        path = self.dir / "watchdog.log"
+        if not path.exists():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        return [e for e in self.log() if e["event"] == name]
+
+    def names(self) -> list[str]:
+        return [e["event"] for e in self.log()]
+
+    def stderr(self) -> str:
+        return (self.dir / "stderr.txt").read_text()
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+FAST = {
+    "lease_ttl_s": 1.0,
+    "artifact_grace_s": 1.0,
+    "term_grace_s": 1.0,
+    "poll_s": 0.1,
+    "http_timeout_s": 3,
+    "destroy_backoff_s": 0.05,
+    "destroy_backoff_max_s": 0.2,
+    "fallback_command": None,
+}
+
+
+@pytest.fixture
+def start(tmp_path: Path, provider: FakeProvider) -> Iterator[Callable[..., Run]]:
+    """start(destroy=..., env=..., **config) → a running watchdog in its own folder; killed at teardown."""
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def _start(
+        *,
+        destroy: dict[str, Any] | None = None,
+        env: dict[str, str] | None = None,
+        python: str = sys.executable,
+        **overrides: Any,
+    ) -> Run:
+        run_dir = tmp_path / "run"
+        run_dir.mkdir(exist_ok=True)
+        config = {"version": 1, "run_id": "r0test", **FAST, **overrides}
+        config["destroy"] = destroy or {"kind": "vast", "url": provider.url, "instance_id": "4242", "token": TOKEN}
+        (run_dir / "watchdog.json").write_text(json.dumps(config))
+        with open(run_dir / "stderr.txt", "ab") as stderr:
+            proc = subprocess.Popen(
+                [python, "-I", "-S", str(WATCHDOG), "--config", str(run_dir / "watchdog.json")],
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+                env=env or dict(os.environ),
+            )
+        procs.append(proc)
+        run = Run(run_dir, proc)
+        wait_for(lambda: "start" in run.names() or proc.poll() is not None, what="watchdog start")
+        return run
+
+    yield _start
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=10)
+
+
+@pytest.fixture
+def runners() -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
+    """runner(run, code) → a fake runner leading its own process group, its pid in the run's pid file."""
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def _runner(run: Run, code: str) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen([sys.executable, "-c", code], start_new_session=True, cwd=run.dir)
+        procs.append(proc)
+        (run.dir / "runner.pid").write_text(f"{proc.pid}\n")
+        return proc
+
+    yield _runner
+    for proc in procs:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+
+
+class LeaseKeeper:
+    """Renews a lease file the way the client does (atomic rewrite), until stopped."""
+
+    def __init__(self, path: Path, content: str = '{"run_id": "r0test", "seq": 0}', every: float = 0.1) -> None:
+        self.path, self.content, self.every = path, content, every
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text(self.content)
+            os.replace(tmp, self.path)
+            self._stop.wait(self.every)
+
+    def __enter__(self) -> LeaseKeeper:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+SLEEPER = "import time; time.sleep(60)"
+#: a runner that checkpoints on SIGTERM: records when it got the signal, then exits
+CHECKPOINTER = """
+import signal, sys, time
+def on_term(signum, frame):
+    open("got_sigterm", "w").write(repr(time.time()))
+    sys.exit(0)
+signal.signal(signal.SIGTERM, on_term)
+open("runner_ready", "w").write("1")
+time.sleep(60)
+"""
+
+
+def process_gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    stat = Path(f"/proc/{pid}/stat")
+    try:
+        return stat.read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except OSError:
+        return True
+
+
+# ---- the rules ------------------------------------------------------------------------------------------
+
+
+def test_lease_lapses_without_runner_destroys_with_the_instance_token(start, provider) -> None:
+    run = start()
+    assert run.proc.wait(timeout=10) == 0
+    assert len(provider.deletes) == 1
+    call = provider.deletes[0]
+    assert call.path == "/api/v0/instances/4242/"
+    assert call.auth == f"Bearer {TOKEN}"
+    assert json.loads(call.body) == {}
+    (decision,) = run.events("decision")
+    assert decision["reason"] == "lease_lapsed_no_training"
+    assert decision["action"] == "vast"
+    assert run.names()[-3:] == ["destroy_attempt", "destroyed", "exit"]
+    # the start record carries the config, the token never appears anywhere in the log
+    assert run.events("start")[0]["config"]["destroy"]["token"] == "***"
+    assert TOKEN not in (run.dir / "watchdog.log").read_text()
+
+
+def test_lease_kept_alive_means_no_destroy_and_sigterm_disarms(start, provider) -> None:
+    run = start()
+    with LeaseKeeper(run.lease):
+        time.sleep(3)  # three lease TTLs
+        assert run.proc.poll() is None
+        status = json.loads((run.dir / "watchdog.status.json").read_text())
+        assert status["runner"]["state"] == "not_started"
+        assert status["lease_age_s"] < 1.0
+        run.proc.send_signal(signal.SIGHUP)  # the SSH session that started it went away: ignored
+        time.sleep(0.5)
+        assert run.proc.poll() is None
+        run.proc.send_signal(signal.SIGTERM)  # how a local run disarms it
+        assert run.proc.wait(timeout=5) == 0
+    assert provider.calls == []
+    assert run.names()[-2:] == ["signal", "stopped"]
+    assert "lease_lapsed" not in run.names()
+
+
+def test_deadline_destroys_despite_fresh_lease_after_sigterm_to_the_runner(start, provider, runners) -> None:
+    run = start(deadline=time.time() + 2.0, term_grace_s=5.0)
+    with LeaseKeeper(run.lease):
+        runner = runners(run, CHECKPOINTER)
+        wait_for(lambda: (run.dir / "runner_ready").exists(), what="runner ready")
+        assert run.proc.wait(timeout=15) == 0
+    sigterm_at = float((run.dir / "got_sigterm").read_text())
+    assert runner.wait(timeout=5) == 0  # it exited through its checkpoint handler
+    assert len(provider.deletes) == 1
+    assert provider.deletes[0].t > sigterm_at
+    assert provider.deletes[0].auth == f"Bearer {TOKEN}"
+    (decision,) = run.events("decision")
+    assert decision["reason"] == "deadline"
+    names = run.names()
+    assert names.index("runner_sigterm") < names.index("destroy_attempt")
+    # the runner exited well within term_grace_s: the watchdog did not sit out the whole grace
+    assert provider.deletes[0].t - sigterm_at < 3.0
+
+
+def test_lease_lapse_during_training_waits_for_the_runner_then_the_grace(start, provider, runners) -> None:
+    finisher = """
+import time
+time.sleep(2.5)
+open("runner.done", "w").write("0")
+open("exited_at", "w").write(repr(time.time()))
+"""
+    run = start(lease_ttl_s=0.5, artifact_grace_s=1.5)
+    runners(run, finisher)
+    assert run.proc.wait(timeout=15) == 0
+    exited_at = float((run.dir / "exited_at").read_text())
+    assert len(provider.deletes) == 1
+    assert provider.deletes[0].t >= exited_at + 1.5  # no destroy while training ran, then the full grace
+    lapsed = run.events("lease_lapsed")
+    assert lapsed and lapsed[0]["runner"] == "running"
+    ended = [e for e in run.events("runner_state") if e["state"] == "ended"]
+    assert ended and ended[0]["exit_code"] == "0"
+    assert run.events("grace_started")[0]["grace_s"] == 1.5
+    assert run.events("decision")[0]["reason"] == "artifact_grace_expired"
+
+
+def test_renewing_the_lease_cancels_the_grace_countdown(start, provider) -> None:
+    run = start(lease_ttl_s=0.5, artifact_grace_s=1.5)
+    (run.dir / "runner.pid").write_text("999999\n")  # a runner that has already exited
+    (run.dir / "runner.done").write_text("0\n")
+    wait_for(lambda: run.events("grace_started"), what="grace to start")
+    with LeaseKeeper(run.lease):  # `gpurun attach` comes back
+        wait_for(lambda: run.events("grace_cancelled"), what="grace to be cancelled")
+        time.sleep(2.5)  # longer than the grace: nothing happens while the client is present
+        assert provider.calls == []
+        assert run.proc.poll() is None
+    # the client leaves again: a fresh, full countdown, then the destroy
+    assert run.proc.wait(timeout=10) == 0
+    assert len(run.events("grace_started")) == 2
+    assert run.events("grace_cancelled")[0]["reason"] == "lease renewed"
+    assert provider.deletes[0].t >= run.events("grace_started")[1]["t"] + 1.5
+    assert run.events("decision")[0]["reason"] == "artifact_grace_expired"
+
+
+def test_provider_errors_are_retried_until_confirmed(start, provider) -> None:
+    provider.script = [(500, '{"error": "boom"}'), (502, "bad gateway"), (200, '{"success": true}')]
+    run = start(lease_ttl_s=0.3)
+    assert run.proc.wait(timeout=10) == 0
+    assert len(provider.deletes) == 3
+    assert all(c.auth == f"Bearer {TOKEN}" for c in provider.deletes)
+    attempts = run.events("destroy_attempt")
+    assert [(a["status"], a["outcome"]) for a in attempts] == [(500, "retry"), (502, "retry"), (200, "confirmed")]
+    assert run.events("destroyed")[0]["attempts"] == 3
+    assert "fallback" not in run.names()
+
+
+def test_404_counts_as_destroyed(start, provider) -> None:
+    provider.script = [(404, '{"success": false, "error": "not_found", "msg": "Instance not found"}')]
+    run = start(lease_ttl_s=0.3)
+    assert run.proc.wait(timeout=10) == 0
+    assert len(provider.deletes) == 1
+    assert run.events("destroyed")[0]["status"] == 404
+
+
+def test_a_200_that_says_it_failed_is_not_a_destroy(start, provider) -> None:
+    provider.script = [(200, '{"success": false, "msg": "try again"}')]
+    run = start(lease_ttl_s=0.3)
+    assert run.proc.wait(timeout=10) == 0
+    assert [a["outcome"] for a in run.events("destroy_attempt")] == ["retry", "confirmed"]
+
+
+def test_every_fast_attempt_failing_falls_back_loudly_and_keeps_retrying(start, provider, runners, tmp_path) -> None:
+    marker = tmp_path / "shutdown-ran"
+    fake_shutdown = [sys.executable, "-c", f"open({str(marker)!r}, 'w').write('halt')"]
+    provider.script = [(503, "")] * 5
+    run = start(deadline=time.time() + 1.0, destroy_attempts=3, fallback_command=fake_shutdown, term_grace_s=0.2)
+    # a runner that ignores SIGTERM: only the SIGKILL of the fallback/stop stops it
+    runner = runners(run, "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)")
+    assert run.proc.wait(timeout=15) == 0
+    assert runner.wait(timeout=5) == -signal.SIGKILL
+    assert marker.read_text() == "halt"
+    outcomes = [a["outcome"] for a in run.events("destroy_attempt")]
+    assert outcomes == ["retry"] * 5 + ["confirmed"]
+    names = run.names()
+    assert names.index("fallback") > [i for i, n in enumerate(names) if n == "destroy_attempt"][2]
+    (fallback,) = run.events("fallback")
+    assert fallback["level"] == "critical"
+    assert "STILL BILLS" in fallback["message"]
+    assert run.events("fallback_command")[0]["rc"] == 0
+
+
+def test_token_refused_goes_straight_to_the_fallback(start, provider) -> None:
+    provider.script = [(403, '{"msg": "forbidden"}')]
+    run = start(lease_ttl_s=0.3, destroy_attempts=10)
+    assert run.proc.wait(timeout=10) == 0
+    names = run.names()
+    assert names.count("destroy_attempt") == 2
+    assert names.index("destroy_refused") < names.index("fallback") < names.index("destroyed")
+
+
+def test_runpod_destroys_through_rest_v2_and_falls_back_to_graphql(start, provider) -> None:
+    provider.script = [(403, '{"title": "Forbidden", "status": 403}'), (200, '{"data": {"podTerminate": null}}')]
+    destroy = {
+        "kind": "runpod",
+        "url": provider.url + "/v2",
+        "graphql_url": provider.url + "/graphql",
+        "instance_id": "pod-abc",
+        "token": TOKEN,
+    }
+    run = start(destroy=destroy, lease_ttl_s=0.3)
+    assert run.proc.wait(timeout=10) == 0
+    (rest, graphql) = provider.calls
+    assert (rest.method, rest.path, rest.auth) == ("DELETE", "/v2/pods/pod-abc", f"Bearer {TOKEN}")
+    assert (graphql.method, graphql.path, graphql.auth) == ("POST", "/graphql", f"Bearer {TOKEN}")
+    assert 'podTerminate(input: {podId: "pod-abc"})' in json.loads(graphql.body)["query"]
+    assert run.events("destroyed")[0]["attempts"] == 1
+    assert "fallback" not in run.names()
+
+
+def test_kill_kind_kills_the_runner_process_group_and_calls_nobody(start, provider, runners) -> None:
+    parent = """
+import subprocess, sys, time
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+open("child.pid", "w").write(str(child.pid))
+time.sleep(60)
+"""
+    run = start(destroy={"kind": "kill"}, deadline=time.time() + 1.5)
+    runner = runners(run, parent)
+    child_pid = int(wait_for(lambda: (run.dir / "child.pid").exists() and (run.dir / "child.pid").read_text()))
+    assert run.proc.wait(timeout=10) == 0
+    assert runner.wait(timeout=5) == -signal.SIGTERM  # SIGTERM to the runner first
+    wait_for(lambda: process_gone(child_pid), timeout=5, what="the runner's child to die")  # then its group
+    assert provider.calls == []
+    assert run.events("decision")[0]["action"] == "kill"
+    assert run.events("runner_sigkill")[0]["group"] is True
+    assert "destroy_attempt" not in run.names()
+
+
+def test_a_runner_outside_its_own_group_is_killed_alone(start, provider) -> None:
+    # the runner shares the test's process group: killing the group would take pytest down with it
+    runner = subprocess.Popen([sys.executable, "-c", SLEEPER])
+    try:
+        run = start(destroy={"kind": "kill"}, deadline=time.time() + 0.5, term_grace_s=0.5)
+        (run.dir / "runner.pid").write_text(str(runner.pid))
+        assert run.proc.wait(timeout=10) == 0
+        assert runner.wait(timeout=5) == -signal.SIGTERM
+        assert run.events("runner_sigkill")[0]["group"] is False
+    finally:
+        runner.kill()
+        runner.wait()
+
+
+def test_garbled_lease_and_pid_files_do_not_crash_it(start, provider) -> None:
+    run = start(lease_ttl_s=0.5, artifact_grace_s=0.5)
+    (run.dir / "runner.pid").write_text("not a pid \x00\xff")
+    with LeaseKeeper(run.lease, content="{{{ half-written \x00"):
+        time.sleep(2)
+        assert run.proc.poll() is None  # the garbage still renews the lease by its mtime
+        assert provider.calls == []
+    assert run.proc.wait(timeout=10) == 0
+    assert run.events("lease_garbled")
+    assert run.events("pid_file_garbled")
+    assert "error" not in run.names()
+    assert run.events("decision")[0]["reason"] == "artifact_grace_expired"
+
+
+def test_a_lease_naming_another_run_does_not_count(start, provider) -> None:
+    run = start(lease_ttl_s=0.5)
+    with LeaseKeeper(run.lease, content='{"run_id": "r-some-other-run"}'):
+        assert run.proc.wait(timeout=10) == 0
+    assert run.events("lease_foreign")[0]["names"] == "r-some-other-run"
+    assert run.events("decision")[0]["reason"] == "lease_lapsed_no_training"
+
+
+def test_a_lease_file_dated_in_the_future_still_lapses(start, provider) -> None:
+    run = start(lease_ttl_s=0.8)
+    run.lease.write_text('{"run_id": "r0test", "seq": 1}')
+    tomorrow = time.time() + 86_400
+    os.utime(run.lease, (tomorrow, tomorrow))  # a skewed clock or a stray `touch -d`: only changes renew
+    assert run.proc.wait(timeout=10) == 0
+    assert run.events("decision")[0]["reason"] == "lease_lapsed_no_training"
+
+
+def test_it_survives_its_own_exceptions(start, provider, tmp_path) -> None:
+    (tmp_path / "run" / "status-is-a-dir").mkdir(parents=True)  # every status write raises
+    run = start(lease_ttl_s=1.0, status_file="status-is-a-dir")
+    assert run.proc.wait(timeout=10) == 0
+    errors = run.events("error")
+    assert errors and "Traceback" in errors[0]["traceback"]
+    assert len(provider.deletes) == 1
+
+
+def test_gpu_idle_while_the_runner_runs_kills_and_destroys(start, provider, runners, tmp_path) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    util = tmp_path / "util.txt"
+    util.write_text("0\n93\n")  # two GPUs, one busy
+    fake = bin_dir / "nvidia-smi"
+    fake.write_text(f"#!/bin/sh\ncat {util}\n")
+    fake.chmod(0o755)
+    env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    run = start(env=env, idle_after_s=0.8, idle_threshold_pct=5, term_grace_s=2.0)
+    with LeaseKeeper(run.lease):
+        runner = runners(run, CHECKPOINTER)
+        time.sleep(1.5)  # busy: nothing happens
+        assert run.proc.poll() is None
+        assert "idle_started" not in run.names()
+        util.write_text("0\n3\n")  # the dataloader hangs: every GPU idle
+        assert run.proc.wait(timeout=10) == 0
+    assert (run.dir / "got_sigterm").exists()
+    assert runner.wait(timeout=5) == 0
+    assert run.events("idle_started")[0]["utilisation"] == 3.0
+    assert run.events("decision")[0]["reason"] == "gpu_idle"
+    assert len(provider.deletes) == 1
+    assert "idle_detection_off" not in run.names()
+
+
+def test_without_nvidia_smi_idle_detection_is_off_and_logged(start, provider, runners, tmp_path) -> None:
+    empty = tmp_path / "empty-bin"
+    empty.mkdir()
+    run = start(env=dict(os.environ, PATH=str(empty)), idle_after_s=0.2, lease_ttl_s=60)
+    runners(run, SLEEPER)
+    time.sleep(1.0)
+    assert run.proc.poll() is None
+    assert "nvidia-smi not found" in run.events("idle_detection_off")[0]["reason"]
+    run.proc.send_signal(signal.SIGTERM)
+    assert run.proc.wait(timeout=5) == 0
+    assert provider.calls == []
+
+
+def test_a_second_copy_exits_at_once(start, provider) -> None:
+    first = start(lease_ttl_s=60)
+    config = first.dir / "watchdog.json"
+    second = subprocess.run(
+        [sys.executable, "-I", "-S", str(WATCHDOG), "--config", str(config)], capture_output=True, timeout=10
+    )
+    assert second.returncode == 0
+    assert first.proc.poll() is None
+    (held,) = first.events("already_running")
+    assert held["holder"] == str(first.proc.pid)
+
+
+# ---- config and the stdlib-only promise ----------------------------------------------------------------
+
+
+def test_bad_config_is_refused_naming_the_key(tmp_path: Path) -> None:
+    config = tmp_path / "watchdog.json"
+    config.write_text(json.dumps({"version": 1, "run_id": "r1", "destroy": {"kind": "vast"}, "lease_tll_s": 3}))
+    result = subprocess.run(
+        [sys.executable, "-I", "-S", str(WATCHDOG), "--config", str(config)], capture_output=True, text=True
+    )
+    assert result.returncode == 2
+    assert "lease_tll_s" in result.stderr
+    config.write_text(json.dumps({"version": 1, "run_id": "r1", "destroy": {"kind": "vast", "url": "http://x"}}))
+    result = subprocess.run(
+        [sys.executable, "-I", "-S", str(WATCHDOG), "--config", str(config)], capture_output=True, text=True
+    )
+    assert result.returncode == 2
+    assert "destroy.instance_id" in result.stderr
+
+
+def test_check_prints_the_normalised_config_without_the_token(tmp_path: Path) -> None:
+    config = tmp_path / "watchdog.json"
+    destroy = {"kind": "vast", "url": "https://console.vast.ai/", "instance_id": 7, "token_env": "CONTAINER_API_KEY"}
+    config.write_text(json.dumps({"version": 1, "run_id": "r1", "destroy": destroy, "deadline": 1e9}))
+    env = dict(os.environ, CONTAINER_API_KEY=TOKEN)
+    result = subprocess.run(
+        [sys.executable, "-S", str(WATCHDOG), "--config", str(config), "--check"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr
+    shown = json.loads(result.stdout)
+    assert shown["destroy"] == {
+        "kind": "vast",
+        "url": "https://console.vast.ai",
+        "instance_id": "7",
+        "token": "***",
+        "graphql_url": "",
+    }
+    assert shown["lease_file"] == str(tmp_path / "lease")
+    assert shown["artifact_grace_s"] == 1800
+    assert TOKEN not in result.stdout
+
+
+def test_imports_only_the_standard_library_and_parses_as_python_38() -> None:
+    source = WATCHDOG.read_text()
+    tree = ast.parse(source, feature_version=(3, 8))
+    imported = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            assert node.level == 0, "no relative imports"
+            imported.add((node.module or "").split(".")[0])
+    assert imported - {"__future__"} <= set(sys.stdlib_module_names), imported - set(sys.stdlib_module_names)
+    assert "gpurun" not in imported
+
+
+def python38() -> str | None:
+    """A Python 3.8 interpreter, the oldest the watchdog supports (stock images ship old ones), if this box has one."""
+    pyenv = os.path.expanduser(os.environ.get("PYENV_ROOT", "~/.pyenv"))
+    candidates = [os.environ.get("GPURUN_TEST_PYTHON38"), *glob.glob(f"{pyenv}/versions/3.8*/bin/python3.8")]
+    candidates.append(shutil.which("python3.8"))
+    for candidate in filter(None, candidates):
+        probe = [candidate, "-c", "import sys; assert sys.version_info[:2] == (3, 8)"]
+        if subprocess.run(probe, capture_output=True).returncode == 0:
+            return candidate
+    return None
+
+
+def test_runs_on_python_38(start, provider) -> None:
+    interpreter = python38()
+    if interpreter is None:
+        pytest.skip("no Python 3.8 here (set GPURUN_TEST_PYTHON38)")
+    provider.script = [(503, "")]
+    run = start(python=interpreter, lease_ttl_s=0.3)
+    assert run.proc.wait(timeout=10) == 0, run.stderr()
+    assert run.events("start")[0]["python"].startswith("3.8.")
+    assert [a["outcome"] for a in run.events("destroy_attempt")] == ["retry", "confirmed"]

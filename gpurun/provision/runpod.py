@@ -84,17 +84,21 @@ def _timestamp(value: Any) -> float | None:
         return None
 
 
-def _squash(name: str) -> str:
-    lowered = name.lower().replace("nvidia", "").replace("geforce", "")
-    return "".join(ch for ch in lowered if ch.isalnum())
+def _words(name: str) -> list[str]:
+    return "".join(ch.lower() if ch.isalnum() else " " for ch in name).split()
 
 
 def name_matches(wanted: tuple[str, ...], gpu_type: dict[str, Any]) -> bool:
-    """Loose GPU-name match ("RTX 4090" ~ "NVIDIA GeForce RTX 4090"); over-returning is fine, the core re-filters."""
+    """Whole-word GPU-name match: "RTX 4090" and "4090" match "NVIDIA GeForce RTX 4090"; "L4" does not match
+    "NVIDIA L40S". The core re-filters, so this only trims the list."""
     if not wanted:
         return True
-    names = [_squash(str(gpu_type.get(key) or "")) for key in ("id", "displayName")]
-    return any(_squash(w) and any(_squash(w) in n for n in names if n) for w in wanted)
+    names = [_words(str(gpu_type.get(key) or "")) for key in ("id", "displayName")]
+    for want in map(_words, wanted):
+        for words in names:
+            if want and any(words[i : i + len(want)] == want for i in range(len(words) - len(want) + 1)):
+                return True
+    return False
 
 
 def offer_id(cloud: str, count: int, gpu_type_id: str, *, spot: bool) -> str:

@@ -9,7 +9,8 @@ import pytest
 
 from gpurun.errors import AuthError, CapacityError, NotFoundError, PriceError, ProviderError
 from gpurun.models import GpuRequest, InstanceState, LaunchSpec
-from gpurun.provision.runpod import RunpodProvider, parse_offer_id
+from gpurun.provision.runpod import RunpodProvider
+from gpurun.provision.runpod_parse import parse_offer_id
 from tests.fakes.fixtures import FAST_RETRY
 from tests.fakes.runpod_catalog import runpod_gpu_type
 from tests.fakes.runpod_server import FakeRunpod
@@ -228,3 +229,10 @@ async def test_the_key_never_leaks(fake_runpod: FakeRunpod, caplog: pytest.LogCa
     texts = [caplog.text, repr(provider), str(caught.value), repr(instance), repr(offer)]
     assert [t for t in texts if fake_runpod.api_key in t] == []
     assert all("api_key" not in r.query for r in fake_runpod.requests)
+
+
+async def test_on_demand_quote_above_the_cap_is_refused_before_renting(fake_runpod: FakeRunpod, runpod_provider):
+    offer = (await runpod_provider.list_offers(GpuRequest(gpu_names=("H100 SXM",))))[0]
+    with pytest.raises(PriceError, match="above the cap"):
+        await runpod_provider.create(offer, spec(price_cap=1.0))
+    assert not fake_runpod.calls("POST", "/v2/pods") and fake_runpod.live_pods() == []

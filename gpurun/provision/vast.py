@@ -280,6 +280,12 @@ class VastProvider:
                 provider="vast",
             )
         price: float | None = None
+        if not offer.spot and spec.price_cap is not None and offer.price_per_hour > spec.price_cap:
+            # Vast has no on-demand price cap; refuse before renting (the orchestrator re-reads the billed price)
+            raise PriceError(
+                f"offer {offer.offer_id} costs ${offer.price_per_hour:.3f}/h, above the cap ${spec.price_cap:.3f}/h",
+                where="vast",
+            )
         if offer.spot:
             price = spec.bid_price if spec.bid_price is not None else offer.min_bid
             if price is None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import asyncssh
 import pytest
 
-from gpurun.errors import NotFoundError
+from gpurun.errors import NotFoundError, ProviderError
 from gpurun.models import GpuRequest, InstanceState, LaunchSpec
 from gpurun.provision.gpu_probe import NVIDIA_SMI_QUERY, parse_nvidia_smi
 from gpurun.provision.local import LocalProvider
@@ -147,3 +147,11 @@ async def test_local_lifecycle() -> None:
     await provider.terminate(instance.instance_id)
     assert (await provider.get(instance.instance_id)).state is InstanceState.TERMINATED
     assert await provider.list_instances() == []
+
+
+async def test_check_names_unreachable_hosts(box: Box, unused_tcp_port: int) -> None:
+    box.nvidia_smi = None
+    assert "box: nvidia-smi failed" in await SshHostsProvider([box.host()]).check()  # reachable: fine
+    gone = SshHostSettings(name="gone", host="127.0.0.1", port=unused_tcp_port)
+    with pytest.raises(ProviderError, match="gone: not reachable"):
+        await SshHostsProvider([box.host(), gone], probe_timeout=3).check()

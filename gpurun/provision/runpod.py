@@ -9,6 +9,7 @@ what starts sshd), so `LaunchSpec.onstart` is not used here; the orchestrator ar
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from typing import Any, ClassVar
@@ -120,10 +121,18 @@ class RunpodProvider:
     async def list_offers(self, req: GpuRequest) -> list[Offer]:
         """One GraphQL gpuTypes query per cloud, each asking the lowest price for `req.num_gpus` GPUs there."""
         disk_gb = req.min_disk_gb if req.min_disk_gb > 0 else DEFAULT_DISK_GB
+        answers = await asyncio.gather(
+            *(
+                self.graphql(
+                    GPU_TYPES_QUERY,
+                    {"lowest": {"gpuCount": req.num_gpus, "secureCloud": cloud == "SECURE"}},
+                    "gpuTypes",
+                )
+                for cloud in CLOUDS
+            )
+        )
         offers: list[Offer] = []
-        for cloud in CLOUDS:
-            lowest = {"gpuCount": req.num_gpus, "secureCloud": cloud == "SECURE"}
-            items = await self.graphql(GPU_TYPES_QUERY, {"lowest": lowest}, "gpuTypes")
+        for cloud, items in zip(CLOUDS, answers, strict=True):
             offers += offers_from_gpu_types(items if isinstance(items, list) else [], req, cloud, disk_gb)
         return offers
 

@@ -147,6 +147,7 @@ def parse_offer(raw: dict[str, Any], *, spot: bool, disk_gb: float) -> Offer | N
         min_bid=min_bid,
         reliability=min(max(reliability if reliability is not None else 1.0, 0.0), 1.0),
         location=str(raw.get("geolocation") or ""),
+        # Mb/s per the CLI help; the OpenAPI says "MB/s" (providers.md §3.7). Treated as megabits.
         inet_down_mbps=_num(raw.get("inet_down")),
         inet_up_mbps=_num(raw.get("inet_up")),
         disk_gb=disk_gb,

@@ -124,6 +124,8 @@ class SshEndpoint:
     host: str
     port: int = 22
     user: str = "root"
+    #: private key to log in with when it is not the run's own key (a user-declared SSH host's `key`)
+    identity_file: str | None = None
 
     def __str__(self) -> str:
         return f"{self.user}@{self.host}:{self.port}"

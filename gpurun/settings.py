@@ -7,6 +7,7 @@ never appear in reprs or logs.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -52,6 +53,11 @@ class ProviderSettings(_Strict):
     url: str | None = None
 
 
+class RunpodSettings(ProviderSettings):
+    #: GraphQL endpoint override (GPURUN_RUNPOD_GRAPHQL_URL wins); `url` is the REST v2 base
+    graphql_url: str | None = None
+
+
 class SshHostSettings(_Strict):
     """A machine the user declares: any box reachable over SSH (own workstation, Lambda, GPUFlow)."""
 
@@ -76,7 +82,7 @@ class PricingSettings(_Strict):
 
 class Settings(_Strict):
     vast: ProviderSettings = Field(default_factory=ProviderSettings)
-    runpod: ProviderSettings = Field(default_factory=ProviderSettings)
+    runpod: RunpodSettings = Field(default_factory=RunpodSettings)
     ssh_hosts: list[SshHostSettings] = Field(default_factory=list)
     pricing: PricingSettings = Field(default_factory=PricingSettings)
 
@@ -89,6 +95,58 @@ class Settings(_Strict):
         if isinstance(section, ProviderSettings) and section.api_key is not None:
             return section.api_key.get_secret_value()
         return None
+
+    def api_key_source(self, provider: str) -> str | None:
+        """Where `api_key(provider)` comes from: the env var's name, "file", or None when there is no key."""
+        env = f"{provider.upper()}_API_KEY"
+        if os.environ.get(env):
+            return env
+        section = getattr(self, provider, None)
+        if isinstance(section, ProviderSettings) and section.api_key is not None:
+            return "file"
+        return None
+
+    def to_toml(self) -> str:
+        """The settings as TOML, secrets included (for the 0600 settings file only); defaults left out."""
+        data = self.model_dump(mode="python", exclude_defaults=True)
+        lines: list[str] = []
+        for section in ("vast", "runpod", "pricing"):
+            values = data.get(section)
+            if not values:
+                continue
+            if section == "pricing":
+                lines += ["[pricing.efficiency]"] + [
+                    f"{_toml_value(name)} = {_toml_value(v)}" for name, v in values.get("efficiency", {}).items()
+                ]
+            else:
+                lines.append(f"[{section}]")
+                lines += [f"{key} = {_toml_value(value)}" for key, value in values.items() if value is not None]
+            lines.append("")
+        for host in data.get("ssh_hosts", []):
+            lines.append("[[ssh_hosts]]")
+            lines += [f"{key} = {_toml_value(value)}" for key, value in host.items() if value is not None]
+            lines.append("")
+        return "\n".join(lines)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, SecretStr):
+        value = value.get_secret_value()
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        # a JSON string is a valid TOML basic string (same escapes, \uXXXX for control characters)
+        return json.dumps(value, ensure_ascii=False)
+    raise TypeError(f"cannot write {type(value).__name__} to the settings file")
+
+
+def save_settings(settings: Settings, path: Path | None = None) -> Path:
+    """Write the settings file (0600); the caller started from `load_settings`, so other keys are kept."""
+    path = path or settings_path()
+    write_private_file(path, settings.to_toml())
+    return path
 
 
 def load_settings(path: Path | None = None) -> Settings:

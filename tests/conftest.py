@@ -16,6 +16,9 @@ from tests.sshd import SshServer, start_sshd
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
+# fixtures of shared test dependencies (add yours to the list)
+pytest_plugins = ["tests.fakes.fixtures"]
+
 _real_connect = socket.socket.connect
 _real_connect_ex = socket.socket.connect_ex
 

@@ -1,0 +1,36 @@
+"""pytest fixtures for the fake providers (registered in tests/conftest.py through `pytest_plugins`).
+
+`fake_vast` / `fake_runpod` start a server, point GPURUN_VAST_URL / GPURUN_RUNPOD_URL /
+GPURUN_RUNPOD_GRAPHQL_URL and VAST_API_KEY / RUNPOD_API_KEY at it (child processes inherit them), and yield
+the server as the handle: `base_url`, `api_key`, `offers`/`gpu_types`, `instances`/`pods`, `destroyed`,
+`requests`/`calls()`, `inject_*`, `never_ready`, `set_ssh_endpoint`. For a run that really connects, point
+the fake at the sshd fixture: `fake_vast.set_ssh_endpoint(sshd_server.host, sshd_server.port)`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.fakes.runpod_server import FakeRunpod
+from tests.fakes.vast_server import FakeVast
+
+
+@pytest.fixture
+def fake_vast(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeVast]:
+    """A fake Vast.ai seeded with `default_vast_offers()`; instances run after 2 polls."""
+    with FakeVast() as server:
+        monkeypatch.setenv("GPURUN_VAST_URL", server.base_url)
+        monkeypatch.setenv("VAST_API_KEY", server.api_key)
+        yield server
+
+
+@pytest.fixture
+def fake_runpod(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeRunpod]:
+    """A fake RunPod seeded with `default_runpod_gpu_types()`; pods run after 2 polls."""
+    with FakeRunpod() as server:
+        monkeypatch.setenv("GPURUN_RUNPOD_URL", server.base_url)
+        monkeypatch.setenv("GPURUN_RUNPOD_GRAPHQL_URL", server.graphql_url)
+        monkeypatch.setenv("RUNPOD_API_KEY", server.api_key)
+        yield server

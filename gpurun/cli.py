@@ -60,9 +60,9 @@ def _root(
 
 def _register_commands() -> None:
     # Each module adds its commands to `app`; imports stay light (no torch, no httpx at import time).
-    from gpurun.commands import config, dataset
+    from gpurun.commands import config, dataset, providers
 
-    for module in (dataset, config):
+    for module in (dataset, config, providers):
         module.register(app)
 
 

@@ -231,12 +231,14 @@ class RunpodProvider:
         graphql_url: str = DEFAULT_GRAPHQL_URL,
         client: httpx.AsyncClient | None = None,
         retry: RetryPolicy | None = None,
+        timeout: float = 30.0,
     ) -> None:
         key = api_key if isinstance(api_key, ApiKey) else ApiKey(api_key)
-        shared = client or httpx.AsyncClient(timeout=30.0)
+        shared = client or httpx.AsyncClient(timeout=timeout)
         self._owns_client = client is None
-        self._rest = ProviderHttp("runpod", base_url, key, key_env=KEY_ENV, client=shared, retry=retry)
-        self._gql = ProviderHttp("runpod", graphql_url, key, key_env=KEY_ENV, client=shared, retry=retry)
+        common = {"key_env": KEY_ENV, "client": shared, "retry": retry, "timeout": timeout}
+        self._rest = ProviderHttp("runpod", base_url, key, **common)
+        self._gql = ProviderHttp("runpod", graphql_url, key, **common)
         self._client = shared
 
     def __repr__(self) -> str:

@@ -221,9 +221,10 @@ class VastProvider:
         base_url: str = DEFAULT_URL,
         client: httpx.AsyncClient | None = None,
         retry: RetryPolicy | None = None,
+        timeout: float = 30.0,
     ) -> None:
         key = api_key if isinstance(api_key, ApiKey) else ApiKey(api_key)
-        self._http = ProviderHttp("vast", base_url, key, key_env=KEY_ENV, client=client, retry=retry)
+        self._http = ProviderHttp("vast", base_url, key, key_env=KEY_ENV, client=client, retry=retry, timeout=timeout)
         self._registered_keys: set[str] = set()
 
     def __repr__(self) -> str:

@@ -9,10 +9,13 @@ the fake at the sshd fixture: `fake_vast.set_ssh_endpoint(sshd_server.host, sshd
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
+from gpurun.provision.http import RetryPolicy
+from gpurun.provision.runpod import RunpodProvider
+from gpurun.provision.vast import VastProvider
 from tests.fakes.runpod_server import FakeRunpod
 from tests.fakes.vast_server import FakeVast
 
@@ -34,3 +37,25 @@ def fake_runpod(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeRunpod]:
         monkeypatch.setenv("GPURUN_RUNPOD_GRAPHQL_URL", server.graphql_url)
         monkeypatch.setenv("RUNPOD_API_KEY", server.api_key)
         yield server
+
+
+#: retries as the adapters do them, minus the waiting (Retry-After is still honoured)
+FAST_RETRY = RetryPolicy(attempts=4, initial_wait=0.01, max_wait=0.05, max_seconds=30.0)
+
+
+@pytest.fixture
+async def vast_provider(fake_vast: FakeVast) -> AsyncIterator[VastProvider]:
+    """The Vast adapter bound to `fake_vast`, with fast retries."""
+    provider = VastProvider(fake_vast.api_key, base_url=fake_vast.base_url, retry=FAST_RETRY)
+    yield provider
+    await provider.aclose()
+
+
+@pytest.fixture
+async def runpod_provider(fake_runpod: FakeRunpod) -> AsyncIterator[RunpodProvider]:
+    """The RunPod adapter bound to `fake_runpod`, with fast retries."""
+    provider = RunpodProvider(
+        fake_runpod.api_key, base_url=fake_runpod.base_url, graphql_url=fake_runpod.graphql_url, retry=FAST_RETRY
+    )
+    yield provider
+    await provider.aclose()

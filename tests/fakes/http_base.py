@@ -61,6 +61,8 @@ class Fault:
     headers: dict[str, str] = field(default_factory=dict)
     content_type: str = "text/plain"
     delay: float = 0.0
+    #: sleep after the request was processed (a lost answer) rather than before
+    delay_after: bool = False
 
     def matches(self, method: str, path: str) -> bool:
         return (self.method is None or self.method == method) and (self.path is None or self.path in path)
@@ -78,6 +80,9 @@ class FakeServer:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # one buffered write per answer, no Nagle: otherwise each answer waits ~40 ms for a delayed ACK
+            wbufsize = -1
+            disable_nagle_algorithm = True
 
             def _serve(self) -> None:
                 server._serve(self)
@@ -89,7 +94,9 @@ class FakeServer:
 
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._httpd.daemon_threads = True
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name=type(self).__name__, daemon=True)
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, name=type(self).__name__, daemon=True
+        )
 
     # -- lifecycle -----------------------------------------------------------------------------------------
     @property
@@ -139,11 +146,21 @@ class FakeServer:
             self._faults.append(Fault(status, times, path, method, f"<html>{status} upstream error</html>"))
 
     def inject_delay(
-        self, seconds: float, times: int = 1, *, path: str | None = None, method: str | None = None
+        self,
+        seconds: float,
+        times: int = 1,
+        *,
+        path: str | None = None,
+        method: str | None = None,
+        after_processing: bool = False,
     ) -> None:
-        """The next `times` matching requests are answered normally, but only after `seconds` (for timeouts)."""
+        """The next `times` matching requests are answered normally, but only after `seconds` (for timeouts).
+
+        With `after_processing` the request takes effect first and only the answer is late: what a client
+        sees when a create succeeded but its response was lost.
+        """
         with self.lock:
-            self._faults.append(Fault(0, times, path, method, delay=seconds))
+            self._faults.append(Fault(0, times, path, method, delay=seconds, delay_after=after_processing))
 
     def _take_fault(self, method: str, path: str) -> Fault | None:
         with self.lock:
@@ -184,7 +201,7 @@ class FakeServer:
         with self.lock:
             self.requests.append(request)
         fault = self._take_fault(request.method, request.path)
-        if fault is not None and fault.delay:
+        if fault is not None and fault.delay and not fault.delay_after:
             time.sleep(fault.delay)
         if fault is not None and fault.status:
             response = Response(fault.status, fault.body, dict(fault.headers), fault.content_type)
@@ -193,6 +210,8 @@ class FakeServer:
                 response = self.route(request)
             except Exception as exc:  # a bug in the fake must show up as a 500, not hang the client
                 response = Response(500, {"error": "fake_server_bug", "msg": f"{type(exc).__name__}: {exc}"})
+        if fault is not None and fault.delay and fault.delay_after:
+            time.sleep(fault.delay)
         request.status = response.status
         payload = response.encode()
         try:

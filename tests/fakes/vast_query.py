@@ -119,7 +119,10 @@ def search(offers: list[dict[str, Any]], query: dict[str, Any]) -> list[dict[str
     if isinstance(allocated, bool) or not isinstance(allocated, (int, float)):
         raise QueryError(f"allocated_storage must be a number, got {allocated!r}")
     filters = {k: v for k, v in query.items() if k not in CONTROL_KEYS}
-    known = {key for offer in offers for key in offer} | set(ALIASES) | {"verified", "datacenter", "geolocation"}
+    computed = {"dph_total", "storage_total_cost", "dph_total_adj", "discounted_dph_total", "flops_per_dphtotal"}
+    known = (
+        {key for offer in offers for key in offer} | computed | set(ALIASES) | {"verified", "datacenter", "geolocation"}
+    )
     for name, ops in filters.items():
         if name not in known:
             raise QueryError(f"unknown filter field {name!r}")

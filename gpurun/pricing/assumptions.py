@@ -20,15 +20,18 @@ class BootProfile:
     pulls_image: bool = True
     #: gpurun installs the training stack on the machine (bootstrap)
     installs_env: bool = True
+    #: advertised-equivalent Mbit/s assumed for this provider's offers that state none (None: the global figure)
+    bandwidth_mbps: float | None = None
 
 
 #: Per provider. Vast and RunPod: scheduling + container start (the tutorial's 5–15 min / 2–5 min setups are
 #: mostly the image pull and pip install, which are priced separately from the offer's own bandwidth).
-#: Declared SSH hosts are already running (a connect); this machine needs nothing.
+#: Declared SSH hosts are already running (a connect); this machine needs nothing. RunPod publishes no per-offer
+#: bandwidth; its pods run in datacenters, assumed at 500 Mbit/s (its create API can demand a minimum).
 DEFAULT_BOOT: dict[str, BootProfile] = {
     "vast": BootProfile(60.0),
-    "runpod": BootProfile(45.0),
-    "ssh_hosts": BootProfile(5.0, pulls_image=False),
+    "runpod": BootProfile(45.0, bandwidth_mbps=500.0),
+    "ssh": BootProfile(5.0, pulls_image=False),
     "local": BootProfile(0.0, pulls_image=False, installs_env=False),
 }
 

@@ -85,6 +85,9 @@ class ProviderPlan:
     env_mbit: float
     ingress_bytes: float
     disk_needed_gb: float
+    #: achieved Mbit/s for offers that state no bandwidth, and how the notes name it
+    unknown_rate: float
+    unknown_note: str
     #: the boot note; the host's download rate is appended when an image is pulled
     boot_note: str
     install_note: str
@@ -125,18 +128,22 @@ class Plan:
         self.final_mbit = self.final_bytes * 8e-6
         # assumptions the hot path reads, as plain attributes
         self._eff = a.bandwidth_efficiency
-        self._unknown_rate = a.unknown_bandwidth_mbps * a.bandwidth_efficiency
         self._registry, self._pypi, self._hub = a.registry_mbps, a.pypi_mbps, a.hub_mbps
         self._uplink, self._downlink = a.user_uplink_mbps, a.user_downlink_mbps
         self._setup = a.transfer_setup_seconds
         self._fetch_fixed = a.transfer_setup_seconds + a.teardown_seconds
         self._spot_hours = a.spot_mean_hours_to_interruption
         # the notes every offer shares; the host's rates are appended per offer
-        self._model_note = f"{self.model_bytes / 1e9:.1f} GB (hub ≤ {a.hub_mbps:.0f} Mbit/s) at "
-        self._upload_note = f"{self.dataset_bytes / 1e6:.0f} MB over your {a.user_uplink_mbps:.0f} Mbit/s uplink to "
+        self._model_note = f"{self.model_bytes / 1e9:.1f} GB from the hub (≤ {a.hub_mbps:.0f} Mbit/s), host at "
+        self._upload_note = (
+            f"{self.dataset_bytes / 1e6:.0f} MB over your {a.user_uplink_mbps:.0f} Mbit/s uplink, host at "
+        )
         self._caching_note = f"model load + {workload.images if workload.cache_latents else 0} VAE latents"
         self._samples_note = f"{a.sample_images} grid images × {a.sample_steps} steps"
-        self._fetch_note = f"{self.final_bytes / 1e6:.0f} MB to your {a.user_downlink_mbps:.0f} Mbit/s downlink from "
+        self._fetch_note = (
+            f"{self.final_bytes / 1e6:.0f} MB LoRA + grid to your {a.user_downlink_mbps:.0f} Mbit/s downlink, "
+            "host up at "
+        )
         self._gpu_plans: dict[tuple[str, float, float | None], GpuPlan] = {}
         self._provider_plans: dict[str, ProviderPlan] = {}
 
@@ -164,9 +171,12 @@ class Plan:
             notes.append(peak_note)
         if match is not None and match.how == "prefix":
             notes.append(f"{gpu.name!r} taken as {info.name if info else '?'}")
-        if (info is not None and not info.cuda) or looks_non_cuda(gpu.name):
-            reasons.append(f"{gpu.name} is not an NVIDIA CUDA GPU, which gpurun's trainer needs")
         vram = gpu.vram_gb or (info.vram_gb if info else 0.0)
+        if gpu.name.strip().lower() in ("cpu", "none", ""):
+            reasons.append("no GPU: this job needs an NVIDIA GPU")
+            vram = 0.0
+        elif (info is not None and not info.cuda) or looks_non_cuda(gpu.name):
+            reasons.append(f"{gpu.name} is not an NVIDIA CUDA GPU, which gpurun's trainer needs")
         batch = choose_batch(
             w.family,
             w.resolution,
@@ -177,7 +187,8 @@ class Plan:
             headroom=a.vram_headroom,
         )
         if vram <= 0:
-            reasons.append("GPU memory unknown")
+            if not reasons:
+                reasons.append("GPU memory unknown")
         elif not batch.fits:
             gc = " with gradient checkpointing" if batch.gradient_checkpointing else ""
             reasons.append(
@@ -248,6 +259,7 @@ class Plan:
     def _provider_plan(self, provider: str) -> ProviderPlan:
         a = self.assumptions
         boot = a.boot_for(provider)
+        unknown = boot.bandwidth_mbps or a.unknown_bandwidth_mbps
         image = a.image_bytes if boot.pulls_image else 0.0
         env = a.env_bytes if boot.installs_env else 0.0
         plan = ProviderPlan(
@@ -257,6 +269,8 @@ class Plan:
             env_mbit=env * 8e-6,
             ingress_bytes=image + env + self.model_bytes + self.dataset_bytes,
             disk_needed_gb=self.disk_needed_gb(boot),
+            unknown_rate=unknown * a.bandwidth_efficiency,
+            unknown_note=f"{unknown:.0f} Mbit/s assumed (not stated)",
             boot_note=f"{boot.seconds:.0f}s start"
             + (f" + {a.image_bytes / 1e9:.1f} GB image at " if boot.pulls_image else ", no image to pull"),
             install_note=f"{a.env_bytes / 1e6:.0f} MB of wheels + {a.env_seconds:.0f}s"
@@ -275,9 +289,9 @@ class Plan:
         gp = self._gpu_plans.get((gpu.name, gpu.vram_gb, gpu.tflops)) or self.gpu_plan(gpu)
         pp = self._provider_plans.get(offer.provider) or self._provider_plan(offer.provider)
         down = offer.inet_down_mbps
-        down = down * self._eff if down else self._unknown_rate
+        down = down * self._eff if down else pp.unknown_rate
         up = offer.inet_up_mbps
-        up = up * self._eff if up else self._unknown_rate
+        up = up * self._eff if up else pp.unknown_rate
         t_boot = pp.boot_seconds + pp.image_mbit / (down if down < self._registry else self._registry)
         t_install = pp.install_seconds + pp.env_mbit / (down if down < self._pypi else self._pypi)
         t_model = self.model_mbit / (down if down < self._hub else self._hub)
@@ -317,7 +331,8 @@ class Plan:
         gpu = offer.gpu
         gp = self._gpu_plans.get((gpu.name, gpu.vram_gb, gpu.tflops)) or self.gpu_plan(gpu)
         pp = self._provider_plans.get(offer.provider) or self._provider_plan(offer.provider)
-        down = self._link(offer.inet_down_mbps)
+        down = f"{round(offer.inet_down_mbps)} Mbit/s advertised" if offer.inet_down_mbps else pp.unknown_note
+        up = f"{round(offer.inet_up_mbps)} Mbit/s advertised" if offer.inet_up_mbps else pp.unknown_note
         notes = (
             pp.boot_note + down if pp.image_mbit else pp.boot_note,
             pp.install_note,
@@ -326,7 +341,7 @@ class Plan:
             self._caching_note,
             gp.training_note,
             self._samples_note,
-            self._fetch_note + self._link(offer.inet_up_mbps) + "; destroy",
+            self._fetch_note + up + "; destroy",
         )
         per_second = offer.price_per_hour / 3600.0
         phases = tuple(
@@ -356,11 +371,6 @@ class Plan:
             expected_dollars=expected,
             reasons=reasons,
         )
-
-    def _link(self, mbps: float | None) -> str:
-        if not mbps:
-            return f"{self.assumptions.unknown_bandwidth_mbps:.0f} Mbit/s assumed (not stated)"
-        return f"{round(mbps)} Mbit/s advertised"
 
 
 def check_workload(workload: Workload) -> None:

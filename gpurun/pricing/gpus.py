@@ -241,3 +241,14 @@ def gpu_matches(wanted: str, name: str, vram_gb: float = 0.0) -> bool:
         if candidate.startswith(want_key) and candidate[len(want_key) :].startswith(_FORM_FACTORS):
             return True
     return False
+
+
+def provider_spellings(wanted: str) -> tuple[str, ...]:
+    """What to ask a provider's GPU-name filter for when the user wants `wanted`: the user's words and every table
+    name they match ("4090" → "RTX 4090"; "A100" → "A100 PCIE", "A100 SXM4"). Providers may over-return;
+    `gpu_matches` re-filters."""
+    names = [wanted]
+    for info in GPUS:
+        if info.name not in names and gpu_matches(wanted, info.name, info.vram_gb):
+            names.append(info.name)
+    return tuple(names)

@@ -20,6 +20,7 @@ Expected $ = $ / reliability, where spot offers also multiply in the chance of r
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from gpurun.models import CostEstimate, GpuSpec, Offer, PhaseEstimate, Workload
@@ -146,6 +147,9 @@ class Plan:
         )
         self._gpu_plans: dict[tuple[str, float, float | None], GpuPlan] = {}
         self._provider_plans: dict[str, ProviderPlan] = {}
+        #: numbers(offer) → (phase seconds in TIME_PHASES order, storage $, bandwidth $, seconds, $, expected $,
+        #: reasons): the per-offer arithmetic, a closure (see `_hot_path`)
+        self.numbers: Callable[[Offer], Numbers] = self._hot_path()
 
     # ---- per GPU model ------------------------------------------------------------------------------------
 
@@ -280,47 +284,64 @@ class Plan:
         self._provider_plans[provider] = plan
         return plan
 
-    def numbers(self, offer: Offer) -> Numbers:
-        """(phase seconds in TIME_PHASES order, storage $, bandwidth $, seconds, $, expected $, reasons).
+    def _hot_path(self) -> Callable[[Offer], Numbers]:
+        """`numbers` as a closure over this plan's constants: the inner loop of `rank`, run once per offer, so
+        every constant is a local name and nothing is allocated but the result."""
+        gpu_plans, gpu_plan = self._gpu_plans, self.gpu_plan
+        provider_plans, provider_plan = self._provider_plans, self._provider_plan
+        eff, registry, pypi, hub = self._eff, self._registry, self._pypi, self._hub
+        uplink, downlink, setup, fetch_fixed = self._uplink, self._downlink, self._setup, self._fetch_fixed
+        model_mbit, dataset_mbit, final_mbit = self.model_mbit, self.dataset_mbit, self.final_mbit
+        egress, spot_hours, exp = self.egress_bytes, self._spot_hours, math.exp
 
-        The hot path of `rank`: plain float arithmetic on constants precomputed per workload, provider and GPU.
-        """
-        gpu = offer.gpu
-        gp = self._gpu_plans.get((gpu.name, gpu.vram_gb, gpu.tflops)) or self.gpu_plan(gpu)
-        pp = self._provider_plans.get(offer.provider) or self._provider_plan(offer.provider)
-        down = offer.inet_down_mbps
-        down = down * self._eff if down else pp.unknown_rate
-        up = offer.inet_up_mbps
-        up = up * self._eff if up else pp.unknown_rate
-        t_boot = pp.boot_seconds + pp.image_mbit / (down if down < self._registry else self._registry)
-        t_install = pp.install_seconds + pp.env_mbit / (down if down < self._pypi else self._pypi)
-        t_model = self.model_mbit / (down if down < self._hub else self._hub)
-        t_upload = self._setup + self.dataset_mbit / (down if down < self._uplink else self._uplink)
-        t_fetch = self._fetch_fixed + self.final_mbit / (up if up < self._downlink else self._downlink)
-        seconds = t_boot + t_install + t_model + t_upload + gp.compute_seconds + t_fetch
-        hours = seconds / 3600.0
-        reasons = gp.reasons
-        storage = 0.0
-        need = pp.disk_needed_gb
-        disk = offer.disk_gb
-        if disk is None or need > disk:
-            if offer.storage_per_gb_month > 0:
-                storage = (need - (disk or 0.0)) * offer.storage_per_gb_month * hours / HOURS_PER_MONTH
-            elif disk is not None:
-                reasons = (*reasons, f"needs ~{need:.0f} GB disk; the offer has {disk:.0f} GB")
-        bandwidth = 0.0
-        if offer.download_per_gb or offer.upload_per_gb:
-            bandwidth = (pp.ingress_bytes * offer.download_per_gb + self.egress_bytes * offer.upload_per_gb) / 1e9
-        dollars = offer.price_per_hour * hours + storage + bandwidth
-        reliability = offer.reliability
-        if not reliability >= MIN_RELIABILITY:  # also catches NaN
-            reliability = 1.0 if reliability != reliability else MIN_RELIABILITY
-        elif reliability > 1.0:
-            reliability = 1.0
-        if offer.spot:
-            reliability *= math.exp(-hours / self._spot_hours)
-        times = (t_boot, t_install, t_model, t_upload, gp.caching_seconds, gp.training_seconds, gp.samples_seconds)
-        return (*times, t_fetch), storage, bandwidth, seconds, dollars, dollars / reliability, reasons
+        def numbers(offer: Offer) -> Numbers:
+            gpu = offer.gpu
+            gp = gpu_plans.get((gpu.name, gpu.vram_gb, gpu.tflops)) or gpu_plan(gpu)
+            pp = provider_plans.get(offer.provider) or provider_plan(offer.provider)
+            down = offer.inet_down_mbps
+            down = down * eff if down else pp.unknown_rate
+            up = offer.inet_up_mbps
+            up = up * eff if up else pp.unknown_rate
+            t_boot = pp.boot_seconds + pp.image_mbit / (down if down < registry else registry)
+            t_install = pp.install_seconds + pp.env_mbit / (down if down < pypi else pypi)
+            t_model = model_mbit / (down if down < hub else hub)
+            t_upload = setup + dataset_mbit / (down if down < uplink else uplink)
+            t_fetch = fetch_fixed + final_mbit / (up if up < downlink else downlink)
+            seconds = t_boot + t_install + t_model + t_upload + gp.compute_seconds + t_fetch
+            hours = seconds / 3600.0
+            reasons = gp.reasons
+            storage = 0.0
+            need = pp.disk_needed_gb
+            disk = offer.disk_gb
+            if disk is None or need > disk:
+                if offer.storage_per_gb_month > 0:
+                    storage = (need - (disk or 0.0)) * offer.storage_per_gb_month * hours / HOURS_PER_MONTH
+                elif disk is not None:
+                    reasons = (*reasons, f"needs ~{need:.0f} GB disk; the offer has {disk:.0f} GB")
+            bandwidth = 0.0
+            if offer.download_per_gb or offer.upload_per_gb:
+                bandwidth = (pp.ingress_bytes * offer.download_per_gb + egress * offer.upload_per_gb) / 1e9
+            dollars = offer.price_per_hour * hours + storage + bandwidth
+            reliability = offer.reliability
+            if not reliability >= MIN_RELIABILITY:  # also catches NaN
+                reliability = 1.0 if reliability != reliability else MIN_RELIABILITY
+            elif reliability > 1.0:
+                reliability = 1.0
+            if offer.spot:
+                reliability *= exp(-hours / spot_hours)
+            times = (
+                t_boot,
+                t_install,
+                t_model,
+                t_upload,
+                gp.caching_seconds,
+                gp.training_seconds,
+                gp.samples_seconds,
+                t_fetch,
+            )
+            return times, storage, bandwidth, seconds, dollars, dollars / reliability, reasons
+
+        return numbers
 
     def estimate(self, offer: Offer) -> CostEstimate:
         return self.materialize(offer, self.numbers(offer))

@@ -56,8 +56,27 @@ class Ranking:
 
 def requirement_reasons(offer: Offer, req: GpuRequest) -> list[str]:
     """Why `offer` does not meet `req` (empty when it does). Unknown offer figures never disqualify."""
-    reasons: list[str] = []
     gpu = offer.gpu
+    # one pass of cheap comparisons for the common case (the offer passes); the reasons only on failure
+    passes = (
+        (not req.gpu_names or any(gpu_matches(name, gpu.name, gpu.vram_gb) for name in req.gpu_names))
+        and gpu.count >= req.num_gpus
+        and not (req.min_vram_gb and gpu.vram_gb and gpu.vram_gb < req.min_vram_gb)
+        and (req.max_price_per_hour is None or offer.price_per_hour <= req.max_price_per_hour)
+        and req.spot == offer.spot
+        and not (req.min_reliability and offer.reliability < req.min_reliability)
+        and not (req.min_disk_gb and offer.disk_gb is not None and offer.disk_gb < req.min_disk_gb)
+        and not (
+            req.min_inet_down_mbps
+            and offer.inet_down_mbps is not None
+            and offer.inet_down_mbps < req.min_inet_down_mbps
+        )
+        and not (req.min_cuda is not None and offer.cuda_version is not None and offer.cuda_version < req.min_cuda)
+        and (offer.verified or not req.verified_only)
+    )
+    if passes:
+        return []
+    reasons: list[str] = []
     if req.gpu_names and not any(gpu_matches(name, gpu.name, gpu.vram_gb) for name in req.gpu_names):
         reasons.append(f"{gpu.name} is not one of the requested GPUs ({', '.join(req.gpu_names)})")
     if gpu.count < req.num_gpus:

@@ -288,3 +288,10 @@ def test_offer_parsing_is_lenient() -> None:
     sparse = parse_offer({"id": 5, "dph_total": "0.4", "reliability": None, "num_gpus": None}, spot=False, disk_gb=10)
     assert isinstance(sparse, Offer) and sparse.price_per_hour == 0.4 and sparse.reliability == 1.0
     assert sparse.gpu.count == 1 and sparse.gpu.name == "unknown" and not sparse.direct_ssh
+
+
+async def test_on_demand_quote_above_the_cap_is_refused_before_renting(fake_vast: FakeVast, vast_provider):
+    offer = (await vast_provider.list_offers(GpuRequest(gpu_names=("A100 SXM4",))))[0]
+    with pytest.raises(PriceError, match="above the cap"):
+        await vast_provider.create(offer, spec(price_cap=offer.price_per_hour - 0.01))
+    assert not fake_vast.calls("PUT", "/asks/") and offer.offer_id in fake_vast.offers

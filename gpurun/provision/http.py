@@ -290,6 +290,8 @@ class ProviderHttp:
                 return ProviderError(
                     f"daily search quota exceeded ({message})", provider=provider, hint="it resets at UTC midnight"
                 )
+            # Vast's docs say it never sends Retry-After; its SDK 1.9.1 honours one, and RunPod v2 sends it on
+            # every 429. Trust the code: honour it when present (retry.py caps the wait at 60 s).
             retry_after = parse_retry_after(response.headers.get("Retry-After"))
             return TransientNotProcessed(
                 f"rate-limited on {what} ({message})", provider=provider, retry_after=retry_after

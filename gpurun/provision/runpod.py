@@ -9,9 +9,9 @@ what starts sshd), so `LaunchSpec.onstart` is not used here; the orchestrator ar
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
-from datetime import datetime
 from typing import Any, ClassVar
 
 import httpx
@@ -24,198 +24,28 @@ from gpurun.errors import (
     ProviderError,
     TransientProviderError,
 )
-from gpurun.models import GpuRequest, GpuSpec, Instance, InstanceState, LaunchSpec, Offer, SshEndpoint
+from gpurun.models import GpuRequest, Instance, InstanceState, LaunchSpec, Offer
 from gpurun.provision.base import LABEL_PREFIX
 from gpurun.provision.http import ApiKey, ProviderHttp, RetryPolicy, TransientNotProcessed, is_capacity_message
+from gpurun.provision.runpod_parse import (
+    CLOUDS,
+    GPU_TYPES_QUERY,
+    as_float,
+    offers_from_gpu_types,
+    parse_offer_id,
+    parse_pod,
+)
 
 DEFAULT_REST_URL = "https://api.runpod.io/v2"
 DEFAULT_GRAPHQL_URL = "https://api.runpod.io/graphql"
 KEY_ENV = "RUNPOD_API_KEY"
 DEFAULT_DISK_GB = 20.0
-#: container disk while running, $/GB-month (RunPod pricing page); not part of the GPU price or `cost`
-STORAGE_PER_GB_MONTH = 0.10
-HOURS_PER_MONTH = 720.0
-CLOUDS = ("COMMUNITY", "SECURE")
-
-GPU_TYPES_QUERY = """
-query GpuTypes($lowest: GpuLowestPriceInput) {
-  gpuTypes {
-    id displayName manufacturer memoryInGb secureCloud communityCloud
-    securePrice communityPrice secureSpotPrice communitySpotPrice maxGpuCount
-    lowestPrice(input: $lowest) {
-      minimumBidPrice uninterruptablePrice stockStatus availableGpuCounts countryCode minVcpu minMemory
-    }
-  }
-}
-"""
 
 RENT_INTERRUPTIBLE = """
 mutation Rent($input: PodRentInterruptableInput!) {
   podRentInterruptable(input: $input) { id desiredStatus costPerHr }
 }
 """
-
-_STATUS = {
-    "CREATED": InstanceState.PENDING,
-    "PROVISIONING": InstanceState.PENDING,
-    "STARTING": InstanceState.PENDING,
-    "RUNNING": InstanceState.RUNNING,
-    "EXITED": InstanceState.EXITED,
-    "ERROR": InstanceState.EXITED,
-    "TERMINATED": InstanceState.TERMINATED,
-}
-
-
-def _num(value: Any) -> float | None:
-    if isinstance(value, bool) or value is None:
-        return None
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return None
-
-
-def _timestamp(value: Any) -> float | None:
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
-
-
-def _squash(name: str) -> str:
-    lowered = name.lower().replace("nvidia", "").replace("geforce", "")
-    return "".join(ch for ch in lowered if ch.isalnum())
-
-
-def name_matches(wanted: tuple[str, ...], gpu_type: dict[str, Any]) -> bool:
-    """Loose GPU-name match ("RTX 4090" ~ "NVIDIA GeForce RTX 4090"); over-returning is fine, the core re-filters."""
-    if not wanted:
-        return True
-    names = [_squash(str(gpu_type.get(key) or "")) for key in ("id", "displayName")]
-    return any(_squash(w) and any(_squash(w) in n for n in names if n) for w in wanted)
-
-
-def offer_id(cloud: str, count: int, gpu_type_id: str, *, spot: bool) -> str:
-    return f"{cloud.lower()}{'-spot' if spot else ''}:{count}:{gpu_type_id}"
-
-
-def parse_offer_id(value: str) -> tuple[str, int, str, bool]:
-    """(cloud, gpu count, gpu type id, spot) from an offer id made by `offer_id`."""
-    try:
-        cloud, count, gpu_type_id = value.split(":", 2)
-        spot = cloud.endswith("-spot")
-        cloud = cloud.removesuffix("-spot").upper()
-        if cloud not in CLOUDS or not gpu_type_id:
-            raise ValueError(value)
-        return cloud, int(count), gpu_type_id, spot
-    except ValueError:
-        raise ProviderError(f"not a RunPod offer id: {value!r}", provider="runpod") from None
-
-
-def offers_from_gpu_types(items: list[Any], req: GpuRequest, cloud: str, disk_gb: float) -> list[Offer]:
-    """Offers in one cloud from a gpuTypes answer whose lowestPrice was asked for `req.num_gpus` in that cloud."""
-    offers = []
-    count = req.num_gpus
-    storage_per_hour = STORAGE_PER_GB_MONTH * disk_gb / HOURS_PER_MONTH
-    for item in items:
-        if not isinstance(item, dict) or not item.get("id"):
-            continue
-        if item.get("communityCloud" if cloud == "COMMUNITY" else "secureCloud") is False:
-            continue
-        lowest = item.get("lowestPrice") if isinstance(item.get("lowestPrice"), dict) else {}
-        if lowest.get("stockStatus") in (None, "None", "NONE", ""):
-            continue  # null/None stock means no capacity at all
-        counts = lowest.get("availableGpuCounts")
-        if isinstance(counts, list) and counts and count not in counts:
-            continue
-        vram = _num(item.get("memoryInGb")) or 0.0
-        if vram < req.min_vram_gb or not name_matches(req.gpu_names, item):
-            continue
-        prefix = "community" if cloud == "COMMUNITY" else "secure"
-        bid_per_gpu = _num(lowest.get("minimumBidPrice")) or _num(item.get(f"{prefix}SpotPrice"))
-        if req.spot:
-            # RunPod bids are per GPU; gpurun quotes and bids for the whole offer (dstack #1890: 8x overbids)
-            per_gpu = bid_per_gpu
-        else:
-            per_gpu = _num(lowest.get("uninterruptablePrice")) or _num(item.get(f"{prefix}Price"))
-        if not per_gpu or per_gpu <= 0:
-            continue
-        price = per_gpu * count + storage_per_hour
-        if req.max_price_per_hour is not None and price > req.max_price_per_hour:
-            continue
-        offers.append(
-            Offer(
-                provider="runpod",
-                offer_id=offer_id(cloud, count, str(item["id"]), spot=req.spot),
-                gpu=GpuSpec(name=str(item.get("displayName") or item["id"]), count=count, vram_gb=vram),
-                price_per_hour=price,
-                spot=req.spot,
-                min_bid=bid_per_gpu * count if bid_per_gpu else None,
-                # RunPod publishes no per-host reliability figure
-                reliability=1.0,
-                location=str(lowest.get("countryCode") or ""),
-                disk_gb=disk_gb,
-                storage_per_gb_month=STORAGE_PER_GB_MONTH,
-                # RunPod charges no ingress or egress fees
-                download_per_gb=0.0,
-                upload_per_gb=0.0,
-                verified=True,
-                direct_ssh=True,
-                raw={"gpuType": item, "cloud": cloud, "gpuTypeId": item["id"], "gpuCount": count},
-            )
-        )
-    return offers
-
-
-def ssh_endpoint(pod: dict[str, Any]) -> SshEndpoint | None:
-    """`ssh.direct` when the API gives it, else the runtime port entry mapping private 22 on a public IP.
-
-    The v2 spec revisions disagree: providers.md's has a `ssh {direct, proxy}` block, a later one only
-    `runtime.ports[{private, public, type, ip}]`; GraphQL spells them privatePort/publicPort/isIpPublic.
-    The proxy (`ssh.proxy`) gives an interactive shell only (no SFTP/rsync) and is never used.
-    """
-    ssh = pod.get("ssh")
-    direct = ssh.get("direct") if isinstance(ssh, dict) else None
-    if isinstance(direct, dict) and direct.get("host") and _num(direct.get("port")):
-        user = str(direct.get("username") or "root")
-        return SshEndpoint(host=str(direct["host"]), port=int(_num(direct["port"]) or 22), user=user)
-    runtime = pod.get("runtime")
-    ports = runtime.get("ports") if isinstance(runtime, dict) else None
-    for entry in ports if isinstance(ports, list) else []:
-        if not isinstance(entry, dict):
-            continue
-        private = _num(entry.get("private", entry.get("privatePort")))
-        public = _num(entry.get("public", entry.get("publicPort")))
-        if private != 22 or not public or not entry.get("ip") or entry.get("isIpPublic") is False:
-            continue
-        if str(entry.get("type") or "tcp").lower() != "tcp":
-            continue
-        return SshEndpoint(host=str(entry["ip"]), port=int(public), user="root")
-    return None
-
-
-def parse_pod(pod: dict[str, Any]) -> Instance:
-    status = str(pod.get("status") or pod.get("desiredStatus") or "").upper()
-    state = _STATUS.get(status, InstanceState.UNKNOWN)
-    ssh = ssh_endpoint(pod)
-    if state is InstanceState.RUNNING and ssh is None:
-        # RUNNING is reported straight after create, before the container and its ports exist
-        state = InstanceState.PENDING
-    gpu = pod.get("gpu") if isinstance(pod.get("gpu"), dict) else {}
-    cost = _num(pod.get("cost"))
-    return Instance(
-        provider="runpod",
-        instance_id=str(pod.get("id")),
-        state=state,
-        price_per_hour=cost if cost is not None else _num(pod.get("costPerHr")),
-        ssh=ssh if state is InstanceState.RUNNING else None,
-        label=str(pod["name"]) if pod.get("name") else None,
-        gpu=GpuSpec(name=str(gpu.get("id") or "unknown"), count=int(_num(gpu.get("count")) or 1)) if gpu else None,
-        created_at=_timestamp(pod.get("createdAt")),
-        raw=pod,
-    )
 
 
 class RunpodProvider:
@@ -291,10 +121,18 @@ class RunpodProvider:
     async def list_offers(self, req: GpuRequest) -> list[Offer]:
         """One GraphQL gpuTypes query per cloud, each asking the lowest price for `req.num_gpus` GPUs there."""
         disk_gb = req.min_disk_gb if req.min_disk_gb > 0 else DEFAULT_DISK_GB
+        answers = await asyncio.gather(
+            *(
+                self.graphql(
+                    GPU_TYPES_QUERY,
+                    {"lowest": {"gpuCount": req.num_gpus, "secureCloud": cloud == "SECURE"}},
+                    "gpuTypes",
+                )
+                for cloud in CLOUDS
+            )
+        )
         offers: list[Offer] = []
-        for cloud in CLOUDS:
-            lowest = {"gpuCount": req.num_gpus, "secureCloud": cloud == "SECURE"}
-            items = await self.graphql(GPU_TYPES_QUERY, {"lowest": lowest}, "gpuTypes")
+        for cloud, items in zip(CLOUDS, answers, strict=True):
             offers += offers_from_gpu_types(items if isinstance(items, list) else [], req, cloud, disk_gb)
         return offers
 
@@ -303,6 +141,11 @@ class RunpodProvider:
         if offer.provider != self.name:
             raise ProviderError(f"offer {offer.key} is not a RunPod offer", provider="runpod")
         cloud, count, gpu_type_id, spot = parse_offer_id(offer.offer_id)
+        if not spot and spec.price_cap is not None and offer.price_per_hour > spec.price_cap:
+            raise PriceError(
+                f"offer {offer.offer_id} costs ${offer.price_per_hour:.3f}/h, above the cap ${spec.price_cap:.3f}/h",
+                where="runpod",
+            )
         public_key = spec.ssh_public_key.strip()
         env = dict(spec.env)
         # RunPod's images append $PUBLIC_KEY (newline-separated keys) to authorized_keys and start sshd
@@ -409,7 +252,7 @@ class RunpodProvider:
             provider=self.name,
             instance_id=str(pod["id"]),
             state=InstanceState.PENDING,
-            price_per_hour=_num(pod.get("costPerHr")),
+            price_per_hour=as_float(pod.get("costPerHr")),
             raw=pod,
         )
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -34,30 +35,40 @@ def endpoint(host: SshHostSettings) -> SshEndpoint:
     return SshEndpoint(host=host.host, port=host.port, user=host.user, identity_file=_key_path(host))
 
 
-async def probe_gpus(host: SshHostSettings, timeout: float = PROBE_TIMEOUT_S) -> tuple[GpuFacts | None, str]:
-    """(the GPUs nvidia-smi reports on `host`, a note); (None, why) when it cannot be asked."""
+@dataclass(frozen=True, slots=True)
+class Probe:
+    """What asking a host's nvidia-smi over SSH found."""
+
+    facts: GpuFacts | None
+    note: str
+    #: whether SSH login worked at all (nvidia-smi may still be missing)
+    reachable: bool
+
+
+async def probe_gpus(host: SshHostSettings, timeout: float = PROBE_TIMEOUT_S) -> Probe:
+    """Log in to `host` and ask nvidia-smi for its GPUs; never raises, the note says what went wrong."""
     key = _key_path(host)
 
-    async def ask() -> tuple[GpuFacts | None, str]:
+    async def ask() -> Probe:
         # A read-only probe with our key; the host key is not pinned here (the orchestrator's session pins it
         # on first contact), so an unknown host key does not hide a declared host from `gpurun offers`.
-        # without a declared key, asyncssh's defaults apply (the agent, ~/.ssh/id_*)
+        # Without a declared key, asyncssh's defaults apply (the agent, ~/.ssh/id_*).
         keys: dict[str, Any] = {"client_keys": [key]} if key else {}
         async with asyncssh.connect(
             host.host, port=host.port, username=host.user, known_hosts=None, connect_timeout=timeout, **keys
         ) as conn:
             result = await conn.run(NVIDIA_SMI_QUERY, check=False)
         if result.exit_status != 0:
-            return None, f"nvidia-smi failed on the host (exit {result.exit_status})"
+            return Probe(None, f"nvidia-smi failed on the host (exit {result.exit_status})", True)
         facts = parse_nvidia_smi(str(result.stdout or ""))
-        return (facts, "checked with nvidia-smi") if facts else (None, "nvidia-smi listed no GPU")
+        return Probe(facts, "checked with nvidia-smi" if facts else "nvidia-smi listed no GPU", True)
 
     try:
         return await asyncio.wait_for(ask(), timeout)
     except asyncio.TimeoutError:
-        return None, f"no answer within {timeout:.0f} s"
+        return Probe(None, f"no answer within {timeout:.0f} s", False)
     except (OSError, asyncssh.Error) as exc:
-        return None, f"not reachable ({type(exc).__name__}: {exc})"
+        return Probe(None, f"not reachable ({type(exc).__name__}: {exc})", False)
 
 
 class SshHostsProvider:
@@ -85,8 +96,12 @@ class SshHostsProvider:
         return None
 
     async def check(self) -> str:
-        facts = await asyncio.gather(*(probe_gpus(h, self._probe_timeout) for h in self._hosts.values()))
-        return "; ".join(f"{name}: {note}" for name, (_, note) in zip(self._hosts, facts, strict=True))
+        """Log in to every declared host; ProviderError naming the ones that cannot be reached."""
+        probes = await asyncio.gather(*(probe_gpus(h, self._probe_timeout) for h in self._hosts.values()))
+        notes = [f"{name}: {probe.note}" for name, probe in zip(self._hosts, probes, strict=True)]
+        if not all(probe.reachable for probe in probes):
+            raise ProviderError("; ".join(notes), provider="ssh", hint="check host, port, user and key in the settings")
+        return "; ".join(notes)
 
     def host(self, name: str) -> SshHostSettings:
         try:
@@ -100,8 +115,8 @@ class SshHostsProvider:
         if self._verify:
             probes = await asyncio.gather(*(probe_gpus(h, self._probe_timeout) for h in hosts))
         else:
-            probes = [(None, "not checked")] * len(hosts)
-        return [self._offer(host, facts, note) for host, (facts, note) in zip(hosts, probes, strict=True)]
+            probes = [Probe(None, "not checked", False)] * len(hosts)
+        return [self._offer(host, p.facts, p.note) for host, p in zip(hosts, probes, strict=True)]
 
     def _offer(self, host: SshHostSettings, facts: GpuFacts | None, note: str) -> Offer:
         declared = GpuSpec(name=host.gpu, count=host.gpu_count, vram_gb=host.vram_gb or 0.0)

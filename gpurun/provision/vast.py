@@ -147,6 +147,7 @@ def parse_offer(raw: dict[str, Any], *, spot: bool, disk_gb: float) -> Offer | N
         min_bid=min_bid,
         reliability=min(max(reliability if reliability is not None else 1.0, 0.0), 1.0),
         location=str(raw.get("geolocation") or ""),
+        # Mb/s per the CLI help; the OpenAPI says "MB/s" (providers.md §3.7). Treated as megabits.
         inet_down_mbps=_num(raw.get("inet_down")),
         inet_up_mbps=_num(raw.get("inet_up")),
         disk_gb=disk_gb,
@@ -280,6 +281,12 @@ class VastProvider:
                 provider="vast",
             )
         price: float | None = None
+        if not offer.spot and spec.price_cap is not None and offer.price_per_hour > spec.price_cap:
+            # Vast has no on-demand price cap; refuse before renting (the orchestrator re-reads the billed price)
+            raise PriceError(
+                f"offer {offer.offer_id} costs ${offer.price_per_hour:.3f}/h, above the cap ${spec.price_cap:.3f}/h",
+                where="vast",
+            )
         if offer.spot:
             price = spec.bid_price if spec.bid_price is not None else offer.min_bid
             if price is None:

@@ -18,8 +18,11 @@ SD 2.x (768 px, v-prediction) has SD 1.5's UNet layout (865 M vs 859.5 M paramet
 context, linear projections), so its figures are SD 1.5's scaled to 96×96 latents: ≈ 4.80 TFLOP per train step.
 
 Efficiency (achieved fraction of the dense peak) follows lora-format.md §5: ~10–15 % at batch 1–2 and ~25–40 % at
-batch ≥ 4 on datacenter GPUs; the one measured consumer point (RTX 4090, SDXL: ~1 img/s at batch 1 ≈ 9 %,
-2.7 img/s at batch 8 with checkpointing ≈ 34 %) sits slightly lower at small batch. Measured runs replace it.
+batch ≥ 4 on datacenter GPUs. Consumer cards are set from the speeds users report (lora-format.md §3), which the
+curve reproduces within about 1.5×: SDXL on an RTX 4090 ~1 img/s at batch 1 (model: 0.96) and 2.7 img/s at batch 8
+with checkpointing (model: 2.1); SD 1.x at batch 1 ~4 img/s on an RTX 4080 (model: 4.7) and ~3 on an RTX 3070 Ti
+(model: 2.1); SD 1.5 at 768 px, batch 6, RTX 3090 ~2.6 img/s (model: 3.4); SDXL batch 4 on an RTX 5090 1.2–2.3 img/s
+(model: 2.6). Measured runs replace the curve (`Calibration`).
 """
 
 from __future__ import annotations
@@ -155,8 +158,8 @@ _CURVE_BATCHES = (1, 2, 4, 8)
 #: achieved fraction of dense peak at batch 1, 2, 4, 8 (log-linear in between, flat beyond 8)
 EFFICIENCY_CURVES: dict[GpuClass, tuple[float, float, float, float]] = {
     "datacenter": (0.10, 0.15, 0.28, 0.35),
-    "workstation": (0.095, 0.14, 0.25, 0.32),
-    "consumer": (0.085, 0.13, 0.23, 0.30),
+    "workstation": (0.09, 0.13, 0.21, 0.29),
+    "consumer": (0.085, 0.12, 0.18, 0.26),
 }
 #: the unit the samplers and VAE reach: short, batch-1/2 convolution-heavy work
 SAMPLING_BATCH = 2

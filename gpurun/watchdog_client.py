@@ -100,8 +100,9 @@ def runner_launch_command(
     events: str = "events.jsonl",
     stderr: str = "runner.stderr",
     env: dict[str, str] | None = None,
+    done: str = DONE_NAME,
 ) -> str:
-    """Launch `argv` detached as the watchdog expects: session leader, pid in runner.pid, exit code in runner.done.
+    """Launch `argv` detached as the watchdog expects: session leader, pid in runner.pid, exit code in `done`.
 
     stdout (the event stream) goes to `events`; SIGTERM to the pid means "checkpoint and exit" (the runner's job).
     """
@@ -109,11 +110,11 @@ def runner_launch_command(
     inner = (
         f"{exports}{shlex.quote(python)} -c {shlex.quote(_SESSION_EXEC)} {PID_NAME} "
         f"{' '.join(shlex.quote(a) for a in argv)} >{shlex.quote(events)} 2>{shlex.quote(stderr)} </dev/null; "
-        f"echo $? > {DONE_NAME}"
+        f"echo $? > {shlex.quote(done)}.tmp && mv -f {shlex.quote(done)}.tmp {shlex.quote(done)}"
     )
     # the outer sh waits for the runner to write runner.done; it is a plain child, not part of the runner's group
     return (
-        f"cd {shlex.quote(remote_dir)} && rm -f {PID_NAME} {DONE_NAME} && "
+        f"cd {shlex.quote(remote_dir)} && rm -f {PID_NAME} {shlex.quote(done)} && "
         f"nohup sh -c {shlex.quote(inner)} >/dev/null 2>&1 </dev/null &"
     )
 

@@ -22,7 +22,8 @@ Config file (JSON, "version": 1). Relative paths are relative to the config file
          "graphql_url": "https://api.runpod.io/graphql"}                 (graphql_url optional)
               -> DELETE {url}/pods/{instance_id}; if that is refused, GraphQL podTerminate
         {"kind": "kill"}    SSH hosts and local: stop the runner, destroy nothing
-        "token_env": "CONTAINER_API_KEY" may replace "token" (read from this process's environment).
+        "token_env": "CONTAINER_API_KEY" may replace "token" (read from this process's environment, else from the
+        container's, /proc/1/environ, since SSH sessions do not inherit it).
         The token must be INSTANCE-SCOPED (Vast's instance key, RunPod's pod key), never the user's master key.
     deadline            unix time (this machine's clock) when the budget is spent; null = none   null
     lease_file          rewritten by the client every minute: each change of it is a renewal      "lease"
@@ -204,6 +205,22 @@ def _parse_destroy(raw: Any, environ: dict[str, str]) -> Destroy:
     return Destroy(kind, str(raw["url"]).rstrip("/"), str(raw["instance_id"]), token, str(raw.get("graphql_url", "")))
 
 
+def process_environment() -> dict[str, str]:
+    """This process's environment over the container's (PID 1's): an SSH session does not see the variables a
+    provider sets on the container, such as Vast's CONTAINER_API_KEY or RunPod's pod-scoped RUNPOD_API_KEY."""
+    environ: dict[str, str] = {}
+    try:
+        with open("/proc/1/environ", "rb") as handle:
+            for item in handle.read().split(b"\0"):
+                name, sep, value = item.partition(b"=")
+                if sep and name:
+                    environ[name.decode("utf-8", "replace")] = value.decode("utf-8", "replace")
+    except OSError:
+        pass  # not Linux, or not allowed: the process environment alone
+    environ.update(os.environ)
+    return environ
+
+
 def parse_config(data: Any, base_dir: str = ".", environ: dict[str, str] | None = None) -> Config:
     """Validate a config dict (strict: unknown keys are errors) and fill in defaults."""
     if not isinstance(data, dict):
@@ -218,7 +235,7 @@ def parse_config(data: Any, base_dir: str = ".", environ: dict[str, str] | None 
     merged = dict(DEFAULTS)
     merged.update(data)
     values: dict[str, Any] = {"run_id": merged["run_id"]}
-    values["destroy"] = _parse_destroy(merged["destroy"], dict(os.environ) if environ is None else environ)
+    values["destroy"] = _parse_destroy(merged["destroy"], process_environment() if environ is None else environ)
     values["deadline"] = None if merged["deadline"] is None else _number(merged, "deadline")
     for key in _NUMBER_KEYS:
         values[key] = _number(merged, key)

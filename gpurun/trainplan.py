@@ -1,0 +1,241 @@
+"""Planning a training run before any money is spent: check the dataset, settle the config, rank live offers
+under the budget, and pick the offer to rent (with runners-up for failover). `gpurun train --dry-run` prints
+exactly this plan; `gpurun train` executes it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gpurun.bases import BaseSpec, resolve_base
+from gpurun.config import TrainConfig
+from gpurun.errors import BudgetError, ConfigError, DatasetError
+from gpurun.models import CostEstimate, GpuRequest, Workload, to_dict
+
+#: how many offers `gpurun train` may try in turn when one is gone or never comes up
+MAX_ATTEMPTS = 3
+#: what the watchdog keeps back from the budget for stopping, fetching and destroying, in seconds of billing
+DEADLINE_MARGIN_S = 120.0
+
+
+@dataclass(frozen=True)
+class TrainRequest:
+    """What the user asked for (the `gpurun train` options), before anything is resolved."""
+
+    dataset: Path | None = None
+    config: Path | None = None
+    base: str | None = None
+    budget: float | None = None
+    providers: tuple[str, ...] = ()
+    gpus: tuple[str, ...] = ()
+    spot: bool = False
+    offer: str | None = None
+    output: Path = Path("runs")
+    repeats: int | None = None
+    trigger: str | None = None
+    epochs: int | None = None
+    keep_on_failure_min: float = 0.0
+    artifact_grace_min: float = 30.0
+    max_attempts: int = MAX_ATTEMPTS
+
+
+@dataclass(frozen=True)
+class UploadSummary:
+    files: int
+    bytes: int
+    parts: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TrainPlan:
+    request: TrainRequest
+    config: TrainConfig
+    base: BaseSpec
+    dataset: Path
+    #: the dataset check's JSON document (facts and warnings)
+    dataset_report: dict[str, Any]
+    workload: Workload
+    #: offers to try, best first (the chosen one first); all within budget
+    candidates: tuple[CostEstimate, ...]
+    upload: UploadSummary
+    notes: tuple[str, ...] = ()
+    offers_considered: int = 0
+    provider_errors: dict[str, str] = field(default_factory=dict)
+    created_at: float = field(default_factory=time.time)
+
+    @property
+    def chosen(self) -> CostEstimate:
+        return self.candidates[0]
+
+    @property
+    def runner_up(self) -> CostEstimate | None:
+        return self.candidates[1] if len(self.candidates) > 1 else None
+
+    @property
+    def hard_deadline_s(self) -> float | None:
+        """Seconds of billing the budget buys at the chosen offer's price (the watchdog's limit), or None."""
+        return deadline_seconds(self.request.budget, self.chosen.offer.price_per_hour)
+
+    def to_dict(self) -> dict[str, Any]:
+        from gpurun.api import estimate_dict
+
+        return {
+            "version": 1,
+            "dataset": str(self.dataset),
+            "base": dataclasses.asdict(self.base),
+            "budget": self.request.budget,
+            "workload": to_dict(self.workload),
+            "chosen": estimate_dict(self.chosen),
+            "runner_up": estimate_dict(self.runner_up) if self.runner_up else None,
+            "candidates": [c.offer.key for c in self.candidates],
+            "hard_deadline_s": self.hard_deadline_s,
+            "upload": dataclasses.asdict(self.upload),
+            "config": self.config.model_dump(mode="json"),
+            "dataset_warnings": [i for i in self.dataset_report.get("issues", []) if i.get("severity") == "warning"],
+            "notes": list(self.notes),
+            "offers_considered": self.offers_considered,
+            "provider_errors": self.provider_errors,
+        }
+
+
+def deadline_seconds(budget: float | None, price_per_hour: float) -> float | None:
+    """How long the budget lasts at this price, less the margin for teardown; None when either is free/unset."""
+    if budget is None or price_per_hour <= 0:
+        return None
+    return max(0.0, budget / price_per_hour * 3600.0 - DEADLINE_MARGIN_S)
+
+
+def settle_config(request: TrainRequest) -> tuple[TrainConfig, BaseSpec, Path, list[str]]:
+    """The run's TrainConfig (the user's file, else the base family's preset), its base model and dataset."""
+    notes: list[str] = []
+    user = TrainConfig.from_toml(request.config) if request.config else None
+    base_text = request.base or (user.pretrained_model_name_or_path if user else None)
+    if not base_text:
+        raise ConfigError("no base model", where="--base",
+                          hint="pass --base sd15|sdxl|sd2|tiny-sd|FILE|HUB_ID, or set pretrained_model_name_or_path")
+    family_hint = user.model_family if user else None
+    base = resolve_base(base_text, family_hint=family_hint)
+    config = user or TrainConfig.preset(base.preset)
+    if user is None:
+        notes.append(f"training values: the {base.preset} preset (the tutorial's); pass --config to change them")
+    updates: dict[str, Any] = {"pretrained_model_name_or_path": base.ref}
+    if config.model_family is None and base.family_known:
+        updates["model_family"] = base.family
+    if request.epochs is not None:
+        updates["max_train_epochs"] = request.epochs
+        updates["max_train_steps"] = None
+    if base.kind == "builtin":
+        # the tiny demo model trains at its own small size; the preset's 512-1024 px would only cost time
+        updates.update(resolution=(64, 64), min_bucket_reso=64, max_bucket_reso=128, bucket_reso_steps=64,
+                       sample_steps=4, sample_seeds=[1], optimizer_type="AdamW", lr_warmup_steps=0)
+        notes.append("tiny demo model: 64 px, random weights — it proves the pipeline, it learns nothing")
+    config = config.model_copy(update=updates)
+    dataset = request.dataset or (Path(config.train_data_dir) if config.train_data_dir else None)
+    if dataset is None:
+        raise ConfigError("no dataset", where="DATASET", hint="pass the training folder, or set train_data_dir")
+    return config, base, dataset.expanduser().resolve(), notes
+
+
+def check_training_data(config: TrainConfig, base: BaseSpec, dataset: Path, request: TrainRequest
+                        ) -> dict[str, Any]:
+    """The local dataset check; errors stop the run before anything is rented."""
+    from gpurun.dataset import check_dataset
+
+    report = check_dataset(
+        dataset, model=base.family, caption_ext=config.caption_extension, repeats=request.repeats,
+        trigger=request.trigger, epochs=config.epochs, batch_size=config.batch_size, resolution=config.resolution,
+        enable_bucket=config.enable_bucket, min_bucket_reso=config.min_bucket_reso,
+        max_bucket_reso=config.max_bucket_reso, bucket_reso_steps=config.bucket_reso_steps,
+    )  # fmt: skip
+    document = report.to_dict()
+    if not report.ok:
+        errors = [i for i in document["issues"] if i["severity"] == "error"]
+        first = errors[0]
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        raise DatasetError(f"{first['message']}{more}", where=first.get("path") or str(dataset),
+                           hint=f"run `gpurun dataset check {dataset}` for every problem; nothing was rented")
+    return document
+
+
+def summarise_upload(dataset: Path, base: BaseSpec) -> UploadSummary:
+    """What goes up to the instance: the dataset (after excludes), the gpurun bundle, a local base model."""
+    from gpurun.bundle import bundle_plan
+    from gpurun.remote.excludes import plan_upload, upload_excludes
+
+    data = plan_upload(dataset, upload_excludes(dataset))
+    bundle = bundle_plan()
+    parts = {"dataset": data.bytes, "gpurun": bundle.bytes}
+    files = data.files + bundle.files
+    if base.kind == "local":
+        parts["base model"] = base.bytes
+        files += 1
+    return UploadSummary(files=files, bytes=sum(parts.values()), parts=parts)
+
+
+async def plan_train(request: TrainRequest, *, calibration: dict[str, float] | None = None) -> TrainPlan:
+    """Everything `gpurun train` decides before renting. Raises the user's mistakes as GpurunErrors."""
+    from gpurun.api import offers
+    from gpurun.workload import build_workload
+
+    if request.budget is not None and not (request.budget >= 0 and math.isfinite(request.budget)):
+        raise ConfigError(f"must be a non-negative amount of dollars, got {request.budget}", where="--budget")
+    config, base, dataset, notes = settle_config(request)
+    report = check_training_data(config, base, dataset, request)
+    source = build_workload(model=base.family, dataset=dataset, config=config, repeats=request.repeats,
+                            epochs=request.epochs)
+    workload = dataclasses.replace(source.workload, base_model_bytes=base.bytes)
+    notes += list(source.notes)
+    budget = request.budget if request.budget else None  # $0 = "free providers only", checked below
+    result = await offers(
+        workload, providers=request.providers or None, requirements=GpuRequest(gpu_names=request.gpus,
+                                                                              spot=request.spot),
+        budget=budget, limit=None, calibration=calibration,
+    )  # fmt: skip
+    ranking = result.ranking
+    pool = list(ranking.estimates)
+    if request.offer:
+        wanted = result.find(request.offer)
+        pool = [e for e in pool if e.offer.key == wanted.key]
+        if not pool:
+            reasons = next((r.reasons for r in ranking.rejected if r.offer.key == wanted.key), ())
+            raise ConfigError(f"offer {wanted.key} cannot run this job: {'; '.join(reasons) or 'not eligible'}",
+                              where="--offer")
+    affordable = [e for e in pool if _affordable(e, request.budget)]
+    if not affordable:
+        raise _budget_error(pool, request)
+    return TrainPlan(
+        request=request, config=config, base=base, dataset=dataset, dataset_report=report, workload=workload,
+        candidates=tuple(affordable[: max(1, request.max_attempts)]), upload=summarise_upload(dataset, base),
+        notes=tuple(notes), offers_considered=ranking.considered,
+        provider_errors={name: failure.message for name, failure in result.errors.items()},
+    )  # fmt: skip
+
+
+def _affordable(estimate: CostEstimate, budget: float | None) -> bool:
+    price = estimate.offer.price_per_hour
+    if budget is None:
+        return price <= 0  # renting anything that bills needs an explicit --budget
+    return estimate.expected_dollars <= budget + 1e-9
+
+
+def _budget_error(pool: list[CostEstimate], request: TrainRequest) -> BudgetError:
+    if not pool:
+        return BudgetError("no offer can run this job", where="offers",
+                           hint="relax --gpu/--provider filters, or see `gpurun offers` for why offers were rejected")
+    cheapest = min(pool, key=lambda e: e.expected_dollars)
+    if request.budget is None:
+        return BudgetError(
+            f"renting a GPU needs a budget: the cheapest suitable offer ({cheapest.offer.key}, "
+            f"{cheapest.offer.gpu.name}) is expected to cost ${cheapest.expected_dollars:.2f}",
+            where="--budget", hint=f"pass --budget {math.ceil(cheapest.expected_dollars * 1.2 * 100) / 100:.2f} or more",
+        )  # fmt: skip
+    return BudgetError(
+        f"nothing fits the budget of ${request.budget:.2f}: the cheapest suitable offer ({cheapest.offer.key}, "
+        f"{cheapest.offer.gpu.name}) is expected to cost ${cheapest.expected_dollars:.2f}",
+        where="--budget", hint="raise --budget, train fewer epochs, or use a smaller base model",
+    )  # fmt: skip

@@ -18,6 +18,7 @@ import time
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 
+from gpurun.errors import SyncError
 from gpurun.remote import transport as tp
 from gpurun.remote.transport import CommandError, CommandResult, FileStat, RsyncRoute
 
@@ -227,7 +228,7 @@ class LocalTransport:
     async def get_file(self, remote: str, local: Path) -> None:
         source = self.path(remote)
         if not source.is_file():
-            raise CommandError(f"no such file: {remote}", rc=1, where=self.where)
+            raise SyncError(f"no such file: {remote}", where=self.where)
         await asyncio.to_thread(shutil.copy2, source, local)
 
     async def list_files(self, remote_dir: str) -> dict[str, FileStat]:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import asyncssh
 
-from gpurun.errors import SshError, TransientSshError
+from gpurun.errors import SshError, SyncError, TransientSshError
 from gpurun.models import SshEndpoint
 from gpurun.remote import transport as tp
 from gpurun.remote.keys import HostKeyPins, host_pattern
@@ -290,6 +290,8 @@ class SshSession:
         sftp = await self._sftp_client()
         try:
             await sftp.get(remote, str(local), preserve=True)
+        except asyncssh.SFTPNoSuchFile:
+            raise SyncError(f"no such file on the instance: {remote}", where=self.where) from None
         except _TRANSIENT as exc:
             raise self._lost(f"download {remote}", exc) from None
         except asyncssh.SFTPError as exc:

@@ -19,7 +19,7 @@ from typing import Any
 from gpurun.errors import RemoteError, TransientSshError
 from gpurun.events import Done, ErrorEvent, Event, parse_line
 from gpurun.remote import transport as tp
-from gpurun.remote.transport import Transport
+from gpurun.remote.transport import CommandError, Transport
 
 # Runs as `python3 -c READER FILE OFFSET PID_PATH EXIT_PATH POLL HEARTBEAT`. Frames: {"o": end, "l": text}
 # per line ("partial": true for an unterminated last line of a dead runner), {"hb": offset} while idle,
@@ -156,6 +156,10 @@ class EventFollower:
             while True:
                 try:
                     line = await asyncio.wait_for(anext(stream), self.stall_timeout_s)
+                except CommandError as exc:
+                    if exc.rc < 0 or exc.rc > 128:  # the reader was killed (OOM killer, a cleanup): start another
+                        raise TransientSshError(f"the event reader was killed ({exc.rc})", where=exc.where) from None
+                    raise
                 except StopAsyncIteration:
                     raise TransientSshError(
                         "the event stream ended before the runner did", where=self.transport.where

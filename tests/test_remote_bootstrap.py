@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import http.server
+import json
 import os
 import shutil
 import subprocess
@@ -332,3 +333,98 @@ def test_url_download_failures(tmp_path: Path, http_files) -> None:
     )
     assert wrong.returncode == 5 and "does not match --model-sha256" in wrong.stderr
     assert not (home / "models" / "m.safetensors").exists() and not (home / "models" / "m.safetensors.part").exists()
+
+
+FAKE_HUB = '''
+"""Stands in for huggingface_hub: a fixed repo listing; records what bootstrap.sh asks to download."""
+import json, os
+LISTING = json.loads(os.environ["FAKE_HUB_LISTING"])
+LOG = os.environ["FAKE_HUB_LOG"]
+
+def _record(kind, **data):
+    with open(LOG, "a") as handle:
+        handle.write(json.dumps({"kind": kind, **data}) + "\\n")
+
+class HfApi:
+    def list_repo_files(self, repo):
+        return LISTING
+
+def hf_hub_download(repo, filename, local_dir):
+    _record("file", repo=repo, filename=filename, local_dir=local_dir)
+    path = os.path.join(local_dir, filename)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    open(path, "wb").write(b"weights")
+    return path
+
+def snapshot_download(repo, allow_patterns, local_dir):
+    _record("snapshot", repo=repo, allow_patterns=sorted(allow_patterns), local_dir=local_dir)
+    os.makedirs(local_dir, exist_ok=True)
+    open(os.path.join(local_dir, "model_index.json"), "w").write("{}")
+    return local_dir
+'''
+
+SD15_LISTING = [
+    ".gitattributes", "README.md", "model_index.json", "v1-5-pruned-emaonly.safetensors", "v1-5-pruned.ckpt",
+    "feature_extractor/preprocessor_config.json",
+    "safety_checker/config.json", "safety_checker/model.safetensors", "safety_checker/model.fp16.safetensors",
+    "scheduler/scheduler_config.json",
+    "text_encoder/config.json", "text_encoder/model.safetensors", "text_encoder/model.fp16.safetensors",
+    "tokenizer/merges.txt", "tokenizer/special_tokens_map.json", "tokenizer/tokenizer_config.json",
+    "tokenizer/vocab.json",
+    "unet/config.json", "unet/diffusion_pytorch_model.safetensors", "unet/diffusion_pytorch_model.fp16.safetensors",
+    "unet/diffusion_pytorch_model.non_ema.safetensors", "unet/diffusion_pytorch_model.bin",
+    "vae/config.json", "vae/diffusion_pytorch_model.safetensors",
+]  # fmt: skip
+
+
+def fake_hub(tmp_path: Path, listing: list[str]) -> tuple[dict[str, str], Path]:
+    package = tmp_path / "fakehub" / "huggingface_hub"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text(FAKE_HUB)
+    log = tmp_path / "hub-log.jsonl"
+    env = {
+        **NO_PACKAGES,
+        "PYTHONPATH": str(package.parent),
+        "FAKE_HUB_LISTING": json.dumps(listing),
+        "FAKE_HUB_LOG": str(log),
+    }
+    return env, log
+
+
+def test_hub_download_takes_only_what_training_needs(tmp_path: Path) -> None:
+    env, log = fake_hub(tmp_path, SD15_LISTING)
+    home = tmp_path / "home"
+    result = bootstrap("--home", str(home), "--model", "stable-diffusion-v1-5/stable-diffusion-v1-5", env=env)
+    assert result.returncode == 0, result.stderr
+    (request,) = [json.loads(line) for line in log.read_text().splitlines()]
+    assert request["kind"] == "snapshot"
+    assert request["allow_patterns"] == sorted(
+        [
+            "model_index.json",
+            "feature_extractor/preprocessor_config.json",
+            "scheduler/scheduler_config.json",
+            "text_encoder/config.json", "text_encoder/model.fp16.safetensors",
+            "tokenizer/merges.txt", "tokenizer/special_tokens_map.json", "tokenizer/tokenizer_config.json",
+            "tokenizer/vocab.json",
+            "unet/config.json", "unet/diffusion_pytorch_model.fp16.safetensors",
+            "vae/config.json", "vae/diffusion_pytorch_model.safetensors",  # no fp16 variant: the plain one
+        ]
+    )  # fmt: skip
+    target = home / "models" / "stable-diffusion-v1-5--stable-diffusion-v1-5"
+    assert request["local_dir"] == str(target)
+    assert by_phase(result, "ready")[0].fields["model"] == str(target)
+
+
+def test_hub_single_file_repos_and_named_files(tmp_path: Path) -> None:
+    env, log = fake_hub(tmp_path, ["README.md", "model.safetensors", "model.ckpt"])
+    result = bootstrap("--home", str(tmp_path / "home"), "--model", "someone/a-finetune", env=env)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(log.read_text().splitlines()[-1])["filename"] == "model.safetensors"
+    named = bootstrap("--home", str(tmp_path / "home"), "--model", "hub:someone/a-finetune/sub/x.safetensors", env=env)
+    assert named.returncode == 0, named.stderr
+    assert json.loads(log.read_text().splitlines()[-1])["filename"] == "sub/x.safetensors"
+
+    env, _ = fake_hub(tmp_path / "two", ["a.safetensors", "b.safetensors"])
+    ambiguous = bootstrap("--home", str(tmp_path / "home"), "--model", "someone/two-files", env=env)
+    assert ambiguous.returncode == 2
+    assert "has 2 top-level .safetensors files (a.safetensors, b.safetensors)" in ambiguous.stderr

@@ -13,7 +13,7 @@ from gpurun.remote import sync
 from gpurun.remote.excludes import DEFAULT_EXCLUDES, Excluder, plan_upload, upload_excludes
 from gpurun.remote.rsync import TransferProgress, parse_progress, parse_stats
 from gpurun.remote.session import SshSession
-from gpurun.remote.transport import Transport
+from gpurun.remote.transport import FileChannelUnavailable, Transport
 from tests.remote_helpers import transport_fixture  # noqa: F401  (the fixture)
 
 METHODS = ["rsync", "sftp"]
@@ -182,3 +182,23 @@ async def test_fetch_verified_checks_sha256_and_never_leaves_partial_output(
     with pytest.raises(SyncError):
         await sync.fetch_verified(transport, str(remote) + ".nope", other, digest, method=method)  # type: ignore[arg-type]
     assert sorted(p.name for p in out.iterdir()) == ["lora.safetensors"]
+
+
+async def test_fetch_verified_auto_uses_the_open_connection_and_falls_back_to_rsync(
+    transport: Transport, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    remote = tmp_path / "final.safetensors"
+    payload = os.urandom(10_000)
+    remote.write_bytes(payload)
+    digest = hashlib.sha256(payload).hexdigest()
+    first = await sync.fetch_verified(transport, str(remote), tmp_path / "a" / "final.safetensors", digest)
+    assert first.method == "sftp"
+
+    async def no_file_channel(remote_path: str, local: Path) -> None:
+        raise FileChannelUnavailable("the instance has no SFTP server", where=transport.where)
+
+    monkeypatch.setattr(transport, "get_file", no_file_channel)
+    second = await sync.fetch_verified(transport, str(remote), tmp_path / "b" / "final.safetensors", digest)
+    assert second.method == "rsync" and (tmp_path / "b" / "final.safetensors").read_bytes() == payload
+    with pytest.raises(FileChannelUnavailable):
+        await sync.fetch_verified(transport, str(remote), tmp_path / "c" / "final.safetensors", digest, method="sftp")

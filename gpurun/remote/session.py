@@ -23,7 +23,7 @@ from gpurun.errors import SshError, SyncError, TransientSshError
 from gpurun.models import SshEndpoint
 from gpurun.remote import transport as tp
 from gpurun.remote.keys import HostKeyPins, host_pattern
-from gpurun.remote.transport import CommandError, CommandResult, FileStat, RsyncRoute
+from gpurun.remote.transport import CommandError, CommandResult, FileChannelUnavailable, FileStat, RsyncRoute
 from gpurun.retry import call_ssh
 
 #: seconds for TCP + SSH handshake per attempt; slow hosts need far more than 3 s (field notes: dstack #2346)
@@ -264,7 +264,7 @@ class SshSession:
             except asyncssh.ChannelOpenError as exc:
                 raise self._lost("sftp", exc) from None
             except asyncssh.SFTPError as exc:
-                raise SshError(
+                raise FileChannelUnavailable(
                     f"the instance has no SFTP server: {exc}",
                     where=self.where,
                     hint="install rsync or openssh-sftp-server in the image",

@@ -24,7 +24,7 @@ from gpurun.errors import SyncError
 from gpurun.remote import rsync
 from gpurun.remote.excludes import UploadPlan, plan_upload, upload_excludes
 from gpurun.remote.rsync import ProgressCallback, TransferProgress, TransferStats
-from gpurun.remote.transport import Transport
+from gpurun.remote.transport import FileChannelUnavailable, Transport
 
 Method = Literal["auto", "rsync", "sftp"]
 
@@ -206,6 +206,10 @@ async def fetch_verified(
 
     On a mismatch or any failure the temporary file is removed and nothing appears at `local_file`; a
     correct file already there is kept without transferring anything.
+
+    `auto` uses the transport's file channel (SFTP over the open connection), not rsync: the download goes to
+    a fresh temporary name, so rsync would have no basis file for a delta and would only add an SSH handshake
+    and two processes (measured on the local sshd, 40 MB: SFTP 0.9 s, rsync 2.4 s; bench/remote_latency.py).
     """
     target = Path(local_file).resolve()
     expected = sha256.strip().lower()
@@ -215,15 +219,20 @@ async def fetch_verified(
         if have == expected:
             return FetchResult(target, target.stat().st_size, have, "cached", 0.0, cached=True)
     target.parent.mkdir(parents=True, exist_ok=True)
-    chosen = await choose_method(transport, method)
+    chosen = "sftp" if method == "auto" else await choose_method(transport, method)
     tmp = _temp_name(target)
     try:
+        if chosen == "sftp":
+            try:
+                await transport.get_file(remote_file, tmp)
+            except FileChannelUnavailable:
+                if method != "auto":
+                    raise
+                chosen = await choose_method(transport, "rsync")
         if chosen == "rsync":
             route = transport.rsync_route()
             await rsync.run(rsync.argv([route.target(remote_file)], str(tmp), route), where=transport.where,
                             progress=progress)  # fmt: skip
-        else:
-            await transport.get_file(remote_file, tmp)
         if not tmp.is_file():
             raise SyncError(f"{remote_file} did not arrive", where=str(target))
         got_size = tmp.stat().st_size

@@ -53,6 +53,10 @@ class CommandError(SshError):
         self.stderr = stderr
 
 
+class FileChannelUnavailable(SshError):
+    """The instance offers no file channel (no SFTP server); rsync may still work."""
+
+
 @dataclass(frozen=True, slots=True)
 class FileStat:
     size: int

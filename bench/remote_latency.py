@@ -7,6 +7,8 @@
    bootstrap.sh check is included too (it imports torch once to report CUDA).
 2. fetch_verified of a random file (default 40 MB) over the same sshd, by rsync and by SFTP, plus the local
    transport for comparison.
+3. one command's round trip on an open connection: most startup steps are one each, and each pays the
+   account's shell start-up (bash reads ~/.bashrc even for `ssh host cmd`).
 
 Needs sshd, ssh and rsync (like the sshd tests). Prints one JSON document.
 """
@@ -66,6 +68,10 @@ async def startup_once(server, root: Path, run_id: str, with_bootstrap: bool) ->
         break
     marks["first_event"] = time.perf_counter() - t0
     await session.kill(pid, grace_s=2)
+    # one command's round trip on an open connection (channel + the account's shell start-up)
+    started = time.perf_counter()
+    await session.run("true")
+    marks["one_command_rtt"] = time.perf_counter() - started
     await session.close()
     marks["bundle_files"] = stats.files_total
     marks["bundle_bytes"] = stats.total_size

@@ -6,6 +6,7 @@ import asyncio
 import getpass
 import stat
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -202,3 +203,26 @@ async def test_sftp_fallback_is_chosen_when_the_instance_lacks_rsync(
             await sync.choose_method(session, "rsync")
     finally:
         await session.close()
+
+
+def test_remote_package_stays_light_and_independent_of_providers() -> None:
+    """DESIGN's import rules: remote never imports provision, and nothing here loads the training stack."""
+    code = (
+        "import sys, gpurun.remote.session, gpurun.remote.local, gpurun.remote.sync, gpurun.remote.follow, "
+        "gpurun.remote.bootstrap, gpurun.remote.keys\n"
+        "bad = sorted(m for m in sys.modules if m.startswith('gpurun.provision') or m.split('.')[0] in "
+        "('torch', 'diffusers', 'transformers', 'peft', 'bitsandbytes'))\n"
+        "print(bad)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert result.stdout.strip() == "[]"
+
+
+def test_both_transports_implement_the_protocol(tmp_path: Path) -> None:
+    from gpurun.remote.local import LocalTransport
+    from gpurun.remote.session import SshSession
+    from gpurun.remote.transport import Transport
+
+    assert isinstance(LocalTransport(tmp_path), Transport)
+    members = [name for name in dir(Transport) if not name.startswith("_")]
+    assert all(callable(getattr(SshSession, name)) for name in members if name != "where")

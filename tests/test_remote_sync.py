@@ -91,7 +91,7 @@ def test_rsync_output_parsing() -> None:
 
 @pytest.mark.parametrize("method", METHODS)
 async def test_push_sends_the_plan_then_only_what_changed(transport: Transport, tmp_path: Path, method: str) -> None:
-    src, dst = tmp_path / "dataset", tmp_path / "remote" / "data"
+    src, dst = tmp_path / "my dataset", tmp_path / "remote dir" / "data"  # spaces survive both hops
     wanted = make_dataset(src)
     big = os.urandom(600_000)
     (src / "model.bin").write_bytes(big)

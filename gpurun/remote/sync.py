@@ -88,15 +88,17 @@ async def push(
     Unchanged files are skipped; with rsync, changed ones travel as deltas."""
     local = Path(local_dir).resolve()
     plan = plan_upload(local, upload_excludes(local) if excludes is None else excludes)
-    await transport.makedirs(remote_dir)
     chosen = await choose_method(transport, method)
+    route = transport.rsync_route()
     if chosen == "rsync":
-        route = transport.rsync_route()
+        if route.ssh_argv is None:
+            await transport.makedirs(remote_dir)
         args = rsync.argv(
             [f"{local}/"], route.target(remote_dir.rstrip("/") + "/"), route,
-            excludes=plan.excludes, delete=delete, compress=compress, copy_links=True,
+            excludes=plan.excludes, delete=delete, compress=compress, copy_links=True, remote_mkdir=remote_dir,
         )  # fmt: skip
         return await rsync.run(args, where=transport.where, progress=progress)
+    await transport.makedirs(remote_dir)
     return await _push_files(transport, local, remote_dir, plan, delete=delete, progress=progress)
 
 

@@ -8,6 +8,7 @@ import http.server
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import threading
@@ -128,10 +129,13 @@ def test_an_image_without_torch_is_refused_with_a_clear_message(tmp_path: Path) 
     assert by_phase(result, "error")[0].fields["code"] == "3"
 
 
-def build_wheel(folder: Path, name: str, version: str, requires: list[str]) -> None:
+def build_wheel(
+    folder: Path, name: str, version: str, requires: list[str], extra: dict[str, str] | None = None
+) -> None:
     """A minimal pure-python wheel, so the cold install runs with `--no-index` and no network."""
     module, dist = name.replace("-", "_"), f"{name.replace('-', '_')}-{version}"
     files = {
+        **(extra or {}),
         f"{module}/__init__.py": f"VERSION = {version!r}\n",
         f"{dist}.dist-info/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n"
         + "".join(f"Requires-Dist: {r}\n" for r in requires),
@@ -146,7 +150,10 @@ def build_wheel(folder: Path, name: str, version: str, requires: list[str]) -> N
     folder.mkdir(parents=True, exist_ok=True)
     with zipfile.ZipFile(folder / f"{dist}-py3-none-any.whl", "w") as wheel:
         for path, text in files.items():
-            wheel.writestr(path, text)
+            info = zipfile.ZipInfo(path)
+            mode = 0o755 if ".data/scripts/" in path else 0o644
+            info.external_attr = (stat.S_IFREG | mode) << 16  # pip keeps executable bits of regular files
+            wheel.writestr(info, text)
 
 
 def find_uv() -> str | None:
@@ -166,6 +173,7 @@ def test_cold_install_with_uv_from_local_wheels_never_installs_torch_and_is_cach
         "GPURUN_REQUIREMENTS": "gpurun-probe-stack>=1.0",
         "GPURUN_SYSTEM_REQUIREMENTS": "",
         "UV_CACHE_DIR": str(tmp_path / "uv-cache"),
+        "GPURUN_UV_INSTALLER_URL": "",  # never fall back to downloading uv from the internet here
     }
     home = tmp_path / "home"
     first = bootstrap("--home", str(home), env=env)
@@ -428,3 +436,28 @@ def test_hub_single_file_repos_and_named_files(tmp_path: Path) -> None:
     ambiguous = bootstrap("--home", str(tmp_path / "home"), "--model", "someone/two-files", env=env)
     assert ambiguous.returncode == 2
     assert "has 2 top-level .safetensors files (a.safetensors, b.safetensors)" in ambiguous.stderr
+
+
+@pytest.mark.skipif(find_uv() is None, reason="uv is a dev dependency (pip install uv)")
+def test_uv_itself_is_installed_with_pip_when_the_image_lacks_it(tmp_path: Path) -> None:
+    """No uv on PATH: bootstrap installs it with `pip install --target HOME/uv`. The wheel here is a stand-in
+    named uv whose script hands over to the real uv binary (the real wheel cannot be fetched offline)."""
+    wheels = tmp_path / "wheels"
+    shim = f'#!/bin/sh\nexec {find_uv()} "$@"\n'
+    build_wheel(wheels, "uv", "0.0.1", [], extra={"uv-0.0.1.data/scripts/uv": shim})
+    build_wheel(wheels, "gpurun-probe-dep", "0.3.0", [])
+    env = {
+        "PATH": "/usr/bin:/bin",  # no uv in sight
+        "GPURUN_PIP_ARGS": f"--no-index --find-links {wheels}",
+        "GPURUN_UV_ARGS": f"--no-index --find-links {wheels}",
+        "GPURUN_REQUIREMENTS": "gpurun-probe-dep>=0.1",
+        "GPURUN_SYSTEM_REQUIREMENTS": "",
+        "UV_CACHE_DIR": str(tmp_path / "uv-cache"),
+        "GPURUN_UV_INSTALLER_URL": "",  # never fall back to downloading uv from the internet here
+    }
+    home = tmp_path / "home"
+    result = bootstrap("--home", str(home), env=env)
+    assert result.returncode == 0, result.stderr
+    assert "installing uv into" in result.stderr
+    assert os.access(home / "uv" / "bin" / "uv", os.X_OK)
+    assert by_phase(result, "env")[0].status == "installed"

@@ -19,7 +19,8 @@
 # Overrides (mirrors, tests): GPURUN_PYTHON (interpreter), GPURUN_UV (uv binary), GPURUN_PIP_ARGS (extra args
 # for `pip install uv`), GPURUN_UV_ARGS (extra args for `uv pip install`, e.g. --index-url or --no-index
 # --find-links DIR), GPURUN_REQUIREMENTS, GPURUN_SYSTEM_REQUIREMENTS (what the image must provide),
-# GPURUN_VENV, GPURUN_UV_INSTALLER_URL.
+# GPURUN_VENV, GPURUN_UV_INSTALLER_URL (uv's standalone installer, used when pip cannot install uv; empty
+# disables it).
 #
 # Output: progress for people on stderr; for gpurun, lines on stdout of the form
 #   GPURUN_BOOTSTRAP phase=<probe|env|install|model|ready|error> status=<...> key=value ...
@@ -142,8 +143,10 @@ find_uv() { # sets UV (an array)
     [ -x "$HOME_DIR/uv/bin/uv" ]; then
     UV=("$HOME_DIR/uv/bin/uv"); return
   fi
+  local installer="${GPURUN_UV_INSTALLER_URL-https://astral.sh/uv/install.sh}"
+  [ -n "$installer" ] || die 4 "cannot install uv with pip, and the standalone installer is disabled"
   command -v curl >/dev/null 2>&1 || die 4 "cannot install uv: no pip in $BASE_PY and no curl"
-  curl -LsSf "${GPURUN_UV_INSTALLER_URL:-https://astral.sh/uv/install.sh}" |
+  curl -LsSf "$installer" |
     env UV_UNMANAGED_INSTALL="$HOME_DIR/uv/bin" sh >&2 || die 4 "the uv installer failed"
   [ -x "$HOME_DIR/uv/bin/uv" ] || die 4 "the uv installer did not produce $HOME_DIR/uv/bin/uv"
   UV=("$HOME_DIR/uv/bin/uv")

@@ -202,3 +202,27 @@ async def test_fetch_verified_auto_uses_the_open_connection_and_falls_back_to_rs
     assert second.method == "rsync" and (tmp_path / "b" / "final.safetensors").read_bytes() == payload
     with pytest.raises(FileChannelUnavailable):
         await sync.fetch_verified(transport, str(remote), tmp_path / "c" / "final.safetensors", digest, method="sftp")
+
+
+def test_transfer_progress_plain_lines_when_not_a_terminal() -> None:
+    import io
+
+    from rich.console import Console
+
+    from gpurun.remote.progress import transfer_progress
+
+    buffer = io.StringIO()
+    with transfer_progress("upload dataset", console=Console(file=buffer, force_terminal=False, width=200)) as cb:
+        for percent in (0, 3, 12, 15, 47, 100):
+            cb(TransferProgress(percent * 1000, percent, "1.00MB/s", "0:00:01"))
+    assert buffer.getvalue().splitlines() == [
+        "upload dataset: 0% (0 bytes) at 1.00MB/s",
+        "upload dataset: 12% (12,000 bytes) at 1.00MB/s",
+        "upload dataset: 47% (47,000 bytes) at 1.00MB/s",
+        "upload dataset: 100% (100,000 bytes) at 1.00MB/s",
+    ]
+    terminal = io.StringIO()
+    with transfer_progress("fetch", console=Console(file=terminal, force_terminal=True, width=100)) as cb:
+        cb(TransferProgress(500, 50))
+        cb(TransferProgress(1000, 100))
+    assert "fetch" in terminal.getvalue()

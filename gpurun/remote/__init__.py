@@ -7,6 +7,7 @@
     sync.py       push / pull / fetch_verified (sha256); rsync when possible, SFTP or plain copies otherwise
     rsync.py      rsync argv, progress and stats parsing, failure classification
     excludes.py   default excludes, .gpurunignore, rsync-style matching, the dry run's upload plan
+    progress.py   a rich bar (or plain lines without a TTY) fed by the transfers' progress callback
     follow.py     follow the runner's JSON-lines events from a byte offset, across reconnects
     bootstrap.py  ship and run templates/bootstrap.sh, parse its progress, validate --base early
 

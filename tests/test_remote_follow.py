@@ -122,9 +122,9 @@ async def test_an_error_event_is_terminal(transport: Transport, tmp_path: Path) 
 async def test_heartbeats_keep_a_quiet_runner_followed_without_reconnecting(
     transport: Transport, tmp_path: Path
 ) -> None:
-    lines = script_lines(2)
-    events, pid = await start_runner(transport, tmp_path, lines, delay=1.2)  # silent for longer than the stall limit
-    stream = follower(transport, events, pid, heartbeat_s=0.1, stall_timeout_s=0.8)
+    lines = script_lines(1)
+    events, pid = await start_runner(transport, tmp_path, lines, delay=3.0)  # silent for longer than the stall limit
+    stream = follower(transport, events, pid, heartbeat_s=0.1, stall_timeout_s=2.0)
     assert [item.line async for item in stream] == lines
     assert stream.reconnects == 0
 
@@ -185,7 +185,7 @@ async def test_local_reader_killed_mid_stream_resumes_exactly(tmp_path: Path) ->
     local = LocalTransport(tmp_path / "home")
 
     async def drop() -> None:
-        for pid in _pids_running(READER.strip().splitlines()[0]):
+        for pid in _pids_running(READER.strip().splitlines()[0], str(tmp_path)):
             os.kill(pid, signal.SIGKILL)
 
     lines, got, stream = await _follow_with_a_drop(local, tmp_path, drop)
@@ -226,7 +226,7 @@ def _children(parent: int) -> list[int]:
     return found
 
 
-def _pids_running(marker: str) -> list[int]:
+def _pids_running(marker: str, folder: str) -> list[int]:
     found = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit() and int(entry.name) != os.getpid():
@@ -234,7 +234,7 @@ def _pids_running(marker: str) -> list[int]:
                 cmdline = (entry / "cmdline").read_bytes().decode(errors="replace")
             except OSError:
                 continue
-            if marker in cmdline and "events.jsonl" in cmdline:
+            if marker in cmdline and folder in cmdline:
                 found.append(int(entry.name))
     return found
 

@@ -93,6 +93,13 @@ def test_warm_environment_is_detected_and_nothing_is_installed_twice(tmp_path: P
     assert not (tmp_path / "home" / "venv").exists()
 
 
+def test_the_cuda_probe_can_be_skipped_for_a_sub_second_warm_check(tmp_path: Path) -> None:
+    result = bootstrap("--home", str(tmp_path / "home"), env={"GPURUN_CHECK_CUDA": "0"})
+    assert result.returncode == 0, result.stderr
+    env = by_phase(result, "env")[0]
+    assert env.status == "warm" and env.fields["cuda"] == "" and env.fields["torch"].startswith("2.")
+
+
 async def test_run_bootstrap_over_both_transports(transport: Transport, tmp_path: Path) -> None:
     seen = []
     result = await run_bootstrap(

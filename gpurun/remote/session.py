@@ -280,7 +280,12 @@ class SshSession:
             if parent:
                 await sftp.makedirs(parent, exist_ok=True)
             await sftp.put(str(local), tmp, preserve=True)
-            await sftp.posix_rename(tmp, remote)
+            try:
+                await sftp.posix_rename(tmp, remote)
+            except asyncssh.SFTPOpUnsupported:  # servers without OpenSSH's extension: not atomic, but works
+                with contextlib.suppress(asyncssh.SFTPNoSuchFile):
+                    await sftp.remove(remote)
+                await sftp.rename(tmp, remote)
         except _TRANSIENT as exc:
             raise self._lost(f"upload {remote}", exc) from None
         except asyncssh.SFTPError as exc:

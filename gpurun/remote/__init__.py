@@ -2,6 +2,7 @@
 
     transport.py  the Transport protocol both sides implement, shared shell text (wrapped and detached commands)
     session.py    SshSession: asyncssh connect (retries, deadline, host-key pinning), run, stream, detach, files
+    sftp.py       the session's SFTP file channel (stat, atomic upload, download, listing)
     local.py      LocalTransport: the same interface on this machine, for --provider local
     keys.py       per-run ed25519 key pair and known_hosts pins in the state dir
     sync.py       push / pull / fetch_verified (sha256); rsync when possible, SFTP or plain copies otherwise

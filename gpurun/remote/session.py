@@ -12,18 +12,18 @@ import asyncio
 import collections
 import contextlib
 import posixpath
-import stat as stat_mod
 import time
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 
 import asyncssh
 
-from gpurun.errors import SshError, SyncError, TransientSshError
+from gpurun.errors import SshError, TransientSshError
 from gpurun.models import SshEndpoint
 from gpurun.remote import transport as tp
 from gpurun.remote.keys import HostKeyPins, host_pattern
-from gpurun.remote.transport import CommandError, CommandResult, FileChannelUnavailable, FileStat, RsyncRoute
+from gpurun.remote.sftp import TRANSIENT, SftpFiles
+from gpurun.remote.transport import CommandError, CommandResult, RsyncRoute
 from gpurun.retry import call_ssh
 
 #: seconds for TCP + SSH handshake per attempt; slow hosts need far more than 3 s (field notes: dstack #2346)
@@ -32,13 +32,12 @@ CONNECT_TIMEOUT_S = 60.0
 KEEPALIVE_INTERVAL_S = 15.0
 KEEPALIVE_COUNT_MAX = 4
 
-# Errors that a reconnect may cure. HostKeyNotVerifiable and PermissionDenied are DisconnectErrors too and
-# are checked first; a failed key exchange or unsupported protocol will not fix itself either.
-_PERMANENT = (asyncssh.HostKeyNotVerifiable, asyncssh.PermissionDenied, asyncssh.KeyExchangeFailed)
-_TRANSIENT = (OSError, asyncio.TimeoutError, asyncssh.DisconnectError, asyncssh.ChannelOpenError, EOFError)
+# Errors that a reconnect may cure. HostKeyNotVerifiable, PermissionDenied and KeyExchangeFailed are
+# DisconnectErrors too: _connect_once catches them first, since no retry will fix them.
+_TRANSIENT = TRANSIENT
 
 
-class SshSession:
+class SshSession(SftpFiles):
     """One authenticated SSH connection to an instance, implementing `Transport`."""
 
     def __init__(
@@ -238,94 +237,12 @@ class SshSession:
         rc, _, _ = await self.run(f"test -e {tp.q(path)}", check=False)
         return rc == 0
 
-    async def stat(self, path: str) -> FileStat | None:
-        sftp = await self._sftp_client()
-        try:
-            attrs = await sftp.stat(path)
-        except asyncssh.SFTPNoSuchFile:
-            return None
-        except _TRANSIENT as exc:
-            raise self._lost(f"stat {path}", exc) from None
-        return _file_stat(attrs)
-
     async def file_size(self, path: str) -> int | None:
         rc, out, _ = await self.run(f"wc -c < {tp.q(path)}", check=False)
         return int(out.strip()) if rc == 0 and out.strip().isdigit() else None
 
     async def makedirs(self, path: str) -> None:
         await self.run(f"mkdir -p {tp.q(path)}")
-
-    # -- file transfer fallback (SFTP) -------------------------------------------------------------------------
-
-    async def _sftp_client(self) -> asyncssh.SFTPClient:
-        if self._sftp is None:
-            try:
-                self._sftp = await self._conn.start_sftp_client()
-            except asyncssh.ChannelOpenError as exc:
-                raise self._lost("sftp", exc) from None
-            except asyncssh.SFTPError as exc:
-                raise FileChannelUnavailable(
-                    f"the instance has no SFTP server: {exc}",
-                    where=self.where,
-                    hint="install rsync or openssh-sftp-server in the image",
-                ) from None
-        return self._sftp
-
-    async def put_file(self, local: Path, remote: str) -> None:
-        """Upload one file atomically (temp name, then rename), keeping its modification time."""
-        sftp = await self._sftp_client()
-        tmp = f"{remote}.gpurun-part"
-        try:
-            parent = posixpath.dirname(remote)
-            if parent:
-                await sftp.makedirs(parent, exist_ok=True)
-            await sftp.put(str(local), tmp, preserve=True)
-            try:
-                await sftp.posix_rename(tmp, remote)
-            except asyncssh.SFTPOpUnsupported:  # servers without OpenSSH's extension: not atomic, but works
-                with contextlib.suppress(asyncssh.SFTPNoSuchFile):
-                    await sftp.remove(remote)
-                await sftp.rename(tmp, remote)
-        except _TRANSIENT as exc:
-            raise self._lost(f"upload {remote}", exc) from None
-        except asyncssh.SFTPError as exc:
-            raise SshError(f"upload of {local} to {remote} failed: {exc}", where=self.where) from None
-
-    async def get_file(self, remote: str, local: Path) -> None:
-        sftp = await self._sftp_client()
-        try:
-            await sftp.get(remote, str(local), preserve=True)
-        except asyncssh.SFTPNoSuchFile:
-            raise SyncError(f"no such file on the instance: {remote}", where=self.where) from None
-        except _TRANSIENT as exc:
-            raise self._lost(f"download {remote}", exc) from None
-        except asyncssh.SFTPError as exc:
-            raise SshError(f"download of {remote} failed: {exc}", where=self.where) from None
-
-    async def list_files(self, remote_dir: str) -> dict[str, FileStat]:
-        """Every regular file under `remote_dir`, by POSIX path relative to it (empty if it does not exist)."""
-        sftp = await self._sftp_client()
-        found: dict[str, FileStat] = {}
-
-        async def walk(folder: str, prefix: str) -> None:
-            async for entry in sftp.scandir(folder):
-                name = str(entry.filename)
-                if name in (".", ".."):
-                    continue
-                info = _file_stat(entry.attrs)
-                rel = f"{prefix}{name}"
-                if info.is_dir:
-                    await walk(posixpath.join(folder, name), rel + "/")
-                elif _is_regular(entry.attrs):
-                    found[rel] = info
-
-        try:
-            await walk(remote_dir, "")
-        except asyncssh.SFTPNoSuchFile:
-            return {}
-        except _TRANSIENT as exc:
-            raise self._lost(f"list {remote_dir}", exc) from None
-        return found
 
     def rsync_route(self) -> RsyncRoute:
         """rsync's `-e` command: this run's key and pinned known_hosts, strict checking, never interactive."""
@@ -346,15 +263,6 @@ class SshSession:
         )  # fmt: skip
         host = f"[{self.endpoint.host}]" if ":" in self.endpoint.host else self.endpoint.host
         return RsyncRoute(ssh_argv, f"{self.endpoint.user}@{host}:")
-
-
-def _is_regular(attrs: asyncssh.SFTPAttrs) -> bool:
-    return attrs.type == asyncssh.FILEXFER_TYPE_REGULAR or stat_mod.S_ISREG(attrs.permissions or 0)
-
-
-def _file_stat(attrs: asyncssh.SFTPAttrs) -> FileStat:
-    is_dir = attrs.type == asyncssh.FILEXFER_TYPE_DIRECTORY or stat_mod.S_ISDIR(attrs.permissions or 0)
-    return FileStat(size=int(attrs.size or 0), mtime=float(attrs.mtime or 0), is_dir=is_dir)
 
 
 async def _connect_once(

@@ -186,6 +186,20 @@ async def test_dropped_connection_during_a_command_is_transient(sshd_server: Ssh
 
 
 @pytest.mark.sshd
+async def test_concurrent_reconnects_after_one_drop_make_one_new_connection(sshd_server: SshServer) -> None:
+    session = await ssh_session(sshd_server, "shared-session")
+    try:
+        session.connection.abort()
+        old = session.connection
+        results = await asyncio.gather(*(session.reconnect() for _ in range(3)))
+        assert all(r is session for r in results)
+        assert session.generation == 1 and session.connection is not old
+        assert (await session.run("echo one")).stdout == "one\n"
+    finally:
+        await session.close()
+
+
+@pytest.mark.sshd
 async def test_sftp_fallback_is_chosen_when_the_instance_lacks_rsync(
     sshd_server: SshServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:

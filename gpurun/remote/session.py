@@ -59,6 +59,9 @@ class SshSession(SftpFiles):
         self._keepalive_interval = keepalive_interval
         self._sftp: asyncssh.SFTPClient | None = None
         self._commands: dict[str, bool] = {}
+        #: bumped on every reconnect, so concurrent callers that saw the same drop reconnect only once
+        self.generation = 0
+        self._reconnecting = asyncio.Lock()
 
     @property
     def connection(self) -> asyncssh.SSHClientConnection:
@@ -68,17 +71,25 @@ class SshSession(SftpFiles):
     # -- connection -------------------------------------------------------------------------------------------
 
     async def reconnect(self, *, deadline: float | None = None) -> SshSession:
-        """Drop the current connection and open a new one to the same endpoint (same key, same pin)."""
-        await self.close()
-        fresh = await connect(
-            self.endpoint,
-            self.key_path,
-            self.known_hosts_path,
-            deadline=deadline if deadline is not None else time.monotonic() + 300,
-            connect_timeout=self._connect_timeout,
-            keepalive_interval=self._keepalive_interval,
-        )
-        self._conn, self._sftp, self._commands = fresh._conn, None, {}
+        """Drop the current connection and open a new one to the same endpoint (same key, same pin).
+
+        Tasks sharing this session (the follower, lease renewal, checkpoint pulls) may all see one drop; the
+        first reconnects, the others find a fresh connection when they get the lock and keep it."""
+        seen = self.generation
+        async with self._reconnecting:
+            if self.generation != seen:
+                return self
+            await self.close()
+            fresh = await connect(
+                self.endpoint,
+                self.key_path,
+                self.known_hosts_path,
+                deadline=deadline if deadline is not None else time.monotonic() + 300,
+                connect_timeout=self._connect_timeout,
+                keepalive_interval=self._keepalive_interval,
+            )
+            self._conn, self._sftp, self._commands = fresh._conn, None, {}
+            self.generation += 1
         return self
 
     async def close(self) -> None:

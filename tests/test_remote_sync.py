@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 from pathlib import Path
@@ -14,7 +15,8 @@ from gpurun.remote.excludes import DEFAULT_EXCLUDES, Excluder, plan_upload, uplo
 from gpurun.remote.rsync import TransferProgress, parse_progress, parse_stats
 from gpurun.remote.session import SshSession
 from gpurun.remote.transport import FileChannelUnavailable, Transport
-from tests.remote_helpers import transport_fixture  # noqa: F401  (the fixture)
+from tests.remote_helpers import ssh_session, transport_fixture  # noqa: F401  (the fixture)
+from tests.sshd import SshServer
 
 METHODS = ["rsync", "sftp"]
 
@@ -226,3 +228,40 @@ def test_transfer_progress_plain_lines_when_not_a_terminal() -> None:
         cb(TransferProgress(500, 50))
         cb(TransferProgress(1000, 100))
     assert "fetch" in terminal.getvalue()
+
+
+@pytest.mark.sshd
+async def test_an_interrupted_upload_resumes_from_the_partial_file(sshd_server: SshServer, tmp_path: Path) -> None:
+    """--partial: the instance keeps what arrived; the next push sends only the rest (the lost-connection case)."""
+    session = await ssh_session(sshd_server, "partial-push")
+    try:
+        src, dst = tmp_path / "data", tmp_path / "remote"
+        src.mkdir()
+        payload = os.urandom(4_000_000)
+        (src / "big.bin").write_bytes(payload)
+        moved: list[int] = []
+        slow = asyncio.create_task(
+            sync.push(
+                session, src, str(dst), method="rsync", bwlimit_kbps=1000, progress=lambda p: moved.append(p.bytes_done)
+            )
+        )
+        for _ in range(600):  # until at least 600 kB went over (at most 30 s on a busy machine)
+            if (moved and moved[-1] >= 600_000) or slow.done():
+                break
+            await asyncio.sleep(0.05)
+        assert not slow.done()
+        slow.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await slow
+        for _ in range(100):  # the receiver renames its temp file into place as it exits
+            if (dst / "big.bin").exists():
+                break
+            await asyncio.sleep(0.05)
+        kept = (dst / "big.bin").stat().st_size
+        assert 0 < kept < len(payload)
+        resumed = await sync.push(session, src, str(dst), method="rsync")
+        assert resumed.matched_bytes >= kept - 65_536  # reused what arrived (up to one block)
+        assert resumed.literal_bytes < len(payload)
+        assert (dst / "big.bin").read_bytes() == payload
+    finally:
+        await session.close()

@@ -15,10 +15,13 @@ Choices, with reasons:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
+import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -103,6 +106,7 @@ def argv(
     copy_links: bool = False,
     timeout_s: int = IO_TIMEOUT_S,
     remote_mkdir: str | None = None,
+    bwlimit_kbps: int | None = None,
 ) -> list[str]:
     """The rsync command line. `route.ssh_argv` becomes `-e` (quoted so rsync splits it back correctly)."""
     args = ["rsync", "-a", "--no-owner", "--no-group", "--stats", "--info=progress2", f"--timeout={timeout_s}"]
@@ -111,6 +115,8 @@ def argv(
         args.append("--copy-links")  # a dataset of symlinked images must arrive as images
     if compress:
         args.append("-z")
+    if bwlimit_kbps:
+        args.append(f"--bwlimit={int(bwlimit_kbps)}")  # KiB/s; for uploads from a shared home connection
     if delete:
         args.append("--delete")
     args += [f"--exclude={pattern}" for pattern in excludes]
@@ -145,8 +151,9 @@ async def run(args: list[str], *, where: str, progress: ProgressCallback | None 
     loop = asyncio.get_running_loop()
     started = loop.time()
     try:
+        # its own process group, so stopping it also stops the ssh it runs
         proc = await asyncio.create_subprocess_exec(
-            *args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+            *args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
         )
     except OSError as exc:
         raise SyncError(f"cannot run rsync: {exc}", where=where, hint="install rsync 3.1 or newer") from None
@@ -170,14 +177,24 @@ async def run(args: list[str], *, where: str, progress: ProgressCallback | None 
         await proc.wait()
         err = (await stderr_task).decode(errors="replace")
     except asyncio.CancelledError:
-        proc.kill()
-        await proc.wait()
+        # TERM first: rsync then exits cleanly and the receiver keeps the partial file for the next attempt
+        _signal_group(proc.pid, signal.SIGTERM)
+        try:
+            await asyncio.wait_for(proc.wait(), 5)
+        except asyncio.TimeoutError:
+            _signal_group(proc.pid, signal.SIGKILL)
+            await proc.wait()
         stderr_task.cancel()
         raise
     stats = parse_stats("\n".join(output), seconds=loop.time() - started)
     if proc.returncode != 0:
         raise classify_failure(proc.returncode or 0, err, where)
     return stats
+
+
+def _signal_group(pid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)
 
 
 def classify_failure(rc: int, stderr: str, where: str) -> Exception:

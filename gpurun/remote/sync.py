@@ -82,6 +82,7 @@ async def push(
     method: Method = "auto",
     delete: bool = False,
     compress: bool = False,
+    bwlimit_kbps: int | None = None,
     progress: ProgressCallback | None = None,
 ) -> TransferStats:
     """Make `remote_dir` hold `local_dir`'s files (after excludes; default: the built-ins + .gpurunignore).
@@ -96,6 +97,7 @@ async def push(
         args = rsync.argv(
             [f"{local}/"], route.target(remote_dir.rstrip("/") + "/"), route,
             excludes=plan.excludes, delete=delete, compress=compress, copy_links=True, remote_mkdir=remote_dir,
+            bwlimit_kbps=bwlimit_kbps,
         )  # fmt: skip
         return await rsync.run(args, where=transport.where, progress=progress)
     await transport.makedirs(remote_dir)

@@ -58,8 +58,14 @@ class JobOptions:
         import os
 
         values: dict[str, Any] = {}
-        for name in ("lease_interval_s", "lease_ttl_s", "watchdog_poll_s", "ready_timeout_s", "poll_s",
-                     "client_deadline_margin_s"):
+        for name in (
+            "lease_interval_s",
+            "lease_ttl_s",
+            "watchdog_poll_s",
+            "ready_timeout_s",
+            "poll_s",
+            "client_deadline_margin_s",
+        ):
             env = os.environ.get(f"GPURUN_{name.upper()}")
             if env:
                 values[name] = float(env)
@@ -111,8 +117,9 @@ class Job:
         self.options = options or JobOptions()
         self.run_id = journal.new_run_id()
         self.out_dir = (plan.request.output / self.run_id).resolve()
-        self.state = RunState(self.run_id, plan.chosen.offer.provider, output_dir=str(self.out_dir),
-                              budget=plan.request.budget)
+        self.state = RunState(
+            self.run_id, plan.chosen.offer.provider, output_dir=str(self.out_dir), budget=plan.request.budget
+        )
         self.transport: Transport | None = None
         self.layout: onbox.BoxLayout | None = None
         self.instance: Instance | None = None
@@ -171,9 +178,14 @@ class Job:
         providers = {e.offer.provider: make_provider(e.offer.provider) for e in plan.candidates}
         outcome, error = "failed", None
         try:
-            spec = LaunchSpec(image=self.options.image, disk_gb=_disk_gb(plan), label=run_label(self.run_id),
-                              ssh_public_key=keys.public_key_text(),
-                              env={"GPURUN_RUN_ID": self.run_id}, terminate_after_s=plan.hard_deadline_s)
+            spec = LaunchSpec(
+                image=self.options.image,
+                disk_gb=_disk_gb(plan),
+                label=run_label(self.run_id),
+                ssh_public_key=keys.public_key_text(),
+                env={"GPURUN_RUN_ID": self.run_id},
+                terminate_after_s=plan.hard_deadline_s,
+            )
             started = time.monotonic()
             rented = await rent(
                 plan.candidates, providers, lambda choice: _priced(spec, choice), self.journal, self.run_id,
@@ -227,18 +239,22 @@ class Job:
         self._timed("setup", started)
         started = time.monotonic()
         self._phase("sync", f"{self.plan.upload.files} files, {self.plan.upload.bytes / 1e6:.1f} MB")
-        target = onbox.dataset_target(layout, self.plan.dataset, self.plan.dataset_report, self.plan.request.repeats,
-                                      self.plan.request.trigger)
-        await asyncio.wait_for(onbox.ship(self.transport, layout, self.plan.dataset, target),
-                               self.options.sync_timeout_s)
+        target = onbox.dataset_target(
+            layout, self.plan.dataset, self.plan.dataset_report, self.plan.request.repeats, self.plan.request.trigger
+        )
+        await asyncio.wait_for(
+            onbox.ship(self.transport, layout, self.plan.dataset, target), self.options.sync_timeout_s
+        )
         self._timed("upload", started)
         started = time.monotonic()
         self._phase("training", "runner launched")
         job_config = onbox.job_config(self.plan.config, model_path)
         await onbox.launch_runner(self.transport, self.layout, job_config)
         self.launched = True
-        self.view.message("Ctrl-C once detaches (training goes on; `gpurun attach " + self.run_id + "` resumes); "
-                          "Ctrl-C twice cancels, fetches what exists and destroys the machine")
+        self.view.message(
+            "Ctrl-C once detaches (training goes on; `gpurun attach " + self.run_id + "` resumes); "
+            "Ctrl-C twice cancels, fetches what exists and destroys the machine"
+        )
         if self.options.detach:
             raise Detached()
         await self._follow(offset=0)
@@ -262,8 +278,9 @@ class Job:
         try:
             return await connect(endpoint, Path(identity), keys.known_hosts, deadline=deadline)
         except GpurunError as exc:
-            raise type(exc)(f"cannot reach the machine over SSH: {exc.message}", where=str(endpoint),
-                            hint=exc.hint) from None
+            raise type(exc)(
+                f"cannot reach the machine over SSH: {exc.message}", where=str(endpoint), hint=exc.hint
+            ) from None
 
     async def _arm(self, provider_name: str) -> None:
         """The dead-man switch starts before anything slow happens."""
@@ -275,8 +292,9 @@ class Job:
         if self.state.budget is not None and self.state.price_per_hour > 0:
             now = await onbox.remote_clock(self.transport)
             spent = self._money().spent
-            deadline = deadline_from_budget(self.state.budget, spent, self.state.price_per_hour, now,
-                                            safety_margin=120.0)
+            deadline = deadline_from_budget(
+                self.state.budget, spent, self.state.price_per_hour, now, safety_margin=120.0
+            )
         self.state.deadline = deadline
         self.state.save(self.state_path)
         await onbox.arm_watchdog(
@@ -343,8 +361,14 @@ class Job:
 
         assert self.transport is not None and self.layout is not None
         self._events_file = (self.out_dir / "events.jsonl").open("a", encoding="utf-8")
-        follower = follow_events(self.transport, self.layout.events, self.layout.pid, offset=offset,
-                                 reconnect=self._reconnect, python="python3")
+        follower = follow_events(
+            self.transport,
+            self.layout.events,
+            self.layout.pid,
+            offset=offset,
+            reconnect=self._reconnect,
+            python="python3",
+        )
         terminal: Event | None = None
         budget_task = asyncio.create_task(self._budget_guard())
         stop_task = asyncio.create_task(self.stop_request.wait())
@@ -378,15 +402,22 @@ class Job:
             self._events_file.close()
         await self._drain_fetches()
         if isinstance(terminal, ErrorEvent):
-            raise RunnerError(terminal.message, hint=terminal.hint or None, where="runner",
-                              last_lines=await onbox.stderr_tail(self.transport, self.layout))
+            raise RunnerError(
+                terminal.message,
+                hint=terminal.hint or None,
+                where="runner",
+                last_lines=await onbox.stderr_tail(self.transport, self.layout),
+            )
         if terminal is None:
             if self.cancel_request.is_set():
                 return
             lines = await onbox.stderr_tail(self.transport, self.layout)
-            raise RunnerError(f"the runner stopped without finishing (exit {follower.runner_exit})",
-                              where="runner", last_lines=lines,
-                              hint="its last lines: " + " | ".join(lines[-3:]) if lines else None)
+            raise RunnerError(
+                f"the runner stopped without finishing (exit {follower.runner_exit})",
+                where="runner",
+                last_lines=lines,
+                hint="its last lines: " + " | ".join(lines[-3:]) if lines else None,
+            )
         await self._fetch_final()
 
     def _on_event(self, event: Event) -> None:
@@ -410,8 +441,9 @@ class Job:
         assert self.transport is not None and self.layout is not None
         if self.state.fetched.get(rel_path) == sha256:
             return
-        result = await fetch_verified(self.transport, self.layout.path("out", rel_path), self.out_dir / rel_path,
-                                      sha256, size=size or None)
+        result = await fetch_verified(
+            self.transport, self.layout.path("out", rel_path), self.out_dir / rel_path, sha256, size=size or None
+        )
         self.state.fetched[rel_path] = sha256
         self.journal.record_artifact(self.run_id, result.path, result.sha256, result.bytes)
         self.state.save(self.state_path)
@@ -464,8 +496,10 @@ class Job:
         started = time.monotonic()
         if outcome == "detached":
             self.journal.phase(self.run_id, "detached", "the watchdog keeps the machine honest")
-            self.view.message(f"detached: training goes on. `gpurun attach {self.run_id}` follows it and fetches the "
-                              f"result; `gpurun cancel {self.run_id}` stops it and destroys the machine")
+            self.view.message(
+                f"detached: training goes on. `gpurun attach {self.run_id}` follows it and fetches the "
+                f"result; `gpurun cancel {self.run_id}` stops it and destroys the machine"
+            )
         elif self.instance is not None and self.provider is not None:
             keep = self.plan.request.keep_on_failure_min
             if outcome == "failed" and keep > 0 and self.transport is not None and self.layout is not None:
@@ -478,10 +512,14 @@ class Job:
             billed = time.time() - self.state.created_at
         if self.state.samples_per_s and self.instance is not None:
             offer = self.plan.chosen.offer
-            self.journal.record_throughput(self.run_id, gpu=offer.gpu.name, family=self.plan.workload.family,
-                                           resolution=self.plan.workload.resolution,
-                                           batch_size=self.plan.config.batch_size,
-                                           samples_per_s=self.state.samples_per_s)
+            self.journal.record_throughput(
+                self.run_id,
+                gpu=offer.gpu.name,
+                family=self.plan.workload.family,
+                resolution=self.plan.workload.resolution,
+                batch_size=self.plan.config.batch_size,
+                samples_per_s=self.state.samples_per_s,
+            )
         self.receipt = build_receipt(
             run_id=self.run_id, estimate=self.plan.chosen, billed_per_hour=self.state.price_per_hour,
             actual_seconds=dict(self.state.timings), billed_seconds=billed if outcome != "detached" else 0.0,
@@ -512,8 +550,10 @@ class Job:
         confirmed = await destroy_confirmed(self.provider, self.instance.instance_id, poll_s=self.options.poll_s)
         self.journal.mark_terminated(self.run_id, confirmed, instance_id=self.instance.instance_id)
         if not confirmed:
-            self.view.message(f"WARNING: {self.provider.name} has not confirmed that instance "
-                              f"{self.instance.instance_id} is gone; `gpurun down {self.run_id}` retries")
+            self.view.message(
+                f"WARNING: {self.provider.name} has not confirmed that instance "
+                f"{self.instance.instance_id} is gone; `gpurun down {self.run_id}` retries"
+            )
         return confirmed
 
     async def _keep_for_debugging(self, minutes: float) -> None:
@@ -523,9 +563,16 @@ class Job:
         await asyncio.sleep(1.0)
         destroy = self._destroy_action(self.state.provider)
         deadline = await onbox.remote_clock(self.transport) + minutes * 60
-        await onbox.arm_watchdog(self.transport, self.layout, self.run_id, destroy, deadline=deadline,
-                                 lease_ttl_s=minutes * 60 + 3600, artifact_grace_s=0,
-                                 poll_s=self.options.watchdog_poll_s)
+        await onbox.arm_watchdog(
+            self.transport,
+            self.layout,
+            self.run_id,
+            destroy,
+            deadline=deadline,
+            lease_ttl_s=minutes * 60 + 3600,
+            artifact_grace_s=0,
+            poll_s=self.options.watchdog_poll_s,
+        )
         ssh = self.state.ssh or {}
         self.view.message(
             f"kept for {minutes:g} min for debugging: ssh -i {self.state.identity_file} -p {ssh.get('port')} "

@@ -187,6 +187,8 @@ class Workload:
     #: size of the base model download in bytes (SD 1.5 pruned ≈ 4.3 GB, SDXL ≈ 6.9 GB)
     base_model_bytes: int = 4_265_000_000
     cache_latents: bool = True
+    #: the built-in tiny demo model (`--base tiny-sd`): trains on a CPU in seconds, downloads nothing
+    tiny: bool = False
 
     @property
     def samples(self) -> int:

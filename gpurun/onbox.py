@@ -76,6 +76,7 @@ async def make_layout(transport: Transport, run_id: str, workdir: str | None) ->
 
 # ---- the watchdog ---------------------------------------------------------------------------------------------
 
+
 def destroy_action(provider: str, instance: Instance, urls: dict[str, str]) -> dict[str, Any]:
     """How the watchdog ends this machine: the provider's DELETE with the instance-scoped key, or `kill`.
 
@@ -102,12 +103,26 @@ def destroy_action(provider: str, instance: Instance, urls: dict[str, str]) -> d
 
 
 async def arm_watchdog(
-    transport: Transport, layout: BoxLayout, run_id: str, destroy: dict[str, Any], *, deadline: float | None,
-    lease_ttl_s: float, artifact_grace_s: float, poll_s: float,
+    transport: Transport,
+    layout: BoxLayout,
+    run_id: str,
+    destroy: dict[str, Any],
+    *,
+    deadline: float | None,
+    lease_ttl_s: float,
+    artifact_grace_s: float,
+    poll_s: float,
 ) -> None:
     """Upload and start the dead-man switch, then renew its lease once so it starts with a fresh one."""
-    config = wd.build_config(run_id, destroy, deadline=deadline, lease_ttl_s=lease_ttl_s,
-                             artifact_grace_s=artifact_grace_s, poll_s=poll_s, done_file=Path(layout.done).name)
+    config = wd.build_config(
+        run_id,
+        destroy,
+        deadline=deadline,
+        lease_ttl_s=lease_ttl_s,
+        artifact_grace_s=artifact_grace_s,
+        poll_s=poll_s,
+        done_file=Path(layout.done).name,
+    )
     await transport.put_text(layout.path("watchdog.py"), wd.SOURCE.read_text(encoding="utf-8"), mode=0o755)
     await transport.put_text(layout.path(wd.CONFIG_NAME), wd.config_json(config), mode=0o600)
     await renew_lease(transport, layout, run_id, 0)
@@ -146,8 +161,15 @@ def model_spec(base: BaseSpec) -> str:
 
 def bootstrap_env() -> dict[str, str]:
     """Overrides passed through to bootstrap.sh (GPURUN_PYTHON, GPURUN_UV_ARGS, ...) from our environment."""
-    names = ("GPURUN_PYTHON", "GPURUN_UV", "GPURUN_PIP_ARGS", "GPURUN_UV_ARGS", "GPURUN_REQUIREMENTS",
-             "GPURUN_UV_INSTALLER_URL", "HF_ENDPOINT")
+    names = (
+        "GPURUN_PYTHON",
+        "GPURUN_UV",
+        "GPURUN_PIP_ARGS",
+        "GPURUN_UV_ARGS",
+        "GPURUN_REQUIREMENTS",
+        "GPURUN_UV_INSTALLER_URL",
+        "HF_ENDPOINT",
+    )
     return {name: os.environ[name] for name in names if name in os.environ}
 
 
@@ -156,8 +178,9 @@ def local_python_env() -> dict[str, str]:
     return {"GPURUN_PYTHON": sys.executable, **bootstrap_env()}
 
 
-def dataset_target(layout: BoxLayout, dataset: Path, report: dict[str, Any], repeats: int | None,
-                   trigger: str | None) -> str:
+def dataset_target(
+    layout: BoxLayout, dataset: Path, report: dict[str, Any], repeats: int | None, trigger: str | None
+) -> str:
     """Where the dataset goes so the machine always sees a kohya root (`data/N_name/...`)."""
     kind = report.get("layout", "kohya-root")
     if kind == "concept-folder":
@@ -200,20 +223,33 @@ async def upload_base_model(transport: Transport, layout: BoxLayout, base: BaseS
 
 def job_config(config: TrainConfig, model_path: str) -> TrainConfig:
     """The config as the runner on the machine reads it: paths relative to the run folder."""
-    return config.model_copy(update={"train_data_dir": "data", "output_dir": "out", "resume": False,
-                                     "pretrained_model_name_or_path": model_path})
+    return config.model_copy(
+        update={
+            "train_data_dir": "data",
+            "output_dir": "out",
+            "resume": False,
+            "pretrained_model_name_or_path": model_path,
+        }
+    )
 
 
-async def launch_runner(transport: Transport, layout: BoxLayout, config: TrainConfig, *, resume: bool = False,
-                        env: dict[str, str] | None = None) -> None:
+async def launch_runner(
+    transport: Transport,
+    layout: BoxLayout,
+    config: TrainConfig,
+    *,
+    resume: bool = False,
+    env: dict[str, str] | None = None,
+) -> None:
     """Write job.toml and start `python -m gpurun.runner` detached, as the watchdog expects (pid, exit file)."""
     await transport.put_text(layout.path(JOB_TOML), config.to_toml())
     argv = [layout.python, "-m", "gpurun.runner", "--config", JOB_TOML]
     if resume:
         argv.append("--resume")
     run_env = {"PYTHONPATH": layout.path("bundle"), "PYTHONUNBUFFERED": "1", **(env or {})}
-    command = wd.runner_launch_command(layout.root, argv, python=layout.python, events=EVENTS, stderr=STDERR,
-                                       env=run_env, done=Path(layout.done).name)
+    command = wd.runner_launch_command(
+        layout.root, argv, python=layout.python, events=EVENTS, stderr=STDERR, env=run_env, done=Path(layout.done).name
+    )
     await transport.run(command)
 
 

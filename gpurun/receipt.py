@@ -112,8 +112,10 @@ def render_receipt(receipt: Receipt) -> Any:
 
     from gpurun.render import human_seconds
 
-    table = Table(title=f"receipt {receipt.run_id} — {receipt.offer} ({receipt.gpu}) at ${receipt.billed_per_hour:.3f}/h",
-                  title_justify="left")
+    table = Table(
+        title=f"receipt {receipt.run_id} — {receipt.offer} ({receipt.gpu}) at ${receipt.billed_per_hour:.3f}/h",
+        title_justify="left",
+    )
     for column in ("phase", "est. time", "actual", "est. $", "actual $"):
         table.add_column(column, justify="left" if column == "phase" else "right")
     for line in receipt.lines:

@@ -116,8 +116,11 @@ def settle_config(request: TrainRequest) -> tuple[TrainConfig, BaseSpec, Path, l
     user = TrainConfig.from_toml(request.config) if request.config else None
     base_text = request.base or (user.pretrained_model_name_or_path if user else None)
     if not base_text:
-        raise ConfigError("no base model", where="--base",
-                          hint="pass --base sd15|sdxl|sd2|tiny-sd|FILE|HUB_ID, or set pretrained_model_name_or_path")
+        raise ConfigError(
+            "no base model",
+            where="--base",
+            hint="pass --base sd15|sdxl|sd2|tiny-sd|FILE|HUB_ID, or set pretrained_model_name_or_path",
+        )
     family_hint = user.model_family if user else None
     base = resolve_base(base_text, family_hint=family_hint)
     config = user or TrainConfig.preset(base.preset)
@@ -131,8 +134,18 @@ def settle_config(request: TrainRequest) -> tuple[TrainConfig, BaseSpec, Path, l
         updates["max_train_steps"] = None
     if base.kind == "builtin":
         # the tiny demo model trains at its own small size; the preset's 512-1024 px would only cost time
-        updates.update(resolution=(64, 64), min_bucket_reso=64, max_bucket_reso=128, bucket_reso_steps=64,
-                       sample_steps=4, sample_seeds=[1], optimizer_type="AdamW", lr_warmup_steps=0)
+        updates.update(
+            resolution=(64, 64),
+            min_bucket_reso=64,
+            max_bucket_reso=128,
+            bucket_reso_steps=64,
+            sample_steps=4,
+            sample_seeds=[1],
+            optimizer_type="AdamW",
+            lr_warmup_steps=0,
+        )
+        if user is None and request.epochs is None:
+            updates.update(max_train_epochs=4, save_every_n_epochs=2)  # a demo that ends in about a minute
         notes.append("tiny demo model: 64 px, random weights — it proves the pipeline, it learns nothing")
     config = config.model_copy(update=updates)
     dataset = request.dataset or (Path(config.train_data_dir) if config.train_data_dir else None)
@@ -141,8 +154,7 @@ def settle_config(request: TrainRequest) -> tuple[TrainConfig, BaseSpec, Path, l
     return config, base, dataset.expanduser().resolve(), notes
 
 
-def check_training_data(config: TrainConfig, base: BaseSpec, dataset: Path, request: TrainRequest
-                        ) -> dict[str, Any]:
+def check_training_data(config: TrainConfig, base: BaseSpec, dataset: Path, request: TrainRequest) -> dict[str, Any]:
     """The local dataset check; errors stop the run before anything is rented."""
     from gpurun.dataset import check_dataset
 
@@ -157,8 +169,11 @@ def check_training_data(config: TrainConfig, base: BaseSpec, dataset: Path, requ
         errors = [i for i in document["issues"] if i["severity"] == "error"]
         first = errors[0]
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-        raise DatasetError(f"{first['message']}{more}", where=first.get("path") or str(dataset),
-                           hint=f"run `gpurun dataset check {dataset}` for every problem; nothing was rented")
+        raise DatasetError(
+            f"{first['message']}{more}",
+            where=first.get("path") or str(dataset),
+            hint=f"run `gpurun dataset check {dataset}` for every problem; nothing was rented",
+        )
     return document
 
 
@@ -186,9 +201,10 @@ async def plan_train(request: TrainRequest, *, calibration: dict[str, float] | N
         raise ConfigError(f"must be a non-negative amount of dollars, got {request.budget}", where="--budget")
     config, base, dataset, notes = settle_config(request)
     report = check_training_data(config, base, dataset, request)
-    source = build_workload(model=base.family, dataset=dataset, config=config, repeats=request.repeats,
-                            epochs=request.epochs)
-    workload = dataclasses.replace(source.workload, base_model_bytes=base.bytes)
+    source = build_workload(
+        model=base.family, dataset=dataset, config=config, repeats=request.repeats, epochs=request.epochs
+    )
+    workload = dataclasses.replace(source.workload, base_model_bytes=base.bytes, tiny=base.kind == "builtin")
     notes += list(source.notes)
     budget = request.budget if request.budget else None  # $0 = "free providers only", checked below
     result = await offers(
@@ -203,8 +219,9 @@ async def plan_train(request: TrainRequest, *, calibration: dict[str, float] | N
         pool = [e for e in pool if e.offer.key == wanted.key]
         if not pool:
             reasons = next((r.reasons for r in ranking.rejected if r.offer.key == wanted.key), ())
-            raise ConfigError(f"offer {wanted.key} cannot run this job: {'; '.join(reasons) or 'not eligible'}",
-                              where="--offer")
+            raise ConfigError(
+                f"offer {wanted.key} cannot run this job: {'; '.join(reasons) or 'not eligible'}", where="--offer"
+            )
     affordable = [e for e in pool if _affordable(e, request.budget)]
     if not affordable:
         raise _budget_error(pool, request)
@@ -225,8 +242,11 @@ def _affordable(estimate: CostEstimate, budget: float | None) -> bool:
 
 def _budget_error(pool: list[CostEstimate], request: TrainRequest) -> BudgetError:
     if not pool:
-        return BudgetError("no offer can run this job", where="offers",
-                           hint="relax --gpu/--provider filters, or see `gpurun offers` for why offers were rejected")
+        return BudgetError(
+            "no offer can run this job",
+            where="offers",
+            hint="relax --gpu/--provider filters, or see `gpurun offers` for why offers were rejected",
+        )
     cheapest = min(pool, key=lambda e: e.expected_dollars)
     if request.budget is None:
         return BudgetError(

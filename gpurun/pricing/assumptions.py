@@ -87,6 +87,9 @@ class Assumptions:
     vram_headroom: float = 0.85
     #: extra disk beyond what the job writes
     disk_slack_gb: float = 5.0
+    #: the built-in tiny demo model on a CPU: samples/s measured with the runner on a 2-core machine (64 px)
+    tiny_cpu_samples_per_s: float = 4.0
+    tiny_cpu_setup_seconds: float = 20.0
     #: peak TFLOP/s assumed for a GPU that is neither in the table nor advertises a figure
     default_tflops: float = 20.0
     #: per-GPU achieved fraction of peak, overriding the built-in curve (settings.pricing.efficiency)

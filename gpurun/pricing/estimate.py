@@ -177,7 +177,9 @@ class Plan:
             notes.append(f"{gpu.name!r} taken as {info.name if info else '?'}")
         vram = gpu.vram_gb or (info.vram_gb if info else 0.0)
         if gpu.name.strip().lower() in ("cpu", "none", ""):
-            reasons.append("no GPU: this job needs an NVIDIA GPU")
+            if w.tiny:
+                return self._tiny_cpu_plan()
+            reasons.append("no GPU: this job needs an NVIDIA GPU (only the built-in tiny-sd demo runs on a CPU)")
             vram = 0.0
         elif (info is not None and not info.cuda) or looks_non_cuda(gpu.name):
             reasons.append(f"{gpu.name} is not an NVIDIA CUDA GPU, which gpurun's trainer needs")
@@ -257,6 +259,18 @@ class Plan:
             compute_seconds=caching + training + sampling,
             training_note=training_note,
         )
+
+    def _tiny_cpu_plan(self) -> GpuPlan:
+        """The tiny demo model trains on a CPU; its speed is a measured constant, not a FLOP model."""
+        w, a = self.workload, self.assumptions
+        rate = a.tiny_cpu_samples_per_s
+        note = f"{w.samples} samples at {rate:.1f}/s on the CPU (tiny demo model)"
+        return GpuPlan(
+            info=None, peak_tflops=0.0, batch=BatchChoice(w.batch_size or 1, False, 0.0, True),
+            throughput=Throughput(rate, 0.0, 0.0, "table", note), caching_seconds=a.tiny_cpu_setup_seconds,
+            training_seconds=w.samples / rate, samples_seconds=2.0, reasons=(), notes=(),
+            compute_seconds=a.tiny_cpu_setup_seconds + w.samples / rate + 2.0, training_note=note,
+        )  # fmt: skip
 
     # ---- per offer ------------------------------------------------------------------------------------------
 

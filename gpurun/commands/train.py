@@ -1,0 +1,226 @@
+"""`gpurun train`: one command from a dataset to a fetched, verified LoRA, with the machine destroyed after."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from gpurun.render import err, out, print_json
+
+HELP = """\
+Train a LoRA on the cheapest suitable GPU under --budget, fetch it, destroy the machine.
+
+\b
+gpurun checks the dataset locally, ranks live offers by expected TOTAL cost, rents exactly the
+chosen offer, installs a lean environment, uploads the data, trains, pulls every checkpoint as it
+is written, fetches the final .safetensors and a sample grid, verifies them, and destroys the
+machine. A watchdog on the machine destroys it by itself if this laptop goes away or the budget
+runs out.
+
+\b
+Examples:
+  gpurun train ./training_data --base sd15 --budget 3
+  gpurun train --config training_config.toml --budget 10 --provider vast --gpu "RTX 4090"
+  gpurun train ./training_data --base sdxl --budget 8 --dry-run      the plan, nothing rented
+  gpurun train examples/dataset --provider local --base tiny-sd --yes   the whole flow on this machine
+
+\b
+Ctrl-C once detaches (training goes on; `gpurun attach RUN` resumes following);
+Ctrl-C twice, or `gpurun cancel RUN`, fetches what exists and destroys the machine.
+"""
+
+
+def train(
+    dataset: Path | None = typer.Argument(None, help="The training folder (kohya layout: N_name/img.jpg + img.txt)."),
+    config: Path | None = typer.Option(None, "--config", "-c", help="A kohya-style training_config.toml."),
+    base: str | None = typer.Option(
+        None, "--base", "-b", help="sd15 | sdxl | sd2 | tiny-sd | a .safetensors file | a hub id | a URL."
+    ),
+    budget: float | None = typer.Option(None, "--budget", help="Most dollars the whole run may cost."),
+    provider: list[str] = typer.Option([], "--provider", "-p", help="vast | runpod | ssh | local (repeatable)."),
+    gpu: list[str] = typer.Option([], "--gpu", help='Only these GPUs, e.g. "RTX 4090" (repeatable).'),
+    spot: bool = typer.Option(
+        False, "--spot", help="Interruptible offers (cheaper; checkpoints come back as written)."
+    ),
+    offer: str | None = typer.Option(
+        None, "--offer", help="Rent exactly this offer (provider:id from `gpurun offers`)."
+    ),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Show the plan and stop; nothing is rented."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask before renting."),
+    detach: bool = typer.Option(False, "--detach", help="Return once training runs; `gpurun attach RUN` later."),
+    keep_on_failure: float = typer.Option(
+        0.0,
+        "--keep-on-failure",
+        metavar="MINUTES",
+        help="On failure keep the machine this long for debugging, then destroy.",
+    ),
+    artifact_grace: float = typer.Option(
+        30.0,
+        "--artifact-grace",
+        metavar="MINUTES",
+        help="If this client is gone when training ends, keep the machine this long for `gpurun attach`, then destroy.",
+    ),
+    output: Path = typer.Option(Path("runs"), "--output", "-o", help="Where runs are written: DIR/<run>/."),
+    epochs: int | None = typer.Option(None, "--epochs", help="Override max_train_epochs."),
+    repeats: int | None = typer.Option(None, "--repeats", help="Repeats for a plain folder of images."),
+    trigger: str | None = typer.Option(None, "--trigger", help="The trigger word (default: from the folder name)."),
+    as_json: bool = typer.Option(False, "--json", help="Stream events and the receipt as JSON lines."),
+) -> None:
+    from gpurun.trainplan import TrainRequest
+
+    request = TrainRequest(
+        dataset=dataset, config=config, base=base, budget=budget, providers=tuple(provider), gpus=tuple(gpu),
+        spot=spot, offer=offer, output=output, repeats=repeats, trigger=trigger, epochs=epochs,
+        keep_on_failure_min=keep_on_failure, artifact_grace_min=artifact_grace,
+    )  # fmt: skip
+    plan = asyncio.run(_plan(request, as_json))
+    if dry_run:
+        if as_json:
+            print_json({"dry_run": True, **plan.to_dict()})
+        else:
+            out.print(render_plan(plan))
+        return
+    if not as_json:
+        out.print(render_plan(plan))
+    if plan.chosen.offer.price_per_hour > 0 and not yes:
+        if not _interactive():
+            from gpurun.errors import ConfigError
+
+            raise ConfigError(
+                "renting needs confirmation",
+                where="--yes",
+                hint="pass --yes to rent without asking (the plan is above)",
+            )
+        if not typer.confirm(f"Rent {plan.chosen.offer.key} and train (expected ${plan.chosen.expected_dollars:.2f})?"):
+            raise typer.Exit(1)
+    receipt = _run(plan, as_json=as_json, detach=detach)
+    if as_json:
+        print_json({"type": "receipt", **receipt.to_dict()})
+    else:
+        from gpurun.receipt import render_receipt
+
+        out.print(render_receipt(receipt))
+
+
+async def _plan(request: Any, as_json: bool) -> Any:
+    from gpurun.journal import Journal
+    from gpurun.pricing.throughput import calibration_key
+    from gpurun.trainplan import plan_train
+
+    with Journal.open() as journal:
+        measured = journal.calibration()
+    calibration = {
+        calibration_key(gpu, family, res, batch): value for (gpu, family, res, batch), value in measured.items()
+    }
+    if as_json or not err.is_terminal:
+        return await plan_train(request, calibration=calibration or None)
+    with err.status("checking the dataset and asking providers for offers…"):
+        return await plan_train(request, calibration=calibration or None)
+
+
+def _interactive() -> bool:
+    import sys
+
+    return sys.stdin.isatty()
+
+
+def _run(plan: Any, *, as_json: bool, detach: bool) -> Any:
+    from gpurun.job import Job, JobOptions
+    from gpurun.journal import Journal
+    from gpurun.live import make_view
+
+    async def main() -> Any:
+        view = make_view(as_json=as_json)
+        with Journal.open() as journal:
+            job = Job(plan, view, journal, JobOptions.from_env(detach=detach))
+            task = asyncio.current_task()
+            _install_ctrl_c(job, task, view)
+            try:
+                return await job.run()
+            finally:
+                view.close()
+
+    return asyncio.run(main())
+
+
+def _install_ctrl_c(job: Any, task: asyncio.Task[Any] | None, view: Any) -> None:
+    """Ctrl-C once: detach (after a 3 s window); twice: cancel, fetch what exists, destroy."""
+    loop = asyncio.get_running_loop()
+    presses = {"n": 0}
+
+    def on_sigint() -> None:
+        presses["n"] += 1
+        if not job.launched:
+            # nothing to detach from yet: stop here, and the `finally` destroys whatever was rented
+            view.message("interrupted before training started: destroying what was rented")
+            if task is not None:
+                task.cancel()
+            return
+        if presses["n"] == 1:
+            view.message("detaching in 3 s — press Ctrl-C again to cancel the run and destroy the machine instead")
+            loop.call_later(3.0, lambda: None if job.cancel_request.is_set() else job.stop_request.set())
+        else:
+            view.message("cancelling: stopping the runner, fetching what exists, destroying the machine")
+            job.cancel_request.set()
+            job.stop_request.set()
+
+    try:
+        loop.add_signal_handler(signal.SIGINT, on_sigint)
+    except (NotImplementedError, RuntimeError):  # pragma: no cover - Windows
+        pass
+
+
+def render_plan(plan: Any) -> Any:
+    """The dry-run view: chosen offer and runner-up, per-phase time and $, the deadline, the upload."""
+    from rich.console import Group
+    from rich.table import Table
+
+    from gpurun.render import human_bytes, human_seconds
+
+    chosen, runner_up = plan.chosen, plan.runner_up
+    table = Table(title="plan", title_justify="left")
+    table.add_column("phase")
+    columns = [("chosen", chosen)] + ([("runner-up", runner_up)] if runner_up else [])
+    for name, estimate in columns:
+        table.add_column(
+            f"{name}: {estimate.offer.key}\n{estimate.offer.gpu.name} ×{estimate.offer.gpu.count} "
+            f"${estimate.offer.price_per_hour:.3f}/h",
+            justify="right",
+        )
+    names = [p.name for p in chosen.phases]
+    for phase in names:
+        cells = []
+        for _, estimate in columns:
+            match = next((p for p in estimate.phases if p.name == phase), None)
+            cells.append("—" if match is None else f"{human_seconds(match.seconds)}  ${match.dollars:.4f}")
+        table.add_row(phase, *cells)
+    table.add_row("total", *[f"{human_seconds(e.seconds)}  ${e.dollars:.4f}" for _, e in columns])
+    table.add_row("expected (÷ reliability)", *[f"${e.expected_dollars:.4f}" for _, e in columns])
+    deadline = plan.hard_deadline_s
+    budget = plan.request.budget
+    lines = [
+        f"dataset {plan.dataset}: {plan.workload.images} images × {plan.workload.repeats} repeats × "
+        f"{plan.workload.epochs} epochs, {plan.workload.family} at {plan.workload.resolution} px, "
+        f"batch {chosen.batch_size}",
+        f"base model: {plan.base.ref} ({plan.base.kind})",
+        f"upload: {plan.upload.files} files, {human_bytes(plan.upload.bytes)} "
+        + "("
+        + ", ".join(f"{k} {human_bytes(v)}" for k, v in plan.upload.parts.items())
+        + ")",
+        "hard deadline: none (free machine)"
+        if deadline is None
+        else f"hard deadline: {human_seconds(deadline)} after the machine starts (the ${budget:.2f} budget at "
+        f"${chosen.offer.price_per_hour:.3f}/h); the watchdog on the machine enforces it",
+        "teardown: destroyed after the LoRA is fetched and verified, or on any failure; never stopped",
+    ]
+    lines += [f"note: {note}" for note in plan.notes]
+    lines += [f"provider {name} failed: {message}" for name, message in plan.provider_errors.items()]
+    return Group(table, *lines)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train", help=HELP)(train)

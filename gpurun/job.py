@@ -540,13 +540,13 @@ class Job:
     async def _teardown(self) -> bool:
         assert self.instance is not None and self.provider is not None
         self._phase("terminating", self.instance.instance_id)
-        if self.instance.ssh is None or self.provider.name == "ssh":
+        nothing_rented = self.instance.ssh is None or self.provider.name == "ssh"
+        if nothing_rented and self.transport is not None and self.layout is not None:
             # nothing is rented: stop whatever still runs there and disarm the watchdog
-            if self.transport is not None and self.layout is not None:
-                with contextlib.suppress(GpurunError):
-                    if await self.transport.is_running(self.layout.pid):
-                        await self.transport.kill(self.layout.pid, grace_s=30.0)
-                    await onbox.stop_watchdog(self.transport, self.layout)
+            with contextlib.suppress(GpurunError):
+                if await self.transport.is_running(self.layout.pid):
+                    await self.transport.kill(self.layout.pid, grace_s=30.0)
+                await onbox.stop_watchdog(self.transport, self.layout)
         confirmed = await destroy_confirmed(self.provider, self.instance.instance_id, poll_s=self.options.poll_s)
         self.journal.mark_terminated(self.run_id, confirmed, instance_id=self.instance.instance_id)
         if not confirmed:

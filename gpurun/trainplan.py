@@ -252,7 +252,8 @@ def _budget_error(pool: list[CostEstimate], request: TrainRequest) -> BudgetErro
         return BudgetError(
             f"renting a GPU needs a budget: the cheapest suitable offer ({cheapest.offer.key}, "
             f"{cheapest.offer.gpu.name}) is expected to cost ${cheapest.expected_dollars:.2f}",
-            where="--budget", hint=f"pass --budget {math.ceil(cheapest.expected_dollars * 1.2 * 100) / 100:.2f} or more",
+            where="--budget",
+            hint=f"pass --budget {math.ceil(cheapest.expected_dollars * 1.2 * 100) / 100:.2f} or more",
         )  # fmt: skip
     return BudgetError(
         f"nothing fits the budget of ${request.budget:.2f}: the cheapest suitable offer ({cheapest.offer.key}, "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 from pathlib import Path
 from typing import Any
@@ -168,10 +169,8 @@ def _install_ctrl_c(job: Any, task: asyncio.Task[Any] | None, view: Any) -> None
             job.cancel_request.set()
             job.stop_request.set()
 
-    try:
+    with contextlib.suppress(NotImplementedError, RuntimeError):  # Windows has no loop signal handlers
         loop.add_signal_handler(signal.SIGINT, on_sigint)
-    except (NotImplementedError, RuntimeError):  # pragma: no cover - Windows
-        pass
 
 
 def render_plan(plan: Any) -> Any:

@@ -12,8 +12,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gpurun.models import CostEstimate
-
 #: actual phase → the estimate phases it covers
 GROUPS: dict[str, tuple[str, ...]] = {
     "boot": ("boot",),
@@ -67,7 +65,7 @@ class Receipt:
 def build_receipt(
     *,
     run_id: str,
-    estimate: CostEstimate,
+    estimate: dict[str, Any],
     billed_per_hour: float,
     actual_seconds: dict[str, float],
     billed_seconds: float,
@@ -76,26 +74,29 @@ def build_receipt(
     destroyed: bool,
     artifacts: list[dict[str, Any]] | None = None,
 ) -> Receipt:
-    """Compare the estimate with what happened. `actual_seconds` maps GROUPS keys to measured seconds."""
-    by_name = {phase.name: phase for phase in estimate.phases}
+    """Compare the estimate (`api.estimate_dict` form, as the journal keeps it) with what happened.
+
+    `actual_seconds` maps GROUPS keys to measured seconds."""
+    by_name = {phase["name"]: phase for phase in estimate.get("phases", [])}
     per_second = billed_per_hour / 3600.0
     lines = []
     for group, names in GROUPS.items():
-        est_s = sum(by_name[n].seconds for n in names if n in by_name)
-        est_usd = sum(by_name[n].dollars for n in names if n in by_name)
+        est_s = sum(float(by_name[n]["seconds"]) for n in names if n in by_name)
+        est_usd = sum(float(by_name[n]["dollars"]) for n in names if n in by_name)
         actual = actual_seconds.get(group)
         lines.append(ReceiptLine(group, est_s, actual, est_usd, None if actual is None else actual * per_second))
-    extra = {name: by_name[name].dollars for name in ("storage", "bandwidth") if name in by_name}
+    extra = {name: float(by_name[name]["dollars"]) for name in ("storage", "bandwidth") if name in by_name}
+    gpu = estimate.get("gpu") or {}
     return Receipt(
         run_id=run_id,
-        provider=estimate.offer.provider,
-        offer=estimate.offer.key,
-        gpu=f"{estimate.offer.gpu.name} x{estimate.offer.gpu.count}",
-        quoted_per_hour=estimate.offer.price_per_hour,
+        provider=str(estimate.get("provider", "")),
+        offer=str(estimate.get("key", "")),
+        gpu=f"{gpu.get('name', '?')} x{gpu.get('count', 1)}",
+        quoted_per_hour=float(estimate.get("price_per_hour", 0.0)),
         billed_per_hour=billed_per_hour,
         lines=lines,
-        estimated_total_usd=estimate.dollars,
-        estimated_expected_usd=estimate.expected_dollars,
+        estimated_total_usd=float(estimate.get("dollars", 0.0)),
+        estimated_expected_usd=float(estimate.get("expected_dollars", 0.0)),
         actual_total_usd=billed_seconds * per_second,
         billed_seconds=billed_seconds,
         budget=budget,

@@ -144,32 +144,9 @@ def build_tiny_pipeline(family: TinyFamily, seed: int = 0):  # -> StableDiffusio
         timestep_spacing="leading",
         steps_offset=1,
     )
-    return _assemble(family, unet.eval(), vae.eval(), text_encoders, tokenizers, scheduler)
+    from gpurun.runner.model import assemble_pipeline
 
-
-def _assemble(family: str, unet, vae, text_encoders: list, tokenizers: list, scheduler):
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
-
-    if family == "sdxl":
-        return StableDiffusionXLPipeline(
-            vae=vae,
-            text_encoder=text_encoders[0],
-            text_encoder_2=text_encoders[1],
-            tokenizer=tokenizers[0],
-            tokenizer_2=tokenizers[1],
-            unet=unet,
-            scheduler=scheduler,
-        )
-    return StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoders[0],
-        tokenizer=tokenizers[0],
-        unet=unet,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    return assemble_pipeline(family, unet.eval(), vae.eval(), text_encoders, tokenizers, scheduler)
 
 
 def save_tiny(

@@ -1,0 +1,551 @@
+"""Load the base model (single file, diffusers folder, hub id, or a tiny test model) and turn captions into UNet
+conditioning the way kohya does, for SD 1.x, SD 2.x and SDXL.
+
+Attention runs through PyTorch's scaled_dot_product_attention (diffusers' AttnProcessor2_0, set explicitly on
+the UNet and VAE; transformers' CLIP uses its SDPA implementation by default): no xformers needed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from gpurun.errors import ConfigError
+from gpurun.runner.detect import (
+    FAMILY_NAMES,
+    Detection,
+    check_config_matches,
+    checkpoint_shapes,
+    detect_folder,
+    detect_single_file,
+)
+
+if TYPE_CHECKING:
+    import torch
+
+Family = Literal["sd15", "sd2", "sdxl"]
+PredictionType = Literal["epsilon", "v_prediction"]
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+DEFAULT_RESOLUTION = {"sd15": 512, "sd2": 512, "sdxl": 1024}
+
+#: kohya's sample_sampler names → diffusers scheduler classes
+SAMPLERS = {
+    "ddim": "DDIMScheduler",
+    "pndm": "PNDMScheduler",
+    "lms": "LMSDiscreteScheduler",
+    "k_lms": "LMSDiscreteScheduler",
+    "euler": "EulerDiscreteScheduler",
+    "k_euler": "EulerDiscreteScheduler",
+    "euler_a": "EulerAncestralDiscreteScheduler",
+    "k_euler_a": "EulerAncestralDiscreteScheduler",
+    "heun": "HeunDiscreteScheduler",
+    "dpm_2": "KDPM2DiscreteScheduler",
+    "k_dpm_2": "KDPM2DiscreteScheduler",
+    "dpm_2_a": "KDPM2AncestralDiscreteScheduler",
+    "k_dpm_2_a": "KDPM2AncestralDiscreteScheduler",
+    "dpmsolver": "DPMSolverMultistepScheduler",
+    "dpmsolver++": "DPMSolverMultistepScheduler",
+    "dpmsingle": "DPMSolverSinglestepScheduler",
+}
+
+
+@dataclass
+class Conditioning:
+    """What the UNet is conditioned on: per-token hidden states, and SDXL's pooled text embedding."""
+
+    hidden_states: torch.Tensor
+    pooled: torch.Tensor | None = None
+
+
+@dataclass(eq=False)
+class LoadedModel:
+    family: Family
+    prediction_type: PredictionType
+    #: a sentence for the start event, e.g. "SDXL base (single-file checkpoint: conditioner.embedders.1 present)"
+    detected: str
+    unet: Any
+    vae: Any
+    text_encoders: list[Any]
+    tokenizers: list[Any]
+    #: DDPMScheduler with the model's betas and prediction type, for add_noise / get_velocity in training
+    noise_scheduler: Any
+    #: the path or hub id the model came from ("tiny-sd" for the built-in test model)
+    source: str
+    #: sha256 of a single-file checkpoint (ss_new_sd_model_hash), else None
+    base_sha256: str | None = None
+    #: A1111's legacy 8-hex checkpoint hash (ss_sd_model_hash), single files only
+    base_model_hash: str | None = None
+    #: short name for ss_sd_model_name: the file name, folder name or hub id
+    base_name: str = ""
+    #: the pipeline scheduler's config (betas, spacing, prediction type), used to build sampling schedulers
+    scheduler_config: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def v2(self) -> bool:
+        return self.family == "sd2"
+
+    @property
+    def v_parameterization(self) -> bool:
+        return self.prediction_type == "v_prediction"
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.unet.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The base weights' dtype (UNet and text encoders)."""
+        return next(self.unet.parameters()).dtype
+
+    @property
+    def vae_dtype(self) -> torch.dtype:
+        return next(self.vae.parameters()).dtype
+
+    @property
+    def vae_scaling_factor(self) -> float:
+        return float(self.vae.config.scaling_factor)
+
+    @property
+    def default_resolution(self) -> int:
+        """The resolution the base was trained at (768 for SD 2.x v-prediction)."""
+        if self.family == "sd2" and self.v_parameterization:
+            return 768
+        return DEFAULT_RESOLUTION[self.family]
+
+    def tokenize(self, captions: list[str]) -> list[torch.Tensor]:
+        """One [batch, 77] tensor of token ids per tokenizer (SDXL has two), padded and truncated like kohya."""
+        return [
+            tok(
+                list(captions),
+                padding="max_length",
+                max_length=tok.model_max_length,
+                truncation=True,
+                return_tensors="pt",
+            ).input_ids
+            for tok in self.tokenizers
+        ]
+
+    def encode_prompt(self, input_ids: Sequence[torch.Tensor], clip_skip: int | None = None) -> Conditioning:
+        """UNet conditioning from token ids, differentiable when the text encoders carry trainable LoRA weights.
+
+        SD 1.x/2.x: the last hidden state, or with clip_skip=k the k-th from last passed through the final layer
+        norm (kohya's rule). SDXL: TE1 and TE2 penultimate hidden states concatenated, plus TE2's projected pooled
+        output; clip_skip does not apply (SDXL is trained on the penultimate layer already).
+        """
+        if len(input_ids) != len(self.text_encoders):
+            raise ValueError(f"expected {len(self.text_encoders)} id tensors, got {len(input_ids)}")
+        if self.family == "sdxl":
+            states, pooled = [], None
+            for index, (encoder, ids) in enumerate(zip(self.text_encoders, input_ids, strict=True)):
+                out = encoder(ids.to(encoder.device), output_hidden_states=True)
+                states.append(out.hidden_states[-2])
+                if index == 1:
+                    pooled = out.text_embeds
+            import torch
+
+            return Conditioning(torch.cat(states, dim=-1), pooled)
+        encoder = self.text_encoders[0]
+        ids = input_ids[0].to(encoder.device)
+        if clip_skip is None or clip_skip <= 1:
+            return Conditioning(encoder(ids).last_hidden_state)
+        hidden = encoder(ids, output_hidden_states=True).hidden_states[-clip_skip]
+        return Conditioning(_text_model(encoder).final_layer_norm(hidden))
+
+    def unet_added_cond(
+        self,
+        cond: Conditioning,
+        original_sizes: Sequence[Sequence[int]],
+        crop_top_lefts: Sequence[Sequence[int]],
+        target_sizes: Sequence[Sequence[int]],
+    ) -> dict[str, torch.Tensor] | None:
+        """SDXL's added_cond_kwargs: pooled text embeds and time ids (original h,w + crop top,left + target h,w)
+        per sample. None for SD 1.x/2.x."""
+        if self.family != "sdxl":
+            return None
+        import torch
+
+        assert cond.pooled is not None, "SDXL conditioning carries a pooled embedding"
+        rows = [
+            [*map(int, o), *map(int, c), *map(int, t)]
+            for o, c, t in zip(original_sizes, crop_top_lefts, target_sizes, strict=True)
+        ]
+        if len(rows) != cond.pooled.shape[0]:
+            raise ValueError(f"got size info for {len(rows)} samples, the batch has {cond.pooled.shape[0]}")
+        time_ids = torch.tensor(rows, device=cond.pooled.device, dtype=cond.pooled.dtype)
+        return {"text_embeds": cond.pooled, "time_ids": time_ids}
+
+    def pipeline(self, sampler: str = "euler_a"):  # -> StableDiffusionPipeline | StableDiffusionXLPipeline
+        """A diffusers pipeline sharing these components (no copies), with a sampling scheduler by kohya name."""
+        import diffusers
+
+        name = SAMPLERS.get(sampler.lower())
+        if name is None:
+            raise ConfigError(
+                f"unknown sampler {sampler!r}", where="sample_sampler", hint=f"choose one of {', '.join(SAMPLERS)}"
+            )
+        config = {**self.scheduler_config, "prediction_type": self.prediction_type}
+        scheduler = getattr(diffusers, name).from_config(config)
+        return assemble_pipeline(self.family, self.unet, self.vae, self.text_encoders, self.tokenizers, scheduler)
+
+
+def _text_model(encoder: Any) -> Any:
+    # transformers 5 flattened CLIPTextModel (no .text_model); CLIPTextModelWithProjection keeps it
+    return getattr(encoder, "text_model", encoder)
+
+
+def assemble_pipeline(family: str, unet: Any, vae: Any, text_encoders: list, tokenizers: list, scheduler: Any):
+    """A StableDiffusion(XL)Pipeline from components, without a safety checker."""
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    if family == "sdxl":
+        return StableDiffusionXLPipeline(
+            vae=vae,
+            text_encoder=text_encoders[0],
+            text_encoder_2=text_encoders[1],
+            tokenizer=tokenizers[0],
+            tokenizer_2=tokenizers[1],
+            unet=unet,
+            scheduler=scheduler,
+        )
+    return StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoders[0],
+        tokenizer=tokenizers[0],
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
+def load_base_model(
+    name_or_path: str,
+    *,
+    v2: bool = False,
+    v_parameterization: bool = False,
+    family: str | None = None,
+    vae: str | None = None,
+    device: str | torch.device = "cpu",
+    weight_dtype: torch.dtype | None = None,
+    vae_dtype: torch.dtype | None = None,
+    config_dir: str | Path | None = None,
+) -> LoadedModel:
+    """Load a base model for LoRA training, frozen, on `device`.
+
+    name_or_path: a single-file checkpoint (.safetensors/.ckpt in the original layout), a diffusers folder, a hub
+    id (needs the hub; on the rented box it is reachable), or "tiny-sd" / "tiny-sd2" / "tiny-sdxl" (tiny
+    random-weight models built in-process, for tests and dry runs). Single files load with a bundled config
+    folder (or `config_dir`, or a `<stem>.config/` folder next to the file), so no hub access is needed.
+    v2 / v_parameterization follow kohya: the family is detected from the checkpoint (v2 must agree), and
+    v_parameterization selects v-prediction. `family` (sd15|sd2|sdxl) must agree with detection when given.
+    weight_dtype: UNet and text encoders (default fp32). vae_dtype: default fp32 for SDXL (its VAE overflows in
+    fp16), else weight_dtype. Attention uses PyTorch SDPA (AttnProcessor2_0). Every failure is a ConfigError
+    with a hint.
+    """
+    import torch
+
+    from gpurun.runner.tiny import build_tiny_pipeline, tiny_family
+
+    weight_dtype = weight_dtype or torch.float32
+    source = name_or_path.strip()
+    if not source:
+        raise ConfigError("no base model given", where="pretrained_model_name_or_path", hint="e.g. tiny-sd or a path")
+    tiny = tiny_family(source)
+    path = Path(source).expanduser()
+    base_sha256 = base_model_hash = None
+    if tiny is not None:
+        detection = Detection(tiny, "tiny random-weight test model built in-process (seed 0)")
+        _check_flags(detection, v2=v2, family=family, where=source)
+        pipe = build_tiny_pipeline(tiny, seed=0)
+        detection = Detection(tiny, detection.how, pipe.scheduler.config.get("prediction_type"))
+        config_source: Path | None = None
+    elif path.is_file():
+        shapes = checkpoint_shapes(path)
+        detection = detect_single_file(path, shapes)
+        _check_flags(detection, v2=v2, family=family, where=str(path))
+        config_source = _single_file_config(path, shapes, detection, v_parameterization, config_dir)
+        pipe = _load_single_file(path, detection.family, config_source, weight_dtype, vae, vae_dtype)
+        base_sha256, base_model_hash = _file_hashes(path)
+    elif path.is_dir():
+        detection = detect_folder(path)
+        _check_flags(detection, v2=v2, family=family, where=str(path))
+        config_source = path
+        pipe = _load_pretrained(str(path), detection.family, weight_dtype, vae, vae_dtype, config_source, local=True)
+    elif _HUB_ID.match(source) and not source.endswith((".safetensors", ".ckpt")):
+        config_source = _hub_configs(source)
+        detection = detect_folder(config_source, where=source)
+        detection = Detection(
+            detection.family, detection.how.replace("diffusers folder", "hub repo"), detection.prediction_type
+        )
+        _check_flags(detection, v2=v2, family=family, where=source)
+        pipe = _load_pretrained(source, detection.family, weight_dtype, vae, vae_dtype, config_source, local=False)
+    elif source.startswith((".", "/", "~")) or path.suffix in (".safetensors", ".ckpt", ".pt"):
+        raise ConfigError("base model not found", where=source, hint="check the path (relative to the config file)")
+    else:
+        raise ConfigError(
+            f"unknown base model {source!r}",
+            where="pretrained_model_name_or_path",
+            hint="give a .safetensors checkpoint, a diffusers folder, a hub id such as "
+            "stabilityai/stable-diffusion-xl-base-1.0, or tiny-sd / tiny-sdxl",
+        )
+    if tiny is not None and vae:
+        raise ConfigError("a vae override needs a real base model", where="vae", hint="remove vae for tiny models")
+
+    prediction: PredictionType = "v_prediction" if v_parameterization else "epsilon"
+    how = detection.how
+    if not v_parameterization and detection.prediction_type == "v_prediction":
+        prediction = "v_prediction"
+        how += "; v-prediction per the model's scheduler config"
+    elif v_parameterization:
+        how += "; v-prediction (v_parameterization)"
+    if detection.family == "sd2" and not v2:
+        how += "; v2 was not set, SD 2.x detected from the model"
+    return _finish(
+        pipe,
+        detection.family,
+        prediction,
+        f"{FAMILY_NAMES[detection.family]} ({how})",
+        source=source,
+        device=device,
+        weight_dtype=weight_dtype,
+        vae_dtype=vae_dtype,
+        base_sha256=base_sha256,
+        base_model_hash=base_model_hash,
+    )
+
+
+def _check_flags(detection: Detection, *, v2: bool, family: str | None, where: str) -> None:
+    name = FAMILY_NAMES[detection.family]
+    if v2 and detection.family != "sd2":
+        raise ConfigError(
+            f"v2 = true but the model is {name} ({detection.how})",
+            where=where,
+            hint="set v2 = false, or use an SD 2.x model",
+        )
+    if family is not None and family != detection.family:
+        raise ConfigError(
+            f"model_family = {family!r} but the model is {name} ({detection.how})",
+            where=where,
+            hint=f"set model_family = {detection.family!r} or remove it",
+        )
+
+
+def _single_file_config(
+    path: Path, shapes: dict, detection: Detection, v_parameterization: bool, config_dir: str | Path | None
+) -> Path:
+    from gpurun.runner.model_configs import bundled_config_name, materialize
+
+    sidecar = path.parent / f"{path.stem}.config"
+    if config_dir is not None:
+        folder, label = Path(config_dir), f"given ({config_dir})"
+        if not (folder / "model_index.json").is_file():
+            raise ConfigError("config folder has no model_index.json", where=str(folder))
+    elif (sidecar / "model_index.json").is_file():
+        folder, label = sidecar, f"sidecar ({sidecar.name})"
+    else:
+        name = bundled_config_name(
+            detection.family, v_prediction=v_parameterization or detection.prediction_type == "v_prediction"
+        )
+        folder, label = materialize(name), f"bundled {name}"
+    check_config_matches(path, shapes, folder, label)
+    return folder
+
+
+def _load_single_file(path: Path, family: str, config: Path, weight_dtype, vae: str | None, vae_dtype):
+    from diffusers import AutoencoderKL
+
+    cls = _pipeline_class(family)
+    vae_dtype = _vae_dtype(family, weight_dtype, vae_dtype)
+    # No dtype for from_single_file: its internal ModelMixin.to(dtype) logs a spurious warning; _finish casts.
+    with _as_config_error(path):
+        vae_model = (
+            _load_vae(vae, config, vae_dtype)
+            if vae
+            else AutoencoderKL.from_single_file(str(path), config=str(config), subfolder="vae", local_files_only=True)
+        )
+        return cls.from_single_file(
+            str(path),
+            config=str(config),
+            local_files_only=True,
+            vae=vae_model,
+            **_no_safety_checker(family),
+        )
+
+
+def _load_pretrained(source: str, family: str, weight_dtype, vae: str | None, vae_dtype, config: Path, *, local: bool):
+    from diffusers import AutoencoderKL
+
+    cls = _pipeline_class(family)
+    vae_dtype = _vae_dtype(family, weight_dtype, vae_dtype)
+    with _as_config_error(source):
+        if vae:
+            vae_model = _load_vae(vae, config, vae_dtype)
+        else:
+            vae_model = AutoencoderKL.from_pretrained(
+                source, subfolder="vae", local_files_only=local, **_dtype_kw(vae_dtype)
+            )
+        kwargs = {"vae": vae_model, "local_files_only": local, **_dtype_kw(weight_dtype), **_no_safety_checker(family)}
+        if not local and str(weight_dtype) != "torch.float32":
+            # hub repos often carry half-precision copies: half the download on a billed box
+            try:
+                return cls.from_pretrained(source, variant="fp16", **kwargs)
+            except (OSError, ValueError):
+                pass
+        return cls.from_pretrained(source, **kwargs)
+
+
+def _load_vae(vae: str, config: Path, vae_dtype):
+    """A replacement VAE: a single file (original or diffusers layout), a folder, or a hub id."""
+    from diffusers import AutoencoderKL
+
+    path = Path(vae).expanduser()
+    if path.is_file():
+        return AutoencoderKL.from_single_file(str(path), config=str(config), subfolder="vae", local_files_only=True)
+    if path.is_dir():
+        sub = None if (path / "config.json").is_file() else "vae"
+        return AutoencoderKL.from_pretrained(str(path), subfolder=sub, local_files_only=True, **_dtype_kw(vae_dtype))
+    if _HUB_ID.match(vae):
+        return AutoencoderKL.from_pretrained(vae, **_dtype_kw(vae_dtype))
+    raise ConfigError("VAE not found", where=f"vae = {vae}", hint="give a .safetensors VAE, a folder or a hub id")
+
+
+def _hub_configs(repo: str) -> Path:
+    """Fetch only the small config files of a hub repo, to detect the family before downloading weights."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo, allow_patterns=["model_index.json", "*/config.json", "scheduler/*.json"]))
+    except Exception as exc:  # offline, not found, gated, network errors: all end the same way for the user
+        reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise ConfigError(
+            f"cannot fetch {repo!r} from the Hugging Face hub ({type(exc).__name__}: {reason})",
+            where="pretrained_model_name_or_path",
+            hint="check the repo id and network (HF_HUB_OFFLINE must be unset; gated repos need HF_TOKEN), "
+            "or give a local .safetensors checkpoint",
+        ) from None
+
+
+class _as_config_error:
+    """Turn diffusers/transformers loading failures into one ConfigError naming the source."""
+
+    def __init__(self, where: Path | str) -> None:
+        self.where = str(where)
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc is None or isinstance(exc, ConfigError) or not isinstance(exc, Exception):
+            return False
+        message = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(
+            f"could not load the model ({type(exc).__name__}: {message})",
+            where=self.where,
+            hint="the file may be truncated or not a Stable Diffusion model; re-download it or try another",
+        ) from exc
+
+
+def _dtype_kw(dtype) -> dict[str, Any]:
+    """diffusers renamed `torch_dtype` to `dtype` (the old name now warns); use whichever this version takes."""
+    from diffusers.utils import deprecation_utils
+
+    return {"dtype" if hasattr(deprecation_utils, "_resolve_dtype") else "torch_dtype": dtype}
+
+
+def _cast(module: Any, device, dtype) -> None:
+    """Move a module, changing its dtype only when needed: diffusers' ModelMixin.to(dtype=...) logs a spurious
+    "modules that should be kept in float32: []" warning, so casts go through torch's own Module.to."""
+    import torch
+
+    current = next(module.parameters()).dtype
+    torch.nn.Module.to(module, device=device, dtype=None if current == dtype else dtype)
+
+
+def _pipeline_class(family: str):
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    return StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
+
+
+def _no_safety_checker(family: str) -> dict[str, Any]:
+    return {} if family == "sdxl" else {"safety_checker": None, "feature_extractor": None}
+
+
+def _vae_dtype(family: str, weight_dtype, vae_dtype):
+    import torch
+
+    if vae_dtype is not None:
+        return vae_dtype
+    return torch.float32 if family == "sdxl" else weight_dtype
+
+
+def _file_hashes(path: Path) -> tuple[str, str]:
+    """(sha256 of the file, A1111's legacy hash: sha256 of 64 KiB at offset 1 MiB, first 8 hex digits)."""
+    full = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(8 << 20):
+            full.update(chunk)
+        f.seek(0x100000)
+        legacy = hashlib.sha256(f.read(0x10000)).hexdigest()[:8]
+    return full.hexdigest(), legacy
+
+
+def _finish(
+    pipe: Any,
+    family: str,
+    prediction: PredictionType,
+    detected: str,
+    *,
+    source: str,
+    device,
+    weight_dtype,
+    vae_dtype,
+    base_sha256: str | None,
+    base_model_hash: str | None,
+) -> LoadedModel:
+    from diffusers import DDPMScheduler
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    unet, vae = pipe.unet, pipe.vae
+    encoders = [pipe.text_encoder] + ([pipe.text_encoder_2] if family == "sdxl" else [])
+    tokenizers = [pipe.tokenizer] + ([pipe.tokenizer_2] if family == "sdxl" else [])
+    unet.set_attn_processor(AttnProcessor2_0())
+    vae.set_attn_processor(AttnProcessor2_0())
+    _cast(unet, device, weight_dtype)
+    _cast(vae, device, _vae_dtype(family, weight_dtype, vae_dtype))
+    for encoder in encoders:
+        _cast(encoder, device, weight_dtype)
+    for module in (unet, vae, *encoders):
+        module.requires_grad_(False)
+        module.eval()
+    sched = dict(pipe.scheduler.config)
+    # kohya's training scheduler: DDPM with the model's betas, no sample clipping
+    noise_scheduler = DDPMScheduler(
+        num_train_timesteps=sched.get("num_train_timesteps", 1000),
+        beta_start=sched.get("beta_start", 0.00085),
+        beta_end=sched.get("beta_end", 0.012),
+        beta_schedule=sched.get("beta_schedule", "scaled_linear"),
+        prediction_type=prediction,
+        clip_sample=False,
+    )
+    name = Path(source).name if Path(source).expanduser().exists() else source
+    return LoadedModel(
+        family=family,  # type: ignore[arg-type]
+        prediction_type=prediction,
+        detected=detected,
+        unet=unet,
+        vae=vae,
+        text_encoders=encoders,
+        tokenizers=tokenizers,
+        noise_scheduler=noise_scheduler,
+        source=source,
+        base_sha256=base_sha256,
+        base_model_hash=base_model_hash,
+        base_name=name,
+        scheduler_config={k: v for k, v in sched.items() if not k.startswith("_")},
+    )

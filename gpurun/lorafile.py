@@ -200,7 +200,8 @@ def verify_lora_file(
             continue
         parts.setdefault(match.group("name"), {})[match.group("part")] = info
     if not parts:
-        return [*problems, f"no kohya LoRA modules for {family} found"]
+        metadata_problems = _check_metadata(header.metadata, family, network_dim, network_alpha)
+        return [*problems, f"no kohya LoRA modules for {family} found", *metadata_problems]
 
     ranks: set[int] = set()
     dtypes = {info.dtype for info in header.tensors.values()}

@@ -144,7 +144,7 @@ def build_tiny_pipeline(family: TinyFamily, seed: int = 0):  # -> StableDiffusio
         timestep_spacing="leading",
         steps_offset=1,
     )
-    from gpurun.runner.model import assemble_pipeline
+    from gpurun.runner.loaded import assemble_pipeline
 
     return assemble_pipeline(family, unet.eval(), vae.eval(), text_encoders, tokenizers, scheduler)
 

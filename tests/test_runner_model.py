@@ -336,3 +336,42 @@ def test_pipeline_shares_components_and_knows_kohyas_samplers() -> None:
     assert type(model.pipeline("dpmsolver++").scheduler).__name__ == "DPMSolverMultistepScheduler"
     with pytest.raises(ConfigError, match="unknown sampler"):
         model.pipeline("magic")
+
+
+def test_vae_override_from_folder_or_single_file(tiny_sd15: TinyModel, tmp_path: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    from gpurun.runner.model import load_base_model
+
+    reference = load_base_model(str(tiny_sd15.diffusers_dir))
+    from_folder = load_base_model(str(tiny_sd15.single_file), vae=str(tiny_sd15.diffusers_dir / "vae"))
+    assert _max_diff(from_folder.vae, reference.vae) == 0.0
+    # a standalone VAE file in the original layout (keys without the first_stage_model. prefix, as shipped)
+    vae_file = tmp_path / "vae.safetensors"
+    state = load_file(str(tiny_sd15.single_file))
+    save_file(
+        {k.removeprefix("first_stage_model."): v for k, v in state.items() if k.startswith("first_stage_model.")},
+        str(vae_file),
+    )
+    from_file = load_base_model(str(tiny_sd15.single_file), vae=str(vae_file))
+    assert _max_diff(from_file.vae, reference.vae) == 0.0
+    with pytest.raises(ConfigError, match="VAE not found"):
+        load_base_model(str(tiny_sd15.single_file), vae=str(tmp_path / "missing-vae.safetensors"))
+
+
+@pytest.mark.parametrize("name", ["tiny-sd", "tiny-sdxl"])
+def test_conditioning_carries_gradients_to_text_encoder_lora(name: str) -> None:
+    from gpurun.runner.lora import add_lora
+    from gpurun.runner.model import load_base_model
+
+    model = load_base_model(name)
+    params = add_lora(model, rank=4, alpha=4.0, train_text_encoder=True, seed=0)
+    cond = model.encode_prompt(model.tokenize(["a photo of sks dog"]))
+    added = model.unet_added_cond(cond, [(64, 64)], [(0, 0)], [(64, 64)])
+    pred = model.unet(torch.randn(1, 4, 8, 8), torch.tensor([500]), cond.hidden_states, added_cond_kwargs=added).sample
+    pred.pow(2).mean().backward()
+    for group in [params.unet, *params.text_encoders]:
+        # lora_up starts at zero, so its gradient is the one that flows first
+        grads = [p.grad for p in group if p.grad is not None]
+        assert grads and any(g.abs().sum() > 0 for g in grads)
+    assert all(p.grad is None for n, p in model.unet.named_parameters() if "lora_" not in n)

@@ -75,13 +75,15 @@ def test_magic_tiny_names_need_no_files() -> None:
     assert model.source == "tiny-sdxl" and model.base_sha256 is None
 
 
-def test_ckpt_single_file_is_detected_and_loaded(tiny_sd15: TinyModel, tmp_path: Path) -> None:
+@pytest.mark.parametrize("zip_format", [True, False], ids=["zip", "legacy-pickle"])
+def test_ckpt_single_file_is_detected_and_loaded(tiny_sd15: TinyModel, tmp_path: Path, zip_format: bool) -> None:
     from safetensors.torch import load_file
 
     from gpurun.runner.model import load_base_model
 
     ckpt = tmp_path / "model.ckpt"
-    torch.save({"state_dict": load_file(str(tiny_sd15.single_file))}, ckpt)
+    state = {"state_dict": load_file(str(tiny_sd15.single_file))}
+    torch.save(state, ckpt, _use_new_zipfile_serialization=zip_format)
     shutil.copytree(tiny_sd15.config_only_dir, tmp_path / "model.config")
     model = load_base_model(str(ckpt))
     reference = load_base_model(str(tiny_sd15.diffusers_dir))

@@ -42,8 +42,11 @@ def checkpoint_shapes(path: Path) -> dict[str, tuple[int, ...]]:
     import torch
 
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as exc:  # pickle, zip and mmap errors all mean "cannot use this file"
+        try:
+            data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:  # mmap needs the zip format; very old checkpoints use the legacy pickle format
+            data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle, zip and unpickling-policy errors all mean "cannot use this file"
         raise ConfigError(
             f"unreadable checkpoint ({type(exc).__name__}: {str(exc)[:200]})",
             where=where,

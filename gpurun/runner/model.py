@@ -296,7 +296,12 @@ def _pipeline_class(family: str):
 
 
 def _no_safety_checker(family: str) -> dict[str, Any]:
-    return {} if family == "sdxl" else {"safety_checker": None, "feature_extractor": None}
+    # requires_safety_checker=False: hub repos that list a checker would otherwise log a warning about its absence
+    return (
+        {}
+        if family == "sdxl"
+        else {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
+    )
 
 
 def _vae_dtype(family: str, weight_dtype, vae_dtype):

@@ -14,6 +14,8 @@ import pytest
 
 from tests.sshd import SshServer, start_sshd
 
+pytest_plugins = ["tests.tiny_models"]
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 # fixtures of shared test dependencies (add yours to the list)

@@ -60,9 +60,9 @@ def _root(
 
 def _register_commands() -> None:
     # Each module adds its commands to `app`; imports stay light (no torch, no httpx at import time).
-    from gpurun.commands import config, dataset, offers, providers, train
+    from gpurun.commands import config, dataset, offers, providers, runs, train
 
-    for module in (dataset, offers, train, providers, config):
+    for module in (dataset, offers, train, runs, providers, config):
         module.register(app)
 
 

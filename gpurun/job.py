@@ -133,18 +133,22 @@ class Job(RunControl):
         upload = self.plan.upload
         self.phase("sync", f"{upload.files} files, {upload.bytes / 1e6:.1f} MB")
         request = self.plan.request
-        target = onbox.dataset_target(self.layout, self.plan.dataset, self.plan.dataset_report, request.repeats,
-                                      request.trigger)
-        await asyncio.wait_for(onbox.ship(self.transport, self.layout, self.plan.dataset, target),
-                               self.options.sync_timeout_s)
+        target = onbox.dataset_target(
+            self.layout, self.plan.dataset, self.plan.dataset_report, request.repeats, request.trigger
+        )
+        await asyncio.wait_for(
+            onbox.ship(self.transport, self.layout, self.plan.dataset, target), self.options.sync_timeout_s
+        )
         self.timed("upload", started)
 
         started = time.monotonic()
         self.phase("training", "runner launched")
         await onbox.launch_runner(self.transport, self.layout, onbox.job_config(self.plan.config, model_path))
         self.launched = True
-        self.view.message(f"Ctrl-C once detaches (training goes on; `gpurun attach {self.run_id}` resumes); "
-                          "Ctrl-C twice cancels, fetches what exists and destroys the machine")
+        self.view.message(
+            f"Ctrl-C once detaches (training goes on; `gpurun attach {self.run_id}` resumes); "
+            "Ctrl-C twice cancels, fetches what exists and destroys the machine"
+        )
         if self.options.detach:
             raise Detached()
         await self.follow(offset=0)
@@ -164,11 +168,13 @@ class Job(RunControl):
         self.state.ssh = {"host": endpoint.host, "port": endpoint.port, "user": endpoint.user}
         self.state.identity_file = identity
         try:
-            return await connect(endpoint, Path(identity), keys.known_hosts,
-                                 deadline=time.monotonic() + self.options.connect_timeout_s)
+            return await connect(
+                endpoint, Path(identity), keys.known_hosts, deadline=time.monotonic() + self.options.connect_timeout_s
+            )
         except GpurunError as exc:
-            raise type(exc)(f"cannot reach the machine over SSH: {exc.message}", where=str(endpoint),
-                            hint=exc.hint) from None
+            raise type(exc)(
+                f"cannot reach the machine over SSH: {exc.message}", where=str(endpoint), hint=exc.hint
+            ) from None
 
     async def _arm(self) -> None:
         """The dead-man switch starts before anything slow happens."""
@@ -178,8 +184,9 @@ class Job(RunControl):
         deadline = None
         if self.state.budget is not None and self.state.price_per_hour > 0:
             now = await onbox.remote_clock(self.transport)
-            deadline = deadline_from_budget(self.state.budget, self.money().spent, self.state.price_per_hour, now,
-                                            safety_margin=120.0)
+            deadline = deadline_from_budget(
+                self.state.budget, self.money().spent, self.state.price_per_hour, now, safety_margin=120.0
+            )
         self.state.deadline = deadline
         self.save_state()
         await onbox.arm_watchdog(

@@ -161,14 +161,19 @@ class RunControl:
         record = journal.get(run_id)
         path = state_path(record.run_id)
         if not path.exists():
-            raise JournalError(f"run {record.run_id} has no saved state", where=str(path),
-                               hint="it never reached a machine; `gpurun runs` shows its phase")
+            raise JournalError(
+                f"run {record.run_id} has no saved state",
+                where=str(path),
+                hint="it never reached a machine; `gpurun runs` shows its phase",
+            )
         control = cls(RunState.load(path), view, journal, options)
         if control.state.instance_id is None or control.state.layout is None:
             raise JournalError(f"run {record.run_id} never reached its machine", hint="nothing to attach to")
         if not record.alive:
-            raise JournalError(f"run {record.run_id}'s machine is already destroyed ({record.phase})",
-                               hint=f"its outputs are in {control.out_dir}")
+            raise JournalError(
+                f"run {record.run_id}'s machine is already destroyed ({record.phase})",
+                hint=f"its outputs are in {control.out_dir}",
+            )
         control.provider = make_provider(control.state.provider)
         control.instance = await control.provider.get(control.state.instance_id)
         control.layout = onbox.BoxLayout(**control.state.layout)
@@ -188,8 +193,9 @@ class RunControl:
         keys = ensure_run_keys(self.run_id)
         endpoint = SshEndpoint(**{k: v for k, v in self.state.ssh.items() if k in ("host", "port", "user")})
         identity = Path(self.state.identity_file or keys.private_key)
-        return await connect(endpoint, identity, keys.known_hosts,
-                             deadline=time.monotonic() + self.options.connect_timeout_s)
+        return await connect(
+            endpoint, identity, keys.known_hosts, deadline=time.monotonic() + self.options.connect_timeout_s
+        )
 
     async def attach(self) -> Receipt:
         """Resume following where the journal stopped, fetch what is missing, destroy, receipt."""
@@ -259,8 +265,14 @@ class RunControl:
         from gpurun.remote.follow import follow_events
 
         assert self.transport is not None and self.layout is not None
-        follower = follow_events(self.transport, self.layout.events, self.layout.pid, offset=offset,
-                                 reconnect=self.reconnect, python="python3")
+        follower = follow_events(
+            self.transport,
+            self.layout.events,
+            self.layout.pid,
+            offset=offset,
+            reconnect=self.reconnect,
+            python="python3",
+        )
         terminal: Event | None = None
         budget_task = asyncio.create_task(self._budget_guard())
         stop_wait = asyncio.create_task(self.stop_request.wait())
@@ -279,9 +291,14 @@ class RunControl:
                             raise Detached()
                         await self.stop_runner("cancel")
                         stop_wait = asyncio.create_task(asyncio.Event().wait())  # drain to the runner's end
-                        iterator = follow_events(self.transport, self.layout.events, self.layout.pid,
-                                                 offset=follower.offset, reconnect=self.reconnect,
-                                                 python="python3").__aiter__()
+                        iterator = follow_events(
+                            self.transport,
+                            self.layout.events,
+                            self.layout.pid,
+                            offset=follower.offset,
+                            reconnect=self.reconnect,
+                            python="python3",
+                        ).__aiter__()
                         continue
                     try:
                         item = item_task.result()
@@ -299,13 +316,20 @@ class RunControl:
         await self.drain_fetches()
         await self.fetch_everything()
         if self.stopped_for == "budget":
-            raise BudgetError("the budget ran out before training finished; the last checkpoint was fetched",
-                              where=str(self.out_dir), hint="raise --budget, or train fewer epochs")
+            raise BudgetError(
+                "the budget ran out before training finished; the last checkpoint was fetched",
+                where=str(self.out_dir),
+                hint="raise --budget, or train fewer epochs",
+            )
         if self.stopped_for == "cancel":
             return
         if isinstance(terminal, ErrorEvent):
-            raise RunnerError(terminal.message, hint=terminal.hint or None, where="runner",
-                              last_lines=await onbox.stderr_tail(self.transport, self.layout))
+            raise RunnerError(
+                terminal.message,
+                hint=terminal.hint or None,
+                where="runner",
+                last_lines=await onbox.stderr_tail(self.transport, self.layout),
+            )
         if terminal is None:
             lines = await onbox.stderr_tail(self.transport, self.layout)
             raise RunnerError(
@@ -318,8 +342,13 @@ class RunControl:
         if isinstance(event, Step):
             self.view.money(self.money())
         elif isinstance(event, Start):
-            self.state.training.update(device=event.device, dtype=event.dtype, family=event.family,
-                                       batch_size=event.batch_size, total_steps=event.total_steps)
+            self.state.training.update(
+                device=event.device,
+                dtype=event.dtype,
+                family=event.family,
+                batch_size=event.batch_size,
+                total_steps=event.total_steps,
+            )
             self.journal.phase(self.run_id, "training", f"{event.device} {event.dtype}, {event.total_steps} steps")
         elif isinstance(event, (Checkpoint, Sample)) and event.path:
             self._fetches.append(asyncio.create_task(self.fetch(event.path, event.sha256, event.bytes)))
@@ -338,8 +367,9 @@ class RunControl:
         assert self.transport is not None and self.layout is not None
         if self.state.fetched.get(rel_path) == sha256:
             return
-        result = await fetch_verified(self.transport, self.layout.path("out", rel_path), self.out_dir / rel_path,
-                                      sha256, size=size or None)
+        result = await fetch_verified(
+            self.transport, self.layout.path("out", rel_path), self.out_dir / rel_path, sha256, size=size or None
+        )
         self.state.fetched[rel_path] = sha256
         self.journal.record_artifact(self.run_id, result.path, result.sha256, result.bytes)
         self.save_state()
@@ -393,8 +423,10 @@ class RunControl:
         started = time.monotonic()
         if outcome == "detached":
             self.journal.phase(self.run_id, "detached", "the watchdog keeps the machine honest")
-            self.view.message(f"detached: training goes on. `gpurun attach {self.run_id}` follows it and fetches "
-                              f"the result; `gpurun cancel {self.run_id}` stops it and destroys the machine")
+            self.view.message(
+                f"detached: training goes on. `gpurun attach {self.run_id}` follows it and fetches "
+                f"the result; `gpurun cancel {self.run_id}` stops it and destroys the machine"
+            )
         elif self.instance is not None and self.provider is not None:
             keep = self.state.keep_on_failure_min
             if outcome == "failed" and keep > 0 and self.transport is not None and self.layout is not None:
@@ -444,8 +476,10 @@ class RunControl:
         confirmed = await destroy_confirmed(self.provider, self.instance.instance_id, poll_s=self.options.poll_s)
         self.journal.mark_terminated(self.run_id, confirmed, instance_id=self.instance.instance_id)
         if not confirmed:
-            self.view.message(f"WARNING: {self.provider.name} has not confirmed that instance "
-                              f"{self.instance.instance_id} is gone; `gpurun down {self.run_id}` retries")
+            self.view.message(
+                f"WARNING: {self.provider.name} has not confirmed that instance "
+                f"{self.instance.instance_id} is gone; `gpurun down {self.run_id}` retries"
+            )
         return confirmed
 
     def destroy_action(self) -> dict[str, Any]:

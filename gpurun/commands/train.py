@@ -139,7 +139,7 @@ def _run(plan: Any, *, as_json: bool, detach: bool) -> Any:
         with Journal.open() as journal:
             job = Job(plan, view, journal, JobOptions.from_env(detach=detach))
             task = asyncio.current_task()
-            _install_ctrl_c(job, task, view)
+            install_ctrl_c(job, task, view)
             try:
                 return await job.run()
             finally:
@@ -148,7 +148,7 @@ def _run(plan: Any, *, as_json: bool, detach: bool) -> Any:
     return asyncio.run(main())
 
 
-def _install_ctrl_c(job: Any, task: asyncio.Task[Any] | None, view: Any) -> None:
+def install_ctrl_c(job: Any, task: asyncio.Task[Any] | None, view: Any) -> None:
     """Ctrl-C once: detach (after a 3 s window); twice: cancel, fetch what exists, destroy."""
     loop = asyncio.get_running_loop()
     presses = {"n": 0}

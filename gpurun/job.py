@@ -108,7 +108,7 @@ class Job(RunControl):
             raise
         finally:
             await asyncio.shield(self.finish(outcome, error))
-            for name, provider in providers.items():
+            for provider in providers.values():
                 if provider is not self.provider:
                     await provider.aclose()
         assert self.receipt is not None

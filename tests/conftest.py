@@ -14,12 +14,10 @@ import pytest
 
 from tests.sshd import SshServer, start_sshd
 
-pytest_plugins = ["tests.tiny_models"]
-
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
-# fixtures of shared test dependencies (add yours to the list)
-pytest_plugins = ["tests.fakes.fixtures"]
+# Fixture modules shared by many test files: the tiny SD models and the fake provider servers.
+pytest_plugins = ["tests.tiny_models", "tests.fakes.fixtures"]
 
 _real_connect = socket.socket.connect
 _real_connect_ex = socket.socket.connect_ex

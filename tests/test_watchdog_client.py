@@ -81,7 +81,9 @@ def test_arm_renew_and_launch_lines_work_together(tmp_path: Path) -> None:
 
         # the watchdog notices the runner on its next poll; a busy machine may show "none" for a poll or two
         def running_status() -> dict | None:
-            status = wc.parse_status((remote / wc.STATUS_NAME).read_text()) if (remote / wc.STATUS_NAME).exists() else None
+            status = (
+                wc.parse_status((remote / wc.STATUS_NAME).read_text()) if (remote / wc.STATUS_NAME).exists() else None
+            )
             return status if status and status["runner"]["state"] == "running" else None
 
         status = wait_for(running_status, what="status showing the runner")

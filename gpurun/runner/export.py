@@ -269,8 +269,13 @@ def save_lora(
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+    return file_sha256(path)
+
+
+def file_sha256(path: Path) -> tuple[str, int]:
+    """(sha256 hex, size in bytes) of a written file, for checkpoint and sample events."""
     digest = hashlib.sha256()
-    with path.open("rb") as f:
+    with Path(path).open("rb") as f:
         while chunk := f.read(8 << 20):
             digest.update(chunk)
-    return digest.hexdigest(), path.stat().st_size
+    return digest.hexdigest(), Path(path).stat().st_size

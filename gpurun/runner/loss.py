@@ -1,0 +1,108 @@
+"""The loss of one batch, kohya's way: noise (with optional offset), random timesteps, epsilon or v target, MSE,
+optional min-SNR-γ weighting. Noise and timesteps come from a CPU generator so a resumed run draws the same ones.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from gpurun.runner.data import TrainData, batch_latents, caption_for_step
+
+if TYPE_CHECKING:
+    import torch
+
+    from gpurun.config import TrainConfig
+    from gpurun.runner.loaded import Conditioning, LoadedModel
+
+
+@dataclass
+class StepContext:
+    """Everything a batch's loss needs besides the batch."""
+
+    model: LoadedModel
+    data: TrainData
+    config: TrainConfig
+    #: the dtype of the frozen base weights; autocast runs the forward pass in it on CUDA
+    weight_dtype: Any
+    generator: torch.Generator
+    rng: random.Random
+    use_cond_cache: bool
+
+
+def snr_weights(
+    alphas_cumprod: torch.Tensor, timesteps: torch.Tensor, gamma: float, v_prediction: bool
+) -> torch.Tensor:
+    """Min-SNR-γ loss weights (Hang et al. 2023): min(SNR, γ)/SNR for ε, min(SNR, γ)/(SNR+1) for v."""
+    import torch
+
+    alpha = alphas_cumprod.to(timesteps.device)[timesteps].float()
+    snr = alpha / (1.0 - alpha)
+    clipped = torch.minimum(snr, torch.full_like(snr, gamma))
+    return clipped / (snr + 1.0) if v_prediction else clipped / snr
+
+
+def conditioning(ctx: StepContext, captions: Sequence[str]) -> Conditioning:
+    """Cached text-encoder outputs for frozen encoders, else a (differentiable) forward through them."""
+    import torch
+
+    if ctx.use_cond_cache:
+        cached = [ctx.data.cond_cache[c] for c in captions]
+        hidden = torch.cat([c.hidden_states for c in cached])
+        pooled = None if cached[0].pooled is None else torch.cat([c.pooled for c in cached])  # type: ignore[misc]
+        return type(cached[0])(hidden, pooled)
+    with _autocast(ctx):
+        return ctx.model.encode_prompt(ctx.model.tokenize(list(captions)), clip_skip=ctx.config.clip_skip)
+
+
+def batch_loss(ctx: StepContext, indices: Sequence[int]) -> torch.Tensor:
+    """The mean training loss of one batch (a scalar with a graph back to the LoRA weights)."""
+    import torch
+    import torch.nn.functional as F
+
+    model, config = ctx.model, ctx.config
+    device = model.device
+    latents = batch_latents(ctx.data, indices, ctx.rng) * model.vae_scaling_factor
+    batch = latents.shape[0]
+    noise = torch.randn(latents.shape, generator=ctx.generator)
+    if config.noise_offset:
+        noise += config.noise_offset * torch.randn((batch, latents.shape[1], 1, 1), generator=ctx.generator)
+    scheduler = model.noise_scheduler
+    timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (batch,), generator=ctx.generator)
+    latents, noise, timesteps = latents.to(device), noise.to(device), timesteps.to(device)
+    noisy = scheduler.add_noise(latents, noise, timesteps)
+    target = noise if model.prediction_type == "epsilon" else scheduler.get_velocity(latents, noise, timesteps)
+
+    images = [ctx.data.images[i] for i in indices]
+    captions = [caption_for_step(image.caption, config, ctx.rng) for image in images]
+    cond = conditioning(ctx, captions)
+    added = model.unet_added_cond(
+        cond,
+        [image.original_size_hw for image in images],
+        [image.crop_top_left for image in images],
+        [image.target_size_hw for image in images],
+    )
+    with _autocast(ctx):
+        prediction = model.unet(
+            noisy.to(ctx.weight_dtype),
+            timesteps,
+            encoder_hidden_states=cond.hidden_states.to(ctx.weight_dtype),
+            added_cond_kwargs=added,
+        ).sample
+    loss = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+    if config.min_snr_gamma:
+        loss = loss * snr_weights(
+            scheduler.alphas_cumprod, timesteps, config.min_snr_gamma, model.prediction_type == "v_prediction"
+        )
+    return loss.mean()
+
+
+def _autocast(ctx: StepContext) -> Any:
+    import torch
+
+    if ctx.model.device.type == "cuda" and ctx.weight_dtype in (torch.float16, torch.bfloat16):
+        return torch.autocast("cuda", dtype=ctx.weight_dtype)
+    return nullcontext()

@@ -474,6 +474,12 @@ class RunControl:
                     await self.transport.kill(self.layout.pid, grace_s=30.0)
                 await onbox.stop_watchdog(self.transport, self.layout)
         confirmed = await destroy_confirmed(self.provider, self.instance.instance_id, poll_s=self.options.poll_s)
+        if confirmed and not nothing_rented and self.transport is not None and self.layout is not None:
+            # The watchdog normally dies with the box. Where the host outlives the provider's instance (a reused
+            # host, our loopback tests), a watchdog left behind would later fire its fallback on a machine that is
+            # no longer ours: disarm it, best effort, without waiting on a box that is already gone.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(onbox.stop_watchdog(self.transport, self.layout), 5.0)
         self.journal.mark_terminated(self.run_id, confirmed, instance_id=self.instance.instance_id)
         if not confirmed:
             self.view.message(

@@ -36,6 +36,10 @@ def _parser() -> argparse.ArgumentParser:
 def _quiet_libraries() -> None:
     # Library chatter goes to stderr, never into the event stream on stdout.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # transformers/diffusers log through their own handlers; their notices would crowd the stderr tail that
+    # the client shows when the runner fails
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
     logging.basicConfig(stream=sys.stderr, level=logging.WARNING)
     warnings.simplefilter("default")
     for name in ("diffusers", "transformers", "peft", "bitsandbytes"):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -76,6 +77,9 @@ class FakeServer:
         self.lock = threading.RLock()
         self.requests: list[RecordedRequest] = []
         self._faults: list[Fault] = []
+        #: called with every SSH public key that reaches a machine (what the image's sshd would authorise);
+        #: tests point it at the sshd fixture: `fake.key_sinks.append(sshd_server.authorize)`
+        self.key_sinks: list[Callable[[str], None]] = []
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -97,6 +101,12 @@ class FakeServer:
         self._thread = threading.Thread(
             target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, name=type(self).__name__, daemon=True
         )
+
+    def deliver_key(self, public_key: str | None) -> None:
+        """A machine got this key (env var, account key): hand it to the sinks, as the image's startup would."""
+        if public_key and public_key.strip():
+            for sink in list(self.key_sinks):
+                sink(public_key.strip())
 
     # -- lifecycle -----------------------------------------------------------------------------------------
     @property

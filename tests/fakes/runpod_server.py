@@ -200,7 +200,9 @@ class FakeRunpod(PodViews, GraphQLResolvers, FakeServer):
                 request=request,
             )
             self.pods[pod.id] = pod
-            return pod
+        # RunPod's images write env PUBLIC_KEY into authorized_keys at start
+        self.deliver_key(env.get("PUBLIC_KEY") if isinstance(env, dict) else None)
+        return pod
 
     def terminate_pod(self, pod_id: str, *, by: str, via: str) -> bool:
         with self.lock:

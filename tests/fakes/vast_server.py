@@ -250,6 +250,8 @@ class FakeVast(FakeServer):
                 never_ready=self._never_ready_all or offer_id in self._never_ready,
             )
             self.instances[instance_id] = inst
+        # gpurun's onstart script writes this key into ~/.ssh/authorized_keys on the real machine
+        self.deliver_key((body.get("env") or {}).get("GPURUN_SSH_PUBLIC_KEY"))
         return Response(200, {"success": True, "new_contract": int(instance_id), "instance_api_key": inst.api_key})
 
     @staticmethod

@@ -243,7 +243,7 @@ def test_a_crashing_runner_is_reported_with_its_last_lines_and_the_machine_destr
         (folder,) = box_runs()
         pid = int((folder / "runner.pid").read_text())
         os.kill(pid, signal.SIGKILL)  # the runner dies as a segfault or the kernel's OOM killer would end it
-        rest, errors = proc.communicate(timeout=120)
+        _, errors = proc.communicate(timeout=120)
     assert proc.returncode == 1
     assert "the runner stopped without finishing (exit 137)" in errors
     assert "its last lines:" in errors and "Killed" in errors  # the box's own words reach the user

@@ -10,6 +10,15 @@
 
 `offers()` asks every usable provider concurrently; a provider that fails is reported in `errors` and the others
 still count. Only when no provider could be asked at all does it raise.
+
+A whole training run, as `gpurun train` does it:
+
+    from gpurun.api import plan, train
+    from gpurun.trainplan import TrainRequest
+
+    the_plan = asyncio.run(plan(TrainRequest(dataset=Path("training_data"), base="sd15", budget=5)))
+    receipt = asyncio.run(train(the_plan))          # rent, train, fetch, verify, destroy
+    print(receipt.actual_total_usd, receipt.artifacts)
 """
 
 from __future__ import annotations
@@ -28,8 +37,12 @@ from gpurun.pricing import DEFAULT, SORT_MODES, Assumptions, BootProfile, Calibr
 from gpurun.pricing.gpus import provider_spellings
 
 if TYPE_CHECKING:
+    from gpurun.job import Job
+    from gpurun.live import View
     from gpurun.provision.http import RetryPolicy
+    from gpurun.receipt import Receipt
     from gpurun.settings import Settings
+    from gpurun.trainplan import TrainPlan, TrainRequest
 
 #: version of the `gpurun offers --json` document (see `OffersResult.to_dict`)
 OFFERS_DOC_VERSION = 1
@@ -328,3 +341,44 @@ async def _ask(
 
 def _with_provider(name: str, line: str) -> str:
     return line if line.startswith(name) else f"{name}: {line}"
+
+
+async def plan(request: TrainRequest) -> TrainPlan:
+    """Check the dataset, ask the providers and rank their offers under the budget, with this machine's measured
+    speeds (the journal's calibration): what `gpurun train --dry-run` shows. Rents nothing."""
+    from gpurun.journal import Journal
+    from gpurun.pricing.throughput import calibration_key
+    from gpurun.trainplan import plan_train
+
+    with Journal.open() as journal:
+        measured = journal.calibration()
+    calibration = {
+        calibration_key(gpu, family, res, batch): value for (gpu, family, res, batch), value in measured.items()
+    }
+    return await plan_train(request, calibration=calibration or None)
+
+
+async def train(
+    the_plan: TrainPlan,
+    *,
+    view: View | None = None,
+    detach: bool = False,
+    on_job: Callable[[Job], None] | None = None,
+) -> Receipt:
+    """Execute a plan: rent the chosen offer (failing over), train, pull checkpoints, fetch and verify the LoRA,
+    destroy, and return the receipt. On failure everything is torn down first, then the error is raised.
+    `view` receives progress (default: plain lines or a rich bar on stderr); `on_job` sees the Job before it
+    starts (the CLI wires Ctrl-C to it)."""
+    from gpurun.job import Job, JobOptions
+    from gpurun.journal import Journal
+    from gpurun.live import make_view
+
+    view = view or make_view(as_json=False)
+    with Journal.open() as journal:
+        job = Job(the_plan, view, journal, JobOptions.from_env(detach=detach))
+        if on_job is not None:
+            on_job(job)
+        try:
+            return await job.run()
+        finally:
+            view.close()

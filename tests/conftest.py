@@ -17,7 +17,7 @@ from tests.sshd import SshServer, start_sshd
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 # Fixture modules shared by many test files: the tiny SD models and the fake provider servers.
-pytest_plugins = ["tests.tiny_models", "tests.fakes.fixtures"]
+pytest_plugins = ["tests.tiny_models", "tests.fakes.fixtures", "tests.e2e"]
 
 _real_connect = socket.socket.connect
 _real_connect_ex = socket.socket.connect_ex

@@ -57,3 +57,17 @@ async def transport_fixture(request: pytest.FixtureRequest, tmp_path: Path) -> A
             await session.close()
     else:
         yield LocalTransport(tmp_path / "local-home")
+
+
+def child_pids(parent: int) -> list[int]:
+    """Pids whose parent is `parent` (Linux /proc): e.g. the sshd processes serving each connection."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if int(fields[1]) == parent:
+                found.append(int(entry.name))
+    return found

@@ -17,7 +17,7 @@ from gpurun.events import Done, ErrorEvent, LogLine, Step, parse_line
 from gpurun.remote.follow import READER, EventFollower, FollowedEvent
 from gpurun.remote.local import LocalTransport
 from gpurun.remote.transport import Transport
-from tests.remote_helpers import ssh_session, transport_fixture  # noqa: F401  (the fixture)
+from tests.remote_helpers import child_pids, ssh_session, transport_fixture  # noqa: F401  (the fixture)
 from tests.sshd import SshServer
 
 PY = sys.executable
@@ -168,7 +168,7 @@ async def test_server_side_kill_of_the_ssh_connection_is_survived(sshd_server: S
 
     async def drop() -> None:
         killed = 0
-        for child in _children(master):
+        for child in child_pids(master):
             os.kill(child, signal.SIGKILL)
             killed += 1
         assert killed >= 1
@@ -211,19 +211,6 @@ async def test_without_a_reconnect_callable_a_drop_is_raised(sshd_server: SshSer
     rest = [item.line async for item in follower(session, events, pid, offset=stream.offset)]
     assert [item.line for item in got] + rest == lines
     await session.close()
-
-
-def _children(parent: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except (OSError, IndexError):
-                continue
-            if int(fields[1]) == parent:
-                found.append(int(entry.name))
-    return found
 
 
 def _pids_running(marker: str, folder: str) -> list[int]:

@@ -28,20 +28,22 @@ TUTORIAL = REPO_ROOT / "tests" / "fixtures" / "training_config.toml"
 TE_COUNTS = {"sd15": {"lora_te": 72}, "sdxl": {"lora_te1": 72, "lora_te2": 192}}
 
 
-def dataset(root: Path) -> Path:
-    """4 captioned images (2 square, 2 wide) with 5 repeats: 20 samples an epoch, 10 batches of 2."""
-    folder = root / "training_data" / "5_sks robot"
+def dataset(root: Path, repeats: int) -> Path:
+    """4 captioned images (2 square, 2 wide), `repeats` times each an epoch, in batches of 2."""
+    folder = root / "training_data" / f"{repeats}_sks robot"
     for index in range(2):
         make_image(folder / f"square{index}.jpg", (96, 96), seed=index, caption="sks robot, on a table")
         make_image(folder / f"wide{index}.png", (128, 80), seed=10 + index, caption="sks robot, wide")
     return folder.parent
 
 
-def write_job(tmp: Path, base: Path | str, **changes: Any) -> Path:
+def write_job(tmp: Path, base: Path | str, *, repeats: int = 5, **changes: Any) -> Path:
     """The tutorial's training_config.toml with its paths pointed at test data and a tiny resolution."""
     doc = tomllib.loads(TUTORIAL.read_text())
     doc["model"]["pretrained_model_name_or_path"] = str(base)
-    doc["dataset"].update(train_data_dir=str(dataset(tmp)), resolution=64, min_bucket_reso=64, max_bucket_reso=128)
+    doc["dataset"].update(
+        train_data_dir=str(dataset(tmp, repeats)), resolution=64, min_bucket_reso=64, max_bucket_reso=128
+    )
     doc["training"].update(output_dir=str(tmp / "out"), max_train_epochs=2, save_every_n_epochs=1, seed=7)
     doc["sample"] = {"sample_steps": 2, "sample_seeds": [1], "sample_weights": [0.0, 1.0]}
     for key, value in changes.items():
@@ -74,7 +76,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureReq
     for family in ("sd15", "sdxl"):
         tiny: TinyModel = request.getfixturevalue(f"tiny_{family}")
         tmp = tmp_path_factory.mktemp(f"train-{family}")
-        job = write_job(tmp, tiny.single_file)
+        job = write_job(tmp, tiny.single_file, repeats=2)
         rc, evs, stderr = run_runner(job)
         assert rc == 0, stderr[-3000:]
         runs[family] = {"tiny": tiny, "out": tmp / "out", "events": evs, "job": job}
@@ -91,10 +93,10 @@ def test_events_tell_the_whole_run(family: str, trained: dict[str, Any]) -> None
     assert start.family == family and "single-file" in start.detected
     assert start.device == "cpu" and start.dtype == "float32"
     assert any("CPU" in note and "fp32" in note for note in start.notes)  # the tutorial asks fp16; CPU says why not
-    # 4 images x 5 repeats, batch 2: 10 batches an epoch, 2 epochs
-    assert start.total_steps == 20 and start.epochs == 2 and start.dataset["samples_per_epoch"] == 20
+    # 4 images x 2 repeats, batch 2: 4 batches an epoch, 2 epochs
+    assert start.total_steps == 8 and start.epochs == 2 and start.dataset["samples_per_epoch"] == 8
     steps = of(events.Step, evs)
-    assert steps[0].step == 1 and steps[-1].step == 20 and all(s.total_steps == 20 for s in steps)
+    assert steps[0].step == 1 and steps[-1].step == 8 and all(s.total_steps == 8 for s in steps)
     assert all(s.loss > 0 and s.samples_per_s > 0 for s in steps)
     assert steps[-1].eta_s == 0
     checkpoints = of(events.Checkpoint, evs)
@@ -108,7 +110,7 @@ def test_events_tell_the_whole_run(family: str, trained: dict[str, Any]) -> None
     (sample,) = of(events.Sample, evs)
     assert sample.path == "grid.png" and (out / "grid.png").stat().st_size == sample.bytes
     (done,) = of(events.Done, evs)
-    assert done.steps == 20 and done.final == "mi_lora.safetensors" and done.sha256 == checkpoints[-1].sha256
+    assert done.steps == 8 and done.final == "mi_lora.safetensors" and done.sha256 == checkpoints[-1].sha256
     assert isinstance(evs[-1], events.Done)
 
 
@@ -128,8 +130,8 @@ def test_file_is_exactly_kohyas_with_the_real_alpha(family: str, trained: dict[s
     assert meta["ss_network_dim"] == "32" and meta["ss_network_alpha"] == "16.0"
     assert meta["ss_output_name"] == "mi_lora" and meta["ss_network_module"] == "networks.lora"
     assert meta["ss_base_model_version"] == {"sd15": "sd_v1", "sdxl": "sdxl_base_v1-0"}[family]
-    assert json.loads(meta["ss_tag_frequency"]) == {"5_sks robot": {"sks robot": 4, "on a table": 2, "wide": 2}}
-    assert meta["ss_steps"] == "20" and meta["ss_epoch"] == "2" and meta["ss_optimizer"].endswith("AdamW8bit")
+    assert json.loads(meta["ss_tag_frequency"]) == {"2_sks robot": {"sks robot": 4, "on a table": 2, "wide": 2}}
+    assert meta["ss_steps"] == "8" and meta["ss_epoch"] == "2" and meta["ss_optimizer"].endswith("AdamW8bit")
     assert meta["modelspec.trigger_phrase"] == "sks robot"
 
 
@@ -222,12 +224,12 @@ def test_sigterm_saves_and_resume_reaches_the_same_lora(tiny_sd15: TinyModel, tm
 
 @pytest.mark.slow
 def test_resume_refuses_a_state_from_another_run(tiny_sd15: TinyModel, tmp_path: Path) -> None:
-    job = write_job(tmp_path, "tiny-sd", max_train_epochs=1, save_every_n_epochs=None)
+    job = write_job(tmp_path, "tiny-sd", repeats=1, max_train_epochs=1, save_every_n_epochs=None)
     rc, _, stderr = run_runner(job, "--resume")
     assert rc == 1
     rc, evs, stderr = run_runner(job)
     assert rc == 0, stderr[-2000:]
-    other = write_job(tmp_path, "tiny-sd", max_train_epochs=1, network_dim=8)
+    other = write_job(tmp_path, "tiny-sd", repeats=1, max_train_epochs=1, network_dim=8)
     rc, evs, _ = run_runner(other, "--resume")
     (error,) = of(events.ErrorEvent, evs)
     assert rc == 1 and "network_dim: saved 32, now 8" in error.message

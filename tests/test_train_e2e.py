@@ -4,16 +4,12 @@ pulls, fetch with sha256, destroy and receipt all run for real. The fault cases 
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
-import shutil
 import signal
-import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -21,138 +17,13 @@ import pytest
 
 from gpurun.lorafile import verify_lora_file
 from tests.conftest import subprocess_env
-from tests.imaging import make_image
+from tests.e2e import FAST, gpurun_json, read_until, run_dir, small_job, start_train, train, wait_until
+from tests.fakes.vast_catalog import vast_offer
+from tests.remote_helpers import child_pids
 from tests.sshd import SshServer
 
 pytest.importorskip("torch")
 pytestmark = [pytest.mark.slow, pytest.mark.sshd]
-
-#: orchestration timings shortened for tests (JobOptions reads GPURUN_<NAME>)
-FAST = {
-    "GPURUN_POLL_S": "0.2",
-    "GPURUN_WATCHDOG_POLL_S": "0.5",
-    "GPURUN_LEASE_INTERVAL_S": "1",
-    "GPURUN_READY_TIMEOUT_S": "20",
-    "GPURUN_CONNECT_TIMEOUT_S": "30",
-    "GPURUN_RUNNER_STOP_GRACE_S": "20",
-    # the "instance" is this machine: the runner uses the interpreter that has torch, no CUDA probe
-    "GPURUN_PYTHON": sys.executable,
-    "GPURUN_CHECK_CUDA": "0",
-}
-
-
-def small_job(root: Path, epochs: int = 3) -> tuple[Path, Path]:
-    """A 2-image dataset (10 samples an epoch: 5 steps at batch 2) and a config that saves every epoch."""
-    data = root / "data" / "5_sks robot"
-    for index in range(2):
-        make_image(data / f"img{index}.png", (64, 64), seed=index, caption="sks robot, on a table")
-    config = root / "training_config.toml"
-    config.write_text(
-        "[dataset]\nresolution = 64\nbatch_size = 2\nenable_bucket = false\n"
-        f"[training]\nmax_train_epochs = {epochs}\nsave_every_n_epochs = 1\nnetwork_dim = 4\nnetwork_alpha = 2\n"
-        'learning_rate = 1e-4\noptimizer_type = "AdamW"\nseed = 3\n'
-        "[sample]\nsample_steps = 1\nsample_seeds = [1]\nsample_weights = [0.0, 1.0]\n"
-    )
-    return data.parent, config
-
-
-def train(
-    root: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 300
-) -> subprocess.CompletedProcess:
-    dataset, config = small_job(root)
-    return subprocess.run(
-        [sys.executable, "-m", "gpurun", "train", str(dataset), "--config", str(config), "--base", "tiny-sd",
-         "--yes", "--json", "--output", str(root / "runs"), *args],
-        capture_output=True, text=True, timeout=timeout, env=subprocess_env(**{**FAST, **(env or {})}),
-    )  # fmt: skip
-
-
-def json_lines(text: str) -> list[dict[str, Any]]:
-    out = []
-    for line in text.splitlines():
-        if line.startswith("{"):
-            try:
-                out.append(json.loads(line))
-            except ValueError:
-                continue
-    return out
-
-
-def gpurun_json(*args: str) -> str:
-    proc = subprocess.run(
-        [sys.executable, "-m", "gpurun", *args], capture_output=True, text=True, timeout=60, env=subprocess_env()
-    )
-    assert proc.returncode == 0, proc.stderr
-    return proc.stdout
-
-
-def run_dir(root: Path) -> Path:
-    (folder,) = [p for p in (root / "runs").iterdir() if p.is_dir()]
-    return folder
-
-
-def journal_rows(home: Path, sql: str) -> list[tuple]:
-    (db,) = list((home / "state").rglob("*.sqlite*"))[:1] or list((home / "state").rglob("*.db"))
-    with sqlite3.connect(db) as conn:
-        return conn.execute(sql).fetchall()
-
-
-BOX_RUNS = Path.home() / "gpurun"  # where the "instance" (this machine, over sshd) keeps run folders
-
-
-@pytest.fixture
-def box_runs() -> Any:
-    """New run folders on the "instance" during the test; removed afterwards (a real box is destroyed)."""
-    before = set(BOX_RUNS.iterdir()) if BOX_RUNS.is_dir() else set()
-
-    def new() -> list[Path]:
-        return sorted(set(BOX_RUNS.iterdir()) - before) if BOX_RUNS.is_dir() else []
-
-    yield new
-    for folder in new():
-        # a fault test may leave the box's processes behind (the real box would be destroyed with them)
-        for name, kill in (("runner.pid", os.killpg), ("watchdog.pid", os.kill)):
-            with contextlib.suppress(OSError, ValueError):
-                kill(int((folder / name).read_text().strip()), signal.SIGKILL)
-        for pid in processes_inside(folder):  # and anything else started there
-            with contextlib.suppress(OSError):
-                os.kill(pid, signal.SIGKILL)
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-def processes_inside(folder: Path) -> list[int]:
-    """Pids whose working directory is `folder` or below (Linux /proc)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError):
-                if Path(os.readlink(entry / "cwd")).is_relative_to(folder):
-                    found.append(int(entry.name))
-    return found
-
-
-@pytest.fixture
-def vast_on_sshd(fake_vast: Any, sshd_server: SshServer, box_runs: Any) -> Any:
-    fake_vast.set_ssh_endpoint(sshd_server.host, sshd_server.port)
-    fake_vast.key_sinks.append(sshd_server.authorize)
-    return fake_vast
-
-
-@pytest.fixture
-def runpod_on_sshd(fake_runpod: Any, sshd_server: SshServer, box_runs: Any) -> Any:
-    fake_runpod.set_ssh_endpoint(sshd_server.host, sshd_server.port)
-    fake_runpod.key_sinks.append(sshd_server.authorize)
-    return fake_runpod
-
-
-def wait_until(predicate: Any, timeout: float, what: str) -> Any:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.mark.parametrize("provider", ["vast", "runpod"])
@@ -278,3 +149,51 @@ def test_client_killed_the_watchdog_destroys_the_instance(moment: str, vast_on_s
     wait_until(lambda: vast_on_sshd.live_instances() == [], timeout=90, what="the watchdog's destroy")
     (record,) = vast_on_sshd.destroyed
     assert record.by == "instance"  # the instance's own scoped key, never the account key
+
+
+def test_ssh_drop_mid_training_reconnects_and_loses_no_event(
+    vast_on_sshd: Any, sshd_server: SshServer, box_runs: Any, tmp_path: Path
+) -> None:
+    master = int((sshd_server.root / "sshd.pid").read_text())
+    with start_train(tmp_path, 6, "--budget", "5") as proc:
+        read_until(proc, '"type":"step"')
+        killed = child_pids(master)
+        for pid in killed:  # every sshd serving a connection: what a network drop or an sshd restart does
+            os.kill(pid, signal.SIGKILL)
+        assert killed
+        _, errors = proc.communicate(timeout=240)
+    assert proc.returncode == 0, errors[-3000:]
+    (folder,) = box_runs()
+    on_box = (folder / "events.jsonl").read_text().splitlines()
+    fetched = (run_dir(tmp_path) / "events.jsonl").read_text().splitlines()
+    assert fetched == on_box  # every line once, in order: nothing lost, nothing repeated
+    steps = [json.loads(line)["step"] for line in fetched if '"type":"step"' in line]
+    assert steps == sorted(set(steps)) and steps[-1] == 30
+    assert vast_on_sshd.live_instances() == []
+
+
+def test_budget_running_out_mid_training_keeps_a_checkpoint_and_destroys(vast_on_sshd: Any, tmp_path: Path) -> None:
+    """The client stops the runner shortly before the hard deadline: GPURUN_CLIENT_DEADLINE_MARGIN_S puts that
+    moment 20 s after the watchdog is armed, mid-training, on an offer whose billed price is its quote. The
+    runner saves a step checkpoint, it is fetched, the machine destroyed, and the command says the budget ran
+    out."""
+    vast_on_sshd.add_offer(vast_offer("RTX 4090", id=4242, dph_base=0.5, storage_cost=0.0, inet_down=5000.0))
+    dataset, _ = small_job(tmp_path / "plan")
+    dry = subprocess.run(
+        [sys.executable, "-m", "gpurun", "train", str(dataset), "--base", "tiny-sd", "--offer", "vast:4242",
+         "--budget", "5", "--dry-run", "--json"],
+        capture_output=True, text=True, timeout=120, env=subprocess_env(**FAST),
+    )  # fmt: skip
+    assert dry.returncode == 0, dry.stderr[-2000:]
+    margin = str(json.loads(dry.stdout)["hard_deadline_s"] - 20)
+    env = {"GPURUN_CLIENT_DEADLINE_MARGIN_S": margin}
+    with start_train(tmp_path, 400, "--budget", "5", "--offer", "vast:4242", env=env) as proc:
+        _, errors = proc.communicate(timeout=240)
+    assert proc.returncode != 0
+    assert "the budget ran out before training finished; the last checkpoint was fetched" in errors
+    out = run_dir(tmp_path)
+    kept = sorted(p.name for p in out.glob("lora-step*.safetensors"))
+    assert len(kept) == 1 and verify_lora_file(out / kept[0], "sd15", network_dim=4, network_alpha=2.0) == []
+    assert not (out / "lora.safetensors").exists()
+    assert vast_on_sshd.live_instances() == [] and [r.by for r in vast_on_sshd.destroyed] == ["account"]
+    assert json.loads((out / "receipt.json").read_text())["destroyed"] is True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -203,7 +204,7 @@ def logs(
             "follows a running one"
         )
     else:
-        view = PlainView(stream=None, interval=0.0)
+        view = PlainView(stream=sys.stdout, interval=0.0)  # the events are this command's output: pipeable
         for line in path.read_text(encoding="utf-8").splitlines():
             if raw:
                 out.print(line, markup=False, highlight=False)

@@ -108,19 +108,12 @@ def train(
 
 
 async def _plan(request: Any, as_json: bool) -> Any:
-    from gpurun.journal import Journal
-    from gpurun.pricing.throughput import calibration_key
-    from gpurun.trainplan import plan_train
+    from gpurun.api import plan
 
-    with Journal.open() as journal:
-        measured = journal.calibration()
-    calibration = {
-        calibration_key(gpu, family, res, batch): value for (gpu, family, res, batch), value in measured.items()
-    }
     if as_json or not err.is_terminal:
-        return await plan_train(request, calibration=calibration or None)
+        return await plan(request)
     with err.status("checking the dataset and asking providers for offers…"):
-        return await plan_train(request, calibration=calibration or None)
+        return await plan(request)
 
 
 def _interactive() -> bool:
@@ -130,20 +123,13 @@ def _interactive() -> bool:
 
 
 def _run(plan: Any, *, as_json: bool, detach: bool) -> Any:
-    from gpurun.job import Job, JobOptions
-    from gpurun.journal import Journal
+    from gpurun.api import train as run_plan
     from gpurun.live import make_view
 
     async def main() -> Any:
+        task = asyncio.current_task()
         view = make_view(as_json=as_json)
-        with Journal.open() as journal:
-            job = Job(plan, view, journal, JobOptions.from_env(detach=detach))
-            task = asyncio.current_task()
-            install_ctrl_c(job, task, view)
-            try:
-                return await job.run()
-            finally:
-                view.close()
+        return await run_plan(plan, view=view, detach=detach, on_job=lambda job: install_ctrl_c(job, task, view))
 
     return asyncio.run(main())
 

@@ -97,6 +97,15 @@ class Trainer:
     # ---- setup ----------------------------------------------------------------------------------------------
 
     def run(self) -> int:
+        """Train; SIGTERM/SIGINT are ours from the first moment, so a stop while loading still exits cleanly."""
+        previous = self.stop.install() if self.install_signals else {}
+        try:
+            return self._run()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _run(self) -> int:
         import torch
 
         from gpurun.runner.lora import add_lora, load_lora_state
@@ -165,12 +174,10 @@ class Trainer:
 
         ctx = StepContext(model, data, config, precision.weight_dtype, generator, rng, use_cond_cache)
         self.emit(self._start_event(model, data, precision, progress, lora))
-        previous = self.stop.install() if self.install_signals else {}
-        try:
-            return _Loop(self, ctx, lora, optimizer, lr_scheduler, schedule, precision, progress).run()
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+        if self.stop.requested:  # SIGTERM while loading: nothing learned yet, nothing to save
+            self.emit(events.ErrorEvent(message="stopped before training began", code="stopped"))
+            return STOPPED_EXIT
+        return _Loop(self, ctx, lora, optimizer, lr_scheduler, schedule, precision, progress).run()
 
     def _initial_progress(self, data: TrainData, model: LoadedModel) -> st.Progress:
         config = self.config

@@ -34,27 +34,13 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from tests.e2e import small_job  # noqa: E402
 from tests.fakes.vast_server import FakeVast  # noqa: E402
-from tests.imaging import make_image  # noqa: E402
 from tests.sshd import start_sshd  # noqa: E402
 
 
-def make_job(root: Path, network_dim: int, epochs: int) -> tuple[Path, Path]:
-    data = root / "data" / "5_sks robot"
-    for index in range(2):
-        make_image(data / f"img{index}.png", (64, 64), seed=index, caption="sks robot, on a table")
-    config = root / "training_config.toml"
-    config.write_text(
-        "[dataset]\nresolution = 64\nbatch_size = 2\nenable_bucket = false\n"
-        f"[training]\nmax_train_epochs = {epochs}\nsave_every_n_epochs = 1\nnetwork_dim = {network_dim}\n"
-        'network_alpha = 16\noptimizer_type = "AdamW"\nseed = 3\n'
-        "[sample]\nsample_steps = 1\nsample_seeds = [1]\nsample_weights = [0.0, 1.0]\n"
-    )
-    return data.parent, config
-
-
 def one_run(root: Path, vast: FakeVast, network_dim: int, epochs: int) -> dict[str, Any]:
-    dataset, config = make_job(root, network_dim, epochs)
+    dataset, config = small_job(root, epochs, network_dim=network_dim)
     env = {
         **os.environ,
         "PYTHONPATH": str(REPO),

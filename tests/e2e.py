@@ -35,15 +35,17 @@ FAST = {
 }
 
 
-def small_job(root: Path, epochs: int = 3) -> tuple[Path, Path]:
-    """A 2-image dataset (10 samples an epoch: 5 steps at batch 2) and a config that saves every epoch."""
+def small_job(root: Path, epochs: int = 3, *, network_dim: int = 4) -> tuple[Path, Path]:
+    """A 2-image dataset (10 samples an epoch: 5 steps at batch 2) and a config that saves every epoch
+    (network_alpha 2)."""
     data = root / "data" / "5_sks robot"
     for index in range(2):
         make_image(data / f"img{index}.png", (64, 64), seed=index, caption="sks robot, on a table")
     config = root / "training_config.toml"
     config.write_text(
         "[dataset]\nresolution = 64\nbatch_size = 2\nenable_bucket = false\n"
-        f"[training]\nmax_train_epochs = {epochs}\nsave_every_n_epochs = 1\nnetwork_dim = 4\nnetwork_alpha = 2\n"
+        f"[training]\nmax_train_epochs = {epochs}\nsave_every_n_epochs = 1\nnetwork_dim = {network_dim}\n"
+        "network_alpha = 2\n"
         'learning_rate = 1e-4\noptimizer_type = "AdamW"\nseed = 3\n'
         "[sample]\nsample_steps = 1\nsample_seeds = [1]\nsample_weights = [0.0, 1.0]\n"
     )
@@ -59,6 +61,17 @@ def train(
          "--yes", "--json", "--output", str(root / "runs"), *args],
         capture_output=True, text=True, timeout=timeout, env=subprocess_env(**{**FAST, **(env or {})}),
     )  # fmt: skip
+
+
+def dry_run(root: Path, *args: str) -> dict[str, Any]:
+    """`gpurun train --dry-run --json` for the small job with tiny-sd: the plan document."""
+    dataset, _ = small_job(root)
+    proc = subprocess.run(
+        [sys.executable, "-m", "gpurun", "train", str(dataset), "--base", "tiny-sd", "--dry-run", "--json", *args],
+        capture_output=True, text=True, timeout=120, env=subprocess_env(**FAST),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(proc.stdout)
 
 
 def gpurun_json(*args: str) -> str:

@@ -14,23 +14,16 @@ from gpurun.api import plan, train
 from gpurun.live import JsonView
 from gpurun.lorafile import verify_lora_file
 from gpurun.trainplan import TrainRequest
-from tests.imaging import make_image
+from tests.e2e import small_job
 
 pytest.importorskip("torch")
 
 
 @pytest.mark.slow
 def test_plan_then_train_from_python(tmp_path: Path) -> None:
-    data = tmp_path / "data" / "5_sks robot"
-    for index in range(2):
-        make_image(data / f"img{index}.png", (64, 64), seed=index, caption="sks robot")
-    config = tmp_path / "training_config.toml"
-    config.write_text(
-        "[dataset]\nresolution = 64\nbatch_size = 2\n[training]\nmax_train_epochs = 2\nnetwork_dim = 4\n"
-        'network_alpha = 2\noptimizer_type = "AdamW"\n[sample]\nsample_steps = 1\nsample_seeds = [1]\n'
-    )
+    dataset, config = small_job(tmp_path, epochs=2)
     request = TrainRequest(
-        dataset=data.parent, config=config, base="tiny-sd", providers=("local",), output=tmp_path / "runs"
+        dataset=dataset, config=config, base="tiny-sd", providers=("local",), output=tmp_path / "runs"
     )
     the_plan = asyncio.run(plan(request))
     assert the_plan.chosen.offer.provider == "local" and the_plan.workload.epochs == 2

@@ -16,7 +16,7 @@ import pytest
 
 from gpurun.lorafile import verify_lora_file
 from tests.conftest import subprocess_env
-from tests.e2e import FAST, json_documents, run_dir, small_job, wait_until
+from tests.e2e import FAST, json_documents, read_until, run_dir, small_job, start_train, wait_until
 
 pytest.importorskip("torch")
 pytestmark = [pytest.mark.slow, pytest.mark.sshd]
@@ -75,29 +75,17 @@ def test_cancel_a_detached_run_keeps_what_exists_and_destroys(vast_on_sshd: Any,
 
 
 def test_ctrl_c_once_detaches_twice_cancels(vast_on_sshd: Any, tmp_path: Path) -> None:
-    with subprocess.Popen(
-        [sys.executable, "-m", "gpurun", *train_args(tmp_path / "once", 400), "--json"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=subprocess_env(**FAST),
-    ) as proc:  # fmt: skip
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            if '"type":"step"' in line.replace(" ", ""):
-                break
+    with start_train(tmp_path / "once", 400, "--budget", "5") as proc:
+        read_until(proc, '"type":"step"')
         proc.send_signal(signal.SIGINT)
-        rest, _ = proc.communicate(timeout=60)
-    assert proc.returncode == 0 and "gpurun attach" in rest
+        _, errors = proc.communicate(timeout=60)
+    assert proc.returncode == 0 and "gpurun attach" in errors
     assert len(vast_on_sshd.live_instances()) == 1
     cancel = gpurun("cancel", only_run_id(tmp_path / "once"))
     assert cancel.returncode == 0 and vast_on_sshd.live_instances() == []
 
-    with subprocess.Popen(
-        [sys.executable, "-m", "gpurun", *train_args(tmp_path / "twice", 400), "--json"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=subprocess_env(**FAST),
-    ) as proc:  # fmt: skip
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            if '"type":"step"' in line.replace(" ", ""):
-                break
+    with start_train(tmp_path / "twice", 400, "--budget", "5") as proc:
+        read_until(proc, '"type":"step"')
         proc.send_signal(signal.SIGINT)
         time.sleep(0.5)  # two presses, as a person makes them (signals sent together coalesce into one)
         proc.send_signal(signal.SIGINT)

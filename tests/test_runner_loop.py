@@ -141,3 +141,46 @@ def test_out_of_memory_at_batch_one_with_checkpointing_is_a_clear_error(
         train.Trainer(config, emit=lambda e: None, install_signals=False).run()
     assert "more memory" in (info.value.hint or "")
     assert not (tmp_path / "out" / "lora.safetensors").exists()
+
+
+@pytest.mark.slow
+def test_the_optional_features_train_together(tmp_path: Path) -> None:
+    """Disk latent cache (reused by a second run), flip_aug, noise offset, min-SNR-γ, shuffled captions (so no
+    text-encoder cache), Prodigy, polynomial schedule and a grid every epoch (without epoch checkpoints), in one
+    short run."""
+    from gpurun.runner import train
+
+    config = _small_job(
+        tmp_path,
+        cache_latents_to_disk=True,
+        flip_aug=True,
+        noise_offset=0.05,
+        min_snr_gamma=5.0,
+        shuffle_caption=True,
+        optimizer_type="Prodigy",
+        learning_rate=1.0,
+        lr_scheduler="polynomial",
+        lr_warmup_steps=2,
+        sample_every_n_epochs=1,
+        max_train_epochs=2,
+    )
+    seen: list[events.Event] = []
+    assert train.Trainer(config, emit=seen.append, install_signals=False).run() == 0
+    (start,) = [e for e in seen if isinstance(e, events.Start)]
+    assert not any("text-encoder outputs cached" in note for note in start.notes)  # captions change per step
+    samples = [e.path for e in seen if isinstance(e, events.Sample)]
+    assert samples == ["grid-000001.png", "grid.png"]  # a grid each epoch, with no checkpoint due
+    assert [e.path for e in seen if isinstance(e, events.Checkpoint)] == ["lora.safetensors"]
+    steps = [e for e in seen if isinstance(e, events.Step)]
+    assert all(s.loss == s.loss and s.loss > 0 for s in steps)  # finite, not NaN
+    cached = sorted((tmp_path / "out" / ".cache" / "latents").glob("*.safetensors"))
+    assert len(cached) == 2  # one file per image, holding the latent and its flipped twin
+
+    from gpurun.runner.data import cache_latents, scan_training_data
+    from gpurun.runner.model import load_base_model
+
+    data = scan_training_data(config)
+    reused = cache_latents(
+        load_base_model("tiny-sd"), data.images, flip=True, disk_dir=tmp_path / "out" / ".cache" / "latents"
+    )
+    assert reused == 2 and all(i.latent is not None and i.flipped is not None for i in data.images)

@@ -17,7 +17,7 @@ import pytest
 
 from gpurun.lorafile import verify_lora_file
 from tests.conftest import subprocess_env
-from tests.e2e import FAST, gpurun_json, read_until, run_dir, small_job, start_train, train, wait_until
+from tests.e2e import FAST, dry_run, gpurun_json, read_until, run_dir, small_job, start_train, train, wait_until
 from tests.fakes.vast_catalog import vast_offer
 from tests.remote_helpers import child_pids
 from tests.sshd import SshServer
@@ -68,13 +68,7 @@ def test_a_run_rents_trains_fetches_verifies_and_destroys(
 
 
 def test_the_first_offer_failing_fails_over_to_the_next(vast_on_sshd: Any, tmp_path: Path) -> None:
-    dry = subprocess.run(
-        [sys.executable, "-m", "gpurun", "train", *map(str, small_job(tmp_path / "plan")[:1]), "--base", "tiny-sd",
-         "--provider", "vast", "--budget", "5", "--dry-run", "--json"],
-        capture_output=True, text=True, timeout=120, env=subprocess_env(**FAST),
-    )  # fmt: skip
-    assert dry.returncode == 0, dry.stderr[-2000:]
-    chosen = json.loads(dry.stdout)["candidates"][0].split(":", 1)[1]
+    chosen = dry_run(tmp_path / "plan", "--provider", "vast", "--budget", "5")["candidates"][0].split(":", 1)[1]
     vast_on_sshd.inject_capacity_gone(chosen)
     proc = train(tmp_path, "--provider", "vast", "--budget", "5")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -84,13 +78,7 @@ def test_the_first_offer_failing_fails_over_to_the_next(vast_on_sshd: Any, tmp_p
 
 
 def test_an_instance_that_never_becomes_ready_is_destroyed_and_replaced(vast_on_sshd: Any, tmp_path: Path) -> None:
-    dataset, _ = small_job(tmp_path / "plan")
-    dry = subprocess.run(
-        [sys.executable, "-m", "gpurun", "train", str(dataset), "--base", "tiny-sd", "--provider", "vast",
-         "--budget", "5", "--dry-run", "--json"],
-        capture_output=True, text=True, timeout=120, env=subprocess_env(**FAST),
-    )  # fmt: skip
-    chosen = json.loads(dry.stdout)["candidates"][0].split(":", 1)[1]
+    chosen = dry_run(tmp_path / "plan", "--provider", "vast", "--budget", "5")["candidates"][0].split(":", 1)[1]
     vast_on_sshd.never_ready(chosen)
     proc = train(tmp_path, "--provider", "vast", "--budget", "5", env={"GPURUN_READY_TIMEOUT_S": "3"})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -178,14 +166,7 @@ def test_budget_running_out_mid_training_keeps_a_checkpoint_and_destroys(vast_on
     runner saves a step checkpoint, it is fetched, the machine destroyed, and the command says the budget ran
     out."""
     vast_on_sshd.add_offer(vast_offer("RTX 4090", id=4242, dph_base=0.5, storage_cost=0.0, inet_down=5000.0))
-    dataset, _ = small_job(tmp_path / "plan")
-    dry = subprocess.run(
-        [sys.executable, "-m", "gpurun", "train", str(dataset), "--base", "tiny-sd", "--offer", "vast:4242",
-         "--budget", "5", "--dry-run", "--json"],
-        capture_output=True, text=True, timeout=120, env=subprocess_env(**FAST),
-    )  # fmt: skip
-    assert dry.returncode == 0, dry.stderr[-2000:]
-    margin = str(json.loads(dry.stdout)["hard_deadline_s"] - 20)
+    margin = str(dry_run(tmp_path / "plan", "--offer", "vast:4242", "--budget", "5")["hard_deadline_s"] - 20)
     env = {"GPURUN_CLIENT_DEADLINE_MARGIN_S": margin}
     with start_train(tmp_path, 400, "--budget", "5", "--offer", "vast:4242", env=env) as proc:
         _, errors = proc.communicate(timeout=240)

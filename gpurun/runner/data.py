@@ -233,7 +233,8 @@ def _encode(model: LoadedModel, pixels: list[torch.Tensor], generator: torch.Gen
     dist = model.vae.encode(batch).latent_dist
     mean, std = dist.mean.float().cpu(), dist.std.float().cpu()
     noise = torch.randn(mean.shape, generator=generator, dtype=torch.float32)
-    return list(mean + std * noise)
+    # one tensor per image with its own storage: row views would share the batch (and cannot be saved apart)
+    return [row.clone(memory_format=torch.contiguous_format) for row in mean + std * noise]
 
 
 def cache_conditioning(model: LoadedModel, captions: Sequence[str], clip_skip: int | None) -> dict[str, Conditioning]:

@@ -355,11 +355,19 @@ class _Loop:
         epoch = p.epoch
         p.epoch, p.batch_in_epoch = epoch + 1, 0
         last = p.step >= p.total_steps
-        if config.save_every_n_epochs and epoch % config.save_every_n_epochs == 0 and not last:
-            path = self._save_lora(f"{config.output_name}-{epoch:06d}.safetensors", epoch)
+        save = bool(config.save_every_n_epochs) and epoch % (config.save_every_n_epochs or 1) == 0 and not last
+        sample = bool(config.sample_every_n_epochs) and epoch % (config.sample_every_n_epochs or 1) == 0 and not last
+        name = f"{config.output_name}-{epoch:06d}.safetensors"
+        if save:
+            self._save_lora(name, epoch)
             self._save_state()
-            if config.sample_every_n_epochs and epoch % config.sample_every_n_epochs == 0:
-                self._grid(path, f"grid-{epoch:06d}.png", epoch)
+        if sample:
+            # the grid is rendered from a saved file (what the user will load); without a checkpoint due this
+            # epoch, a scratch copy serves and is not announced
+            if not save:
+                name = ".cache/sample.safetensors"
+                self._save_lora(name, epoch, announce=False)
+            self._grid(self.out / name, f"grid-{epoch:06d}.png", epoch)
 
     def _stop_now(self) -> int:
         """SIGTERM: keep what was learned (a step checkpoint and the state), then exit 143."""
@@ -404,7 +412,7 @@ class _Loop:
     def out(self) -> Path:
         return self.t.out
 
-    def _save_lora(self, name: str, epoch: int, *, final: bool = False) -> tuple[str, int]:
+    def _save_lora(self, name: str, epoch: int, *, final: bool = False, announce: bool = True) -> tuple[str, int]:
         from gpurun.runner.export import build_metadata, save_lora
 
         data, p, config = self.ctx.data, self.p, self.config
@@ -435,7 +443,8 @@ class _Loop:
             extra=extra,
         )
         sha, size = save_lora(self.ctx.model, self.out / name, metadata=metadata, precision=config.save_precision)
-        self.emit(events.Checkpoint(path=name, sha256=sha, bytes=size, epoch=epoch, step=p.step, final=final))
+        if announce:
+            self.emit(events.Checkpoint(path=name, sha256=sha, bytes=size, epoch=epoch, step=p.step, final=final))
         return sha, size
 
     def _save_state(self) -> None:

@@ -78,8 +78,9 @@ def test_ctrl_c_once_detaches_twice_cancels(vast_on_sshd: Any, tmp_path: Path) -
     with start_train(tmp_path / "once", 400, "--budget", "5") as proc:
         read_until(proc, '"type":"step"')
         proc.send_signal(signal.SIGINT)
-        _, errors = proc.communicate(timeout=60)
-    assert proc.returncode == 0 and "gpurun attach" in errors
+        rest, _ = proc.communicate(timeout=60)
+    messages = [d["text"] for d in json_documents(rest) if d.get("type") == "message"]
+    assert proc.returncode == 0 and any(m.startswith("detached:") and "gpurun attach" in m for m in messages)
     assert len(vast_on_sshd.live_instances()) == 1
     cancel = gpurun("cancel", only_run_id(tmp_path / "once"))
     assert cancel.returncode == 0 and vast_on_sshd.live_instances() == []

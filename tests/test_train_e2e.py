@@ -17,7 +17,18 @@ import pytest
 
 from gpurun.lorafile import verify_lora_file
 from tests.conftest import subprocess_env
-from tests.e2e import FAST, dry_run, gpurun_json, read_until, run_dir, small_job, start_train, train, wait_until
+from tests.e2e import (
+    FAST,
+    dry_run,
+    gpurun_json,
+    json_documents,
+    read_until,
+    run_dir,
+    small_job,
+    start_train,
+    train,
+    wait_until,
+)
 from tests.fakes.vast_catalog import vast_offer
 from tests.remote_helpers import child_pids
 from tests.sshd import SshServer
@@ -86,31 +97,33 @@ def test_an_instance_that_never_becomes_ready_is_destroyed_and_replaced(vast_on_
     assert len(vast_on_sshd.destroyed) == 2
 
 
+@pytest.mark.parametrize("keep_minutes", [None, "0.1"])
 def test_a_crashing_runner_is_reported_with_its_last_lines_and_the_machine_destroyed(
-    vast_on_sshd: Any, box_runs: Any, tmp_path: Path
+    keep_minutes: str | None, vast_on_sshd: Any, box_runs: Any, tmp_path: Path
 ) -> None:
-    dataset, config = small_job(tmp_path, epochs=200)
-    with subprocess.Popen(
-        [sys.executable, "-m", "gpurun", "train", str(dataset), "--config", str(config), "--base", "tiny-sd",
-         "--provider", "vast", "--budget", "5", "--yes", "--json", "--output", str(tmp_path / "runs")],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=subprocess_env(**FAST),
-    ) as proc:  # fmt: skip
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            if '"type":"step"' in line.replace(" ", ""):
-                break
+    """The runner dies (SIGKILL, as a segfault or the kernel's OOM killer would end it): the user gets the box's
+    last lines and the machine is destroyed at once; with --keep-on-failure it is kept for debugging (how to
+    ssh in is printed) and the re-armed watchdog destroys it when those minutes are up."""
+    keep = ["--keep-on-failure", keep_minutes] if keep_minutes else []
+    with start_train(tmp_path, 200, "--budget", "5", *keep) as proc:
+        read_until(proc, '"type":"step"')
         (folder,) = box_runs()
-        pid = int((folder / "runner.pid").read_text())
-        os.kill(pid, signal.SIGKILL)  # the runner dies as a segfault or the kernel's OOM killer would end it
-        _, errors = proc.communicate(timeout=120)
+        os.kill(int((folder / "runner.pid").read_text()), signal.SIGKILL)
+        rest, errors = proc.communicate(timeout=120)
     assert proc.returncode == 1
     assert "the runner stopped without finishing (exit 137)" in errors
     assert "its last lines:" in errors and "Killed" in errors  # the box's own words reach the user
-    assert vast_on_sshd.live_instances() == []
     receipt = json.loads((run_dir(tmp_path) / "receipt.json").read_text())
-    assert receipt["outcome"] == "failed" and receipt["destroyed"] is True
-    # what had been trained is kept: the first epoch's checkpoint came back before the crash, or none was due
-    assert all(p.stat().st_size > 0 for p in run_dir(tmp_path).glob("*.safetensors"))
+    assert receipt["outcome"] == "failed"
+    assert all(p.stat().st_size > 0 for p in run_dir(tmp_path).glob("*.safetensors"))  # what came back is whole
+    if keep_minutes is None:
+        assert vast_on_sshd.live_instances() == [] and receipt["destroyed"] is True
+        return
+    messages = [d["text"] for d in json_documents(rest) if d.get("type") == "message"]
+    assert any(m.startswith("kept for 0.1 min for debugging: ssh -i ") for m in messages)
+    assert len(vast_on_sshd.live_instances()) == 1 and receipt["destroyed"] is False
+    wait_until(lambda: vast_on_sshd.live_instances() == [], timeout=60, what="the watchdog's destroy")
+    assert [r.by for r in vast_on_sshd.destroyed] == ["instance"]
 
 
 @pytest.mark.parametrize("moment", ["sync", "training"])

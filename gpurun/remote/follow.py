@@ -85,7 +85,12 @@ while True:
         if buf:
             offset += len(buf)
             send({"o": offset, "l": buf.decode("utf-8", "replace"), "partial": True})
-        send({"end": True, "o": offset, "exit": exit_code()})
+        # the launcher writes the exit file just after the runner's group empties: give it a moment
+        code, wait_until = exit_code(), time.time() + 3.0
+        while code is None and time.time() < wait_until:
+            time.sleep(0.05)
+            code = exit_code()
+        send({"end": True, "o": offset, "exit": code})
         break
     if time.time() - last >= heartbeat:
         send({"hb": offset})

@@ -21,7 +21,7 @@ from gpurun import watchdog_client as wd
 from gpurun.bases import BaseSpec
 from gpurun.bundle import BUNDLE_EXCLUDES, PACKAGE_DIR
 from gpurun.config import TrainConfig
-from gpurun.errors import SyncError
+from gpurun.errors import RunnerError, SyncError
 from gpurun.models import Instance
 from gpurun.remote.transport import Transport, exit_path_for
 
@@ -30,6 +30,8 @@ EVENTS = "events.jsonl"
 STDERR = "runner.stderr"
 PID = wd.PID_NAME
 JOB_TOML = "job.toml"
+#: how long the detached runner may take to write its pid file
+START_TIMEOUT_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -251,6 +253,30 @@ async def launch_runner(
         layout.root, argv, python=layout.python, events=EVENTS, stderr=STDERR, env=run_env, done=Path(layout.done).name
     )
     await transport.run(command)
+    # The launch returns before the detached runner has written its pid; a follower started in that gap would
+    # take the runner for dead. Wait (on the machine, one round trip) for the pid file, or the exit file of a
+    # runner that died at once.
+    pid, done = shlex.quote(layout.pid), shlex.quote(layout.done)
+    started = await transport.run(
+        f"i=0; while [ ! -s {pid} ] && [ ! -e {done} ] && [ $i -lt {int(START_TIMEOUT_S * 10)} ]; do "
+        f"sleep 0.1; i=$((i+1)); done; if [ -s {pid} ]; then echo started; elif [ -e {done} ]; then "
+        f"echo exited $(cat {done}); fi",
+        check=False,
+    )
+    status = started.stdout.strip()
+    if status != "started":
+        lines = await stderr_tail(transport, layout)
+        what = (
+            f"the runner could not start ({status.replace('exited', 'exit')})"
+            if status.startswith("exited")
+            else f"the runner did not start within {START_TIMEOUT_S:.0f} s"
+        )
+        raise RunnerError(
+            what,
+            where=transport.where,
+            last_lines=lines,
+            hint=("its last lines: " + " | ".join(lines[-3:])) if lines else f"is {layout.python} on the machine?",
+        )
 
 
 async def stderr_tail(transport: Transport, layout: BoxLayout, lines: int = 20) -> list[str]:

@@ -100,14 +100,19 @@ def box_runs() -> Any:
 
     yield new
     for folder in new():
-        # a fault test may leave the box's processes behind (the real box would be destroyed with them)
-        for name, kill in (("runner.pid", os.killpg), ("watchdog.pid", os.kill)):
-            with contextlib.suppress(OSError, ValueError):
-                kill(int((folder / name).read_text().strip()), signal.SIGKILL)
-        for pid in processes_inside(folder):  # and anything else started there
-            with contextlib.suppress(OSError):
-                os.kill(pid, signal.SIGKILL)
-        shutil.rmtree(folder, ignore_errors=True)
+        # a fault test may leave the box's processes behind (the real box would be destroyed with them); the
+        # launcher's shell writes runner.exit when its runner dies, so kill, remove, and sweep once more
+        for _ in range(3):
+            for name, kill in (("runner.pid", os.killpg), ("watchdog.pid", os.kill)):
+                with contextlib.suppress(OSError, ValueError):
+                    kill(int((folder / name).read_text().strip()), signal.SIGKILL)
+            for pid in processes_inside(folder):
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
+            shutil.rmtree(folder, ignore_errors=True)
+            if not folder.exists():
+                break
+            time.sleep(0.2)
 
 
 def processes_inside(folder: Path) -> list[int]:

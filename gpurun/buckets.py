@@ -73,6 +73,26 @@ def make_buckets(resolution: tuple[int, int], min_reso: int, max_reso: int, step
     return sorted(buckets)
 
 
+def predefined_buckets(
+    resolution: tuple[int, int],
+    *,
+    enable_bucket: bool,
+    no_upscale: bool,
+    min_reso: int,
+    max_reso: int,
+    step: int = 64,
+) -> list[tuple[int, int]]:
+    """The bucket list a run chooses from, as kohya builds it: the training resolution alone without bucketing,
+    none with `no_upscale` (each image's own size decides), else `make_buckets` over the adjusted range.
+    Raises ValueError when the resolution lies outside the bucket range."""
+    if not enable_bucket:
+        return [resolution]
+    if no_upscale:
+        return []
+    low, high = adjust_bucket_range(resolution, min_reso, max_reso, step)
+    return make_buckets(resolution, low, high, step)
+
+
 def _round_to_steps(value: float, step: int) -> int:
     rounded = int(value + 0.5)
     return rounded - rounded % step

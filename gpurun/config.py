@@ -79,6 +79,25 @@ _section(
 _section("sample", "sample_prompts sample_every_n_epochs sample_seeds sample_weights sample_steps sample_sampler")
 
 OPTIMIZERS = {"adamw": "AdamW", "adamw8bit": "AdamW8bit", "prodigy": "Prodigy"}
+#: kohya's sample_sampler names → diffusers scheduler classes (checked here, so a typo fails before renting)
+SAMPLERS = {
+    "ddim": "DDIMScheduler",
+    "pndm": "PNDMScheduler",
+    "lms": "LMSDiscreteScheduler",
+    "k_lms": "LMSDiscreteScheduler",
+    "euler": "EulerDiscreteScheduler",
+    "k_euler": "EulerDiscreteScheduler",
+    "euler_a": "EulerAncestralDiscreteScheduler",
+    "k_euler_a": "EulerAncestralDiscreteScheduler",
+    "heun": "HeunDiscreteScheduler",
+    "dpm_2": "KDPM2DiscreteScheduler",
+    "k_dpm_2": "KDPM2DiscreteScheduler",
+    "dpm_2_a": "KDPM2AncestralDiscreteScheduler",
+    "k_dpm_2_a": "KDPM2AncestralDiscreteScheduler",
+    "dpmsolver": "DPMSolverMultistepScheduler",
+    "dpmsolver++": "DPMSolverMultistepScheduler",
+    "dpmsingle": "DPMSolverSinglestepScheduler",
+}
 SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
 
 
@@ -204,6 +223,13 @@ class TrainConfig(BaseModel):
     def _check_module(cls, value: str) -> str:
         if value != "networks.lora":
             raise ValueError(f"only 'networks.lora' (plain LoRA) is supported, got {value!r}")
+        return value
+
+    @field_validator("sample_sampler")
+    @classmethod
+    def _check_sampler(cls, value: str) -> str:
+        if value.lower() not in SAMPLERS:
+            raise ValueError(f"unknown sampler {value!r}; choose one of {', '.join(SAMPLERS)}")
         return value
 
     @field_validator("caption_extension")

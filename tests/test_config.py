@@ -59,6 +59,8 @@ def test_misspelled_key_suggests_the_closest(tmp_path: Path) -> None:
         ('[training]\nsave_model_as = "ckpt"\n', "save_model_as"),
         ("[model]\nv2 = true\n[training]\nv2 = false\n", "given twice"),
         ("[training\n", "not valid TOML"),
+        # caught here, before renting, not after training when the grid is drawn
+        ('[sample]\nsample_sampler = "euler_ancestral"\n', "unknown sampler 'euler_ancestral'"),
     ],
 )
 def test_invalid_values_name_the_key(tmp_path: Path, toml: str, fragment: str) -> None:

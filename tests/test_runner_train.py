@@ -241,6 +241,7 @@ def test_resume_refuses_a_state_from_another_run(tiny_sd15: TinyModel, tmp_path:
         ("bad-key", "network_dims"),
         ("missing-base", "base model not found"),
         ("empty-dataset", "no trainable images"),
+        ("missing-prompts", "cannot read the sample prompts"),
     ],
 )
 def test_bad_input_gives_one_clear_error_event(case: str, needle: str, tmp_path: Path) -> None:
@@ -250,6 +251,8 @@ def test_bad_input_gives_one_clear_error_event(case: str, needle: str, tmp_path:
         text = text.replace("network_dim = 32", "network_dims = 32")
     elif case == "missing-base":
         text = text.replace('"tiny-sd"', f'"{tmp_path / "models" / "nope.safetensors"}"')
+    elif case == "missing-prompts":
+        text = text.replace("[sample]\n", f'[sample]\nsample_prompts = "{tmp_path / "prompts.txt"}"\n')
     else:
         empty = tmp_path / "empty"
         (empty / "5_sks robot").mkdir(parents=True)
@@ -261,3 +264,4 @@ def test_bad_input_gives_one_clear_error_event(case: str, needle: str, tmp_path:
     (error,) = of(events.ErrorEvent, evs)
     assert needle in error.message.lower() or needle in error.message
     assert not (tmp_path / "out" / "mi_lora.safetensors").exists()
+    assert "load_model" not in [p.name for p in of(events.Phase, evs)] or case == "missing-base"  # failed first

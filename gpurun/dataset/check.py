@@ -13,7 +13,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
-from gpurun.buckets import BucketChoice, adjust_bucket_range, aspect_label, make_buckets, select_bucket
+from gpurun.buckets import BucketChoice, adjust_bucket_range, aspect_label, predefined_buckets, select_bucket
 from gpurun.dataset.images import ImageHeader, ImageProblem, decode, quiet_pil
 from gpurun.dataset.report import BucketFacts, CheckSettings, DatasetReport, FolderFacts
 from gpurun.dataset.scan import scan_dataset, warn_exif_rotation
@@ -94,16 +94,11 @@ def check_dataset(
     _count_warnings(scan, issues)
 
     bucket_facts = _bucket_facts(scan, choices, settings.batch_size)
-    # kohya: one batch list per bucket, ceil(samples in bucket / batch size) each; an optimizer step takes
-    # gradient_accumulation_steps batches; max_train_steps, when set, decides the epochs
+    # kohya: one batch list per bucket, ceil(samples in bucket / batch size) each
     batches = sum(bucket.batches for bucket in bucket_facts)
-    steps_per_epoch = math.ceil(batches / settings.gradient_accumulation_steps)
-    if settings.max_train_steps is not None:
-        total_steps = settings.max_train_steps
-        epochs = math.ceil(total_steps / steps_per_epoch) if steps_per_epoch else 0
-    else:
-        epochs = settings.epochs
-        total_steps = epochs * steps_per_epoch
+    steps_per_epoch, epochs, total_steps = plan_steps(
+        batches, settings.gradient_accumulation_steps, settings.epochs, settings.max_train_steps
+    )
 
     return DatasetReport(
         scan=scan,
@@ -148,13 +143,30 @@ def _validated(settings: CheckSettings) -> CheckSettings:
 
 
 def _predefined_buckets(settings: CheckSettings) -> list[tuple[int, int]]:
-    if not settings.enable_bucket:
-        return [settings.resolution]  # kohya without bucketing: one bucket, the training resolution
-    if settings.bucket_no_upscale:
-        return []  # buckets come from each image's own size
-    return make_buckets(
-        settings.resolution, settings.min_bucket_reso, settings.max_bucket_reso, settings.bucket_reso_steps
+    return predefined_buckets(
+        settings.resolution,
+        enable_bucket=settings.enable_bucket,
+        no_upscale=settings.bucket_no_upscale,
+        min_reso=settings.min_bucket_reso,
+        max_reso=settings.max_bucket_reso,
+        step=settings.bucket_reso_steps,
     )
+
+
+def plan_steps(
+    batches_per_epoch: int, gradient_accumulation_steps: int, epochs: int, max_train_steps: int | None
+) -> tuple[int, int, int]:
+    """(steps per epoch, epochs, total steps), kohya's way: an optimizer step takes gradient_accumulation_steps
+    batches; max_train_steps, when set, decides the epochs. Shared with the runner, so the step count the client
+    planned and priced is the one the machine runs."""
+    steps_per_epoch = math.ceil(batches_per_epoch / gradient_accumulation_steps)
+    if max_train_steps is not None:
+        return (
+            steps_per_epoch,
+            (math.ceil(max_train_steps / steps_per_epoch) if steps_per_epoch else 0),
+            max_train_steps,
+        )
+    return steps_per_epoch, epochs, epochs * steps_per_epoch
 
 
 def _warn_below_minimum(

@@ -13,22 +13,23 @@ from __future__ import annotations
 import hashlib
 import math
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gpurun.buckets import BucketChoice, adjust_bucket_range, make_buckets, select_bucket
+from gpurun.buckets import BucketChoice, predefined_buckets, select_bucket
 from gpurun.dataset.images import load_image
 from gpurun.dataset.scan import scan_dataset
 from gpurun.dataset.types import DatasetScan, ImageItem
 from gpurun.errors import ConfigError, DatasetError
+from gpurun.runner.loaded import Conditioning
 
 if TYPE_CHECKING:
     import torch
 
     from gpurun.config import TrainConfig
-    from gpurun.runner.loaded import Conditioning, LoadedModel
+    from gpurun.runner.loaded import LoadedModel
 
 #: encode this many images per VAE call (same bucket only)
 VAE_BATCH = 4
@@ -95,6 +96,11 @@ class TrainData:
     def batches_per_epoch(self, batch_size: int) -> int:
         return sum(math.ceil(len(samples) / batch_size) for samples in self.buckets.values())
 
+    @property
+    def trigger(self) -> str | None:
+        """The first concept folder's class token: the trigger word of a kohya dataset."""
+        return self.scan.folders[0].class_token if self.scan.folders else None
+
     def facts(self) -> dict[str, Any]:
         """Dataset facts for the start event and the LoRA metadata."""
         return {
@@ -121,15 +127,18 @@ def scan_training_data(config: TrainConfig) -> TrainData:
             hint="run `gpurun dataset check` on it locally to see every problem",
         )
     step = config.bucket_reso_steps
-    if config.enable_bucket:
-        try:
-            low, high = adjust_bucket_range(config.resolution, config.min_bucket_reso, config.max_bucket_reso, step)
-        except ValueError as exc:
-            raise ConfigError(str(exc), where="min_bucket_reso/max_bucket_reso") from None
-        predefined = make_buckets(config.resolution, low, high, step)
-    else:
-        predefined = [config.resolution]
     no_upscale = config.enable_bucket and config.bucket_no_upscale
+    try:
+        predefined = predefined_buckets(
+            config.resolution,
+            enable_bucket=config.enable_bucket,
+            no_upscale=no_upscale,
+            min_reso=config.min_bucket_reso,
+            max_reso=config.max_bucket_reso,
+            step=step,
+        )
+    except ValueError as exc:
+        raise ConfigError(str(exc), where="min_bucket_reso/max_bucket_reso") from None
     images = [
         TrainImage(
             item,
@@ -168,23 +177,17 @@ def _cache_key(image: TrainImage, vae_tag: str) -> str:
     return hashlib.sha256(raw.encode()).hexdigest()[:32]
 
 
-def cache_latents(
-    model: LoadedModel,
-    images: Sequence[TrainImage],
-    *,
-    flip: bool,
-    disk_dir: Path | None,
-    progress: Callable[[int, int], None] | None = None,
-) -> int:
+def cache_latents(model: LoadedModel, images: Sequence[TrainImage], *, flip: bool, disk_dir: Path | None) -> int:
     """Encode every image once with the VAE (same-bucket batches); returns how many came from the disk cache."""
     import torch
     from safetensors.torch import load_file, save_file
 
     vae_tag = f"{model.source}|{model.vae_dtype}"
+    cached = {id(image): disk_dir / f"{_cache_key(image, vae_tag)}.safetensors" for image in images} if disk_dir else {}
     pending: dict[tuple[int, int], list[TrainImage]] = {}
     reused = 0
     for image in images:
-        path = disk_dir / f"{_cache_key(image, vae_tag)}.safetensors" if disk_dir else None
+        path = cached.get(id(image))
         if path is not None and path.is_file():
             stored = load_file(str(path))
             if "latent" in stored and (not flip or "flipped" in stored):
@@ -192,10 +195,6 @@ def cache_latents(
                 reused += 1
                 continue
         pending.setdefault(image.bucket, []).append(image)
-    done = reused
-    total = len(images)
-    if progress:
-        progress(done, total)
     generator = torch.Generator(device="cpu").manual_seed(0)
     with torch.no_grad():
         for group in pending.values():
@@ -209,19 +208,15 @@ def cache_latents(
                     flipped = _encode(model, [pixel_tensor(i, flip=True) for i in chunk], generator)
                     for image, latent in zip(chunk, flipped, strict=True):
                         image.flipped = latent
-                if disk_dir is not None:
-                    disk_dir.mkdir(parents=True, exist_ok=True)
-                    for image in chunk:
-                        tensors = {"latent": image.latent}
-                        if image.flipped is not None:
-                            tensors["flipped"] = image.flipped
-                        target = disk_dir / f"{_cache_key(image, vae_tag)}.safetensors"
-                        tmp = target.with_suffix(".tmp")
-                        save_file(tensors, str(tmp))
-                        tmp.replace(target)
-                done += len(chunk)
-                if progress:
-                    progress(done, total)
+                for image in chunk if disk_dir is not None else ():
+                    tensors = {"latent": image.latent}
+                    if image.flipped is not None:
+                        tensors["flipped"] = image.flipped
+                    target = cached[id(image)]
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    tmp = target.with_suffix(".tmp")
+                    save_file(tensors, str(tmp))
+                    tmp.replace(target)
     return reused
 
 
@@ -249,7 +244,7 @@ def cache_conditioning(model: LoadedModel, captions: Sequence[str], clip_skip: i
             cond = model.encode_prompt(model.tokenize(chunk), clip_skip=clip_skip)
             for index, caption in enumerate(chunk):
                 pooled = None if cond.pooled is None else cond.pooled[index : index + 1]
-                cache[caption] = type(cond)(cond.hidden_states[index : index + 1], pooled)
+                cache[caption] = Conditioning(cond.hidden_states[index : index + 1], pooled)
     return cache
 
 

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
+from gpurun.config import SAMPLERS
 from gpurun.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -17,26 +18,6 @@ if TYPE_CHECKING:
 Family = Literal["sd15", "sd2", "sdxl"]
 PredictionType = Literal["epsilon", "v_prediction"]
 DEFAULT_RESOLUTION = {"sd15": 512, "sd2": 512, "sdxl": 1024}
-
-#: kohya's sample_sampler names → diffusers scheduler classes
-SAMPLERS = {
-    "ddim": "DDIMScheduler",
-    "pndm": "PNDMScheduler",
-    "lms": "LMSDiscreteScheduler",
-    "k_lms": "LMSDiscreteScheduler",
-    "euler": "EulerDiscreteScheduler",
-    "k_euler": "EulerDiscreteScheduler",
-    "euler_a": "EulerAncestralDiscreteScheduler",
-    "k_euler_a": "EulerAncestralDiscreteScheduler",
-    "heun": "HeunDiscreteScheduler",
-    "dpm_2": "KDPM2DiscreteScheduler",
-    "k_dpm_2": "KDPM2DiscreteScheduler",
-    "dpm_2_a": "KDPM2AncestralDiscreteScheduler",
-    "k_dpm_2_a": "KDPM2AncestralDiscreteScheduler",
-    "dpmsolver": "DPMSolverMultistepScheduler",
-    "dpmsolver++": "DPMSolverMultistepScheduler",
-    "dpmsingle": "DPMSolverSinglestepScheduler",
-}
 
 
 @dataclass

@@ -11,12 +11,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from gpurun.runner.data import TrainData, batch_latents, caption_for_step
+from gpurun.runner.loaded import Conditioning
 
 if TYPE_CHECKING:
     import torch
 
     from gpurun.config import TrainConfig
-    from gpurun.runner.loaded import Conditioning, LoadedModel
+    from gpurun.runner.loaded import LoadedModel
 
 
 @dataclass
@@ -53,7 +54,7 @@ def conditioning(ctx: StepContext, captions: Sequence[str]) -> Conditioning:
         cached = [ctx.data.cond_cache[c] for c in captions]
         hidden = torch.cat([c.hidden_states for c in cached])
         pooled = None if cached[0].pooled is None else torch.cat([c.pooled for c in cached])  # type: ignore[misc]
-        return type(cached[0])(hidden, pooled)
+        return Conditioning(hidden, pooled)
     with _autocast(ctx):
         return ctx.model.encode_prompt(ctx.model.tokenize(list(captions)), clip_skip=ctx.config.clip_skip)
 

@@ -16,6 +16,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from gpurun.errors import ConfigError
+
 if TYPE_CHECKING:
     from PIL import Image
 
@@ -38,6 +40,25 @@ def default_prompts(captions: Sequence[str], trigger: str | None, n: int = 3) ->
     if not trigger:
         return picks
     return [p if trigger.lower() in p.lower() else f"{trigger}, {p}" for p in picks]
+
+
+def grid_prompts(sample_prompts: list[str] | str | None, captions: Sequence[str], trigger: str | None) -> list[str]:
+    """The grid's prompts: the config's list, or its prompts file (one per line, # comments), else
+    `default_prompts`. Resolved before training, so a bad prompts file fails before the GPU time is spent."""
+    if isinstance(sample_prompts, list):
+        return sample_prompts
+    if sample_prompts is None:
+        return default_prompts(captions, trigger)
+    try:
+        lines = Path(sample_prompts).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(
+            f"cannot read the sample prompts: {exc}", where=sample_prompts, hint="fix sample_prompts or remove it"
+        ) from None
+    prompts = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    if not prompts:
+        raise ConfigError("the sample prompts file has no prompts", where=sample_prompts, hint="one prompt per line")
+    return prompts
 
 
 def grid_geometry(rows: int, cols: int, cell: tuple[int, int]) -> tuple[int, int]:

@@ -8,7 +8,6 @@ state, and exits 143. On CUDA out-of-memory the run first turns on gradient chec
 
 from __future__ import annotations
 
-import math
 import random
 import signal
 import time
@@ -19,11 +18,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gpurun import events
-from gpurun.errors import ConfigError
+from gpurun.dataset.check import plan_steps
 from gpurun.runner import state as st
 from gpurun.runner.data import TrainData, cache_conditioning, cache_latents, can_cache_conditioning, scan_training_data
 from gpurun.runner.loss import StepContext, batch_loss
 from gpurun.runner.optim import Schedule, make_optimizer, schedule_for
+from gpurun.runner.sample import grid_prompts
 
 if TYPE_CHECKING:
     from gpurun.config import TrainConfig
@@ -114,6 +114,7 @@ class Trainer:
         config = self.config
         self.out.mkdir(parents=True, exist_ok=True)
         data = scan_training_data(config)  # before the model: a bad dataset fails in a second, not a minute
+        prompts = grid_prompts(config.sample_prompts, [i.caption for i in data.images], data.trigger)
         precision = choose_precision(config.mixed_precision)
         self.emit(events.Phase(name="load_model", detail=str(config.pretrained_model_name_or_path)))
         model = load_base_model(
@@ -177,18 +178,17 @@ class Trainer:
         if self.stop.requested:  # SIGTERM while loading: nothing learned yet, nothing to save
             self.emit(events.ErrorEvent(message="stopped before training began", code="stopped"))
             return STOPPED_EXIT
-        return _Loop(self, ctx, lora, optimizer, lr_scheduler, schedule, precision, progress).run()
+        return _Loop(self, ctx, lora, optimizer, lr_scheduler, schedule, precision, progress, prompts).run()
 
     def _initial_progress(self, data: TrainData, model: LoadedModel) -> st.Progress:
         config = self.config
         batch_size = config.batch_size
-        steps_per_epoch = math.ceil(data.batches_per_epoch(batch_size) / config.gradient_accumulation_steps)
-        if config.max_train_steps:
-            total = config.max_train_steps
-            epochs = math.ceil(total / steps_per_epoch)
-        else:
-            epochs = config.epochs
-            total = epochs * steps_per_epoch
+        _, epochs, total = plan_steps(
+            data.batches_per_epoch(batch_size),
+            config.gradient_accumulation_steps,
+            config.epochs,
+            config.max_train_steps,
+        )
         seed = config.seed if config.seed is not None else random.SystemRandom().randrange(2**31)
         fingerprint = {
             "family": model.family,
@@ -260,19 +260,17 @@ class _Loop:
         schedule: Schedule,
         precision: Precision,
         progress: st.Progress,
+        prompts: list[str],
     ) -> None:
         self.t, self.ctx, self.lora, self.optimizer = trainer, ctx, lora, optimizer
         self.lr_scheduler, self.schedule, self.precision, self.p = lr_scheduler, schedule, precision, progress
+        self.prompts = prompts
         self.config = trainer.config
         self.emit = trainer.emit
-        self.window_started = time.monotonic()
-        self.window_steps = 0
         self.last_event = 0.0
         self.step_seconds: list[float] = []
 
     def run(self) -> int:
-        import torch
-
         from gpurun.runner.oom import OomFallback, is_out_of_memory
 
         p, accum = self.p, self.config.gradient_accumulation_steps
@@ -300,7 +298,7 @@ class _Loop:
                     return self._stop_now()
             if p.batch_in_epoch >= len(batches):
                 self._end_of_epoch()
-        return self._finish(torch)
+        return self._finish()
 
     def _backward(self, indices: list[int], group_size: int) -> float:
         loss = batch_loss(self.ctx, indices)
@@ -383,7 +381,7 @@ class _Loop:
         )
         return STOPPED_EXIT
 
-    def _finish(self, torch: Any) -> int:
+    def _finish(self) -> int:
         p, config = self.p, self.config
         final = f"{config.output_name}.safetensors"
         self.emit(events.Phase(name="saving", detail=final))
@@ -416,14 +414,15 @@ class _Loop:
         from gpurun.runner.export import build_metadata, save_lora
 
         data, p, config = self.ctx.data, self.p, self.config
+        facts = data.facts()
         dataset = {
             "tag_frequency": data.scan.tag_frequency(),
-            "dataset_dirs": data.facts()["folders"],
+            "dataset_dirs": facts["folders"],
             "num_train_images": data.samples_per_epoch,
             "num_batches_per_epoch": data.batches_per_epoch(p.batch_size),
             "max_train_steps": p.total_steps,
-            "bucket_info": {"buckets": data.facts()["buckets"]},
-            "trigger": data.scan.folders[0].class_token if data.scan.folders else None,
+            "bucket_info": {"buckets": facts["buckets"]},
+            "trigger": data.trigger,
             "session_id": p.session_id,
         }
         extra: dict[str, Any] = {
@@ -454,23 +453,16 @@ class _Loop:
         st.save_state(st.state_dir(self.out), self.p, lora_state(self.ctx.model), self.optimizer.state_dict(), rng)
 
     def _grid(self, lora_path: Path, name: str, epoch: int) -> None:
-        from gpurun.runner.sample import default_prompts, render_grid
+        from gpurun.runner.export import file_sha256
+        from gpurun.runner.sample import render_grid
 
-        config, data = self.config, self.ctx.data
-        if isinstance(config.sample_prompts, list):
-            prompts = config.sample_prompts
-        elif isinstance(config.sample_prompts, str):
-            prompts = _prompt_file(config.sample_prompts)
-        else:
-            trigger = data.scan.folders[0].class_token if data.scan.folders else None
-            prompts = default_prompts([i.caption for i in data.images], trigger)
-        self.emit(
-            events.Phase(name="sampling", detail=f"{len(prompts)} prompts x {len(config.sample_weights)} weights")
-        )
+        config = self.config
+        detail = f"{len(self.prompts)} prompts x {len(config.sample_weights)} weights"
+        self.emit(events.Phase(name="sampling", detail=detail))
         path = render_grid(
             self.ctx.model,
             lora_path,
-            prompts=prompts,
+            prompts=self.prompts,
             weights=config.sample_weights,
             seeds=config.sample_seeds,
             steps=config.sample_steps,
@@ -478,8 +470,6 @@ class _Loop:
             out_path=self.out / name,
             sampler=config.sample_sampler,
         )
-        from gpurun.runner.export import file_sha256
-
         sha, size = file_sha256(path)
         self.emit(events.Sample(path=name, sha256=sha, bytes=size, epoch=epoch))
 
@@ -487,14 +477,3 @@ class _Loop:
 def _plain_rng(state: tuple) -> list:
     version, internal, gauss = state
     return [version, list(internal), gauss]
-
-
-def _prompt_file(path: str) -> list[str]:
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read the sample prompts: {exc}", where=path) from None
-    prompts = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
-    if not prompts:
-        raise ConfigError("the sample prompts file has no prompts", where=path, hint="one prompt per line")
-    return prompts

@@ -50,6 +50,8 @@ def one_run(root: Path, vast: FakeVast, network_dim: int, epochs: int) -> dict[s
         "GPURUN_CONFIG_DIR": str(root / "config"),
         "GPURUN_PYTHON": sys.executable,
         "GPURUN_CHECK_CUDA": "0",
+        # the "instance" is this machine's user: never let its watchdog fall back to `shutdown`
+        "GPURUN_WATCHDOG_FALLBACK": "0",
         "GPURUN_POLL_S": "0.2",
     }
     proc = subprocess.run(

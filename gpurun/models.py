@@ -166,8 +166,11 @@ class LaunchSpec:
     price_cap: float | None = None
     #: for interruptible offers: the bid in $/h for the whole offer
     bid_price: float | None = None
-    #: provider-side auto-termination, seconds from now, where the provider supports it (RunPod)
-    terminate_after_s: float | None = None
+    #: shell lines the provider runs when the container starts, before any SSH (arms the watchdog); providers
+    #: without such a hook ignore it (`Provider.runs_boot_script`)
+    boot_script: str | None = None
+    #: the CUDA version the image needs (major.minor); hosts whose driver is older are not acceptable
+    min_cuda: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,19 +1,22 @@
-"""What the orchestrator does ON the training machine, one function per step: arm the watchdog, renew its
-lease, install the environment, ship the data and the gpurun bundle, launch the runner detached, fetch files.
+"""What the orchestrator does ON the training machine, one function per step: arm (or adopt) the watchdog, renew
+its lease, ship the gpurun bundle and the data, launch the runner detached, list its outputs.
 
 Every function takes a `Transport` (SSH or local) and a `BoxLayout` naming the run's files there, so `gpurun
 train`, `attach` and `cancel` drive the same steps. Nothing here knows which provider rented the machine;
-the watchdog's destroy action comes in ready-made from `destroy_action()`.
+the watchdog's destroy recipe comes in ready-made from the provider (`Provider.self_destroy`).
 """
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import json
 import os
 import posixpath
 import shlex
 import sys
-from dataclasses import asdict, dataclass
+import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +24,7 @@ from gpurun import watchdog_client as wd
 from gpurun.bases import BaseSpec
 from gpurun.bundle import BUNDLE_EXCLUDES, PACKAGE_DIR
 from gpurun.config import TrainConfig
-from gpurun.errors import RunnerError, SyncError
-from gpurun.models import Instance
+from gpurun.errors import RemoteError, RunnerError, SyncError
 from gpurun.remote.transport import Transport, exit_path_for
 
 #: the runner's files inside the run folder on the machine
@@ -32,6 +34,9 @@ PID = wd.PID_NAME
 JOB_TOML = "job.toml"
 #: how long the detached runner may take to write its pid file
 START_TIMEOUT_S = 30.0
+#: how long a watchdog may take to show it runs (or reloaded) our config: its first credential check may wait
+#: on a slow provider API
+WATCHDOG_CONFIRM_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -42,6 +47,8 @@ class BoxLayout:
     #: gpurun's per-machine home (environment venv, downloaded models), shared by runs on the same machine
     home: str
     python: str = "python3"
+    #: the folder with the locked training stack, first on the runner's PYTHONPATH; "" on a warm image
+    pythonpath: str = ""
 
     def path(self, *parts: str) -> str:
         return posixpath.join(self.root, *parts)
@@ -71,37 +78,25 @@ async def make_layout(transport: Transport, run_id: str, workdir: str | None) ->
     base = workdir.rstrip("/") if workdir else "."
     root = f"{base}/gpurun/{run_id}"
     await transport.makedirs(root)
-    result = await transport.run(f"cd {shlex.quote(root)} && pwd && cd {shlex.quote(base)} && pwd")
-    absolute_root, absolute_base = result.stdout.strip().splitlines()[:2]
+    # both resolved from the login folder: gpurun's home (environment, models) is per machine, not per run
+    quoted_base = shlex.quote(base)
+    result = await transport.run(f"cd {quoted_base} && pwd && cd gpurun/{shlex.quote(run_id)} && pwd")
+    absolute_base, absolute_root = result.stdout.strip().splitlines()[:2]
     return BoxLayout(root=absolute_root, home=f"{absolute_base}/.gpurun")
 
 
 # ---- the watchdog ---------------------------------------------------------------------------------------------
 
 
-def destroy_action(provider: str, instance: Instance, urls: dict[str, str]) -> dict[str, Any]:
-    """How the watchdog ends this machine: the provider's DELETE with the instance-scoped key, or `kill`.
+@dataclass(frozen=True)
+class WatchdogArmed:
+    """What the watchdog on the box says once it runs our config."""
 
-    `urls` is `provision.registry.base_urls(provider, settings)`: {"api"} for Vast, {"rest", "graphql"} for RunPod.
-    """
-    if provider == "vast":
-        action: dict[str, Any] = {"kind": "vast", "url": urls["api"], "instance_id": instance.instance_id}
-        if instance.self_destroy_token:
-            action["token"] = instance.self_destroy_token
-        else:  # a create recovered by label has no key in hand; Vast puts it in the container as CONTAINER_API_KEY
-            action["token_env"] = "CONTAINER_API_KEY"
-        return action
-    if provider == "runpod":
-        # RunPod gives every pod its own pod-scoped RUNPOD_API_KEY; the user's key never goes to the pod
-        action = {"kind": "runpod", "url": urls["rest"], "instance_id": instance.instance_id}
-        if instance.self_destroy_token:
-            action["token"] = instance.self_destroy_token
-        else:
-            action["token_env"] = "RUNPOD_API_KEY"
-        if urls.get("graphql"):
-            action["graphql_url"] = urls["graphql"]
-        return action
-    return {"kind": "kill"}
+    #: it was already running (armed at container start) and reloaded our config
+    adopted: bool
+    #: its check of the instance-scoped token: {"status": "ok" | "refused" | "unreachable" | "n/a", ...}
+    credential: dict[str, Any] = field(default_factory=dict)
+    status: dict[str, Any] = field(default_factory=dict)
 
 
 async def arm_watchdog(
@@ -114,21 +109,64 @@ async def arm_watchdog(
     lease_ttl_s: float,
     artifact_grace_s: float,
     poll_s: float,
-) -> None:
-    """Upload and start the dead-man switch, then renew its lease once so it starts with a fresh one."""
-    config = wd.build_config(
-        run_id,
-        destroy,
-        deadline=deadline,
-        lease_ttl_s=lease_ttl_s,
-        artifact_grace_s=artifact_grace_s,
-        poll_s=poll_s,
-        done_file=Path(layout.done).name,
-    )
-    await transport.put_text(layout.path("watchdog.py"), wd.SOURCE.read_text(encoding="utf-8"), mode=0o755)
-    await transport.put_text(layout.path(wd.CONFIG_NAME), wd.config_json(config), mode=0o600)
+    fallback: bool = True,
+) -> WatchdogArmed:
+    """Arm the dead-man switch, or adopt the one the provider started at container start: write our config and
+    a fresh lease, start it (a running one keeps its lock, and reloads the rewritten config instead), then wait
+    until its status shows our config. `fallback=False` drops the shutdown fallback (tests, shared hosts)."""
+    options: dict[str, Any] = {"lease_ttl_s": lease_ttl_s, "artifact_grace_s": artifact_grace_s, "poll_s": poll_s}
+    if not fallback:
+        options["fallback_command"] = None
+    config = wd.build_config(run_id, destroy, deadline=deadline, done_file=Path(layout.done).name, **options)
+    text = wd.config_json(config)
+    before = await watchdog_status(transport, layout)
     await renew_lease(transport, layout, run_id, 0)
+    await transport.put_text(layout.path("watchdog.py"), wd.SOURCE.read_text(encoding="utf-8"), mode=0o755)
+    await transport.put_text(layout.path(wd.CONFIG_NAME), text, mode=0o600)
     await transport.run(wd.start_command(layout.root, python="python3"))
+    status = await _await_config(transport, layout, hashlib.sha256(text.encode()).hexdigest())
+    if status is None and await _watchdog_alive(transport, layout):
+        # a watchdog that holds the lock but does not take the config (too old, or stuck): replace it
+        await stop_watchdog(transport, layout)
+        await asyncio.sleep(1.0)
+        await transport.run(wd.start_command(layout.root, python="python3"))
+        status = await _await_config(transport, layout, hashlib.sha256(text.encode()).hexdigest())
+    if status is None:
+        lines = await _tail(transport, layout.path("watchdog.stderr"))
+        raise RemoteError(
+            f"the watchdog did not start on the machine within {WATCHDOG_CONFIRM_S:.0f} s",
+            where=transport.where,
+            hint=("its stderr: " + " | ".join(lines[-3:])) if lines else "is python3 on the machine?",
+        )
+    adopted = before is not None and before.get("pid") == status.get("pid")
+    return WatchdogArmed(adopted=adopted, credential=dict(status.get("credential") or {}), status=status)
+
+
+async def watchdog_status(transport: Transport, layout: BoxLayout) -> dict[str, Any] | None:
+    """The watchdog's status file (see the template's docstring), or None when there is none or it is garbled."""
+    result = await transport.run(f"cat {shlex.quote(layout.path(wd.STATUS_NAME))} 2>/dev/null", check=False)
+    return wd.parse_status(result.stdout) if result.rc == 0 and result.stdout.strip() else None
+
+
+async def _await_config(transport: Transport, layout: BoxLayout, sha256: str) -> dict[str, Any] | None:
+    end = time.monotonic() + WATCHDOG_CONFIRM_S
+    while time.monotonic() < end:
+        status = await watchdog_status(transport, layout)
+        if status is not None and status.get("config_sha256") == sha256:
+            return status
+        await asyncio.sleep(0.25)
+    return None
+
+
+async def _watchdog_alive(transport: Transport, layout: BoxLayout) -> bool:
+    lock = shlex.quote(layout.path("watchdog.pid"))
+    result = await transport.run(f"[ -s {lock} ] && kill -0 $(cat {lock}) 2>/dev/null && echo alive", check=False)
+    return result.stdout.strip() == "alive"
+
+
+async def _tail(transport: Transport, path: str, lines: int = 20) -> list[str]:
+    result = await transport.run(f"tail -n {lines} {shlex.quote(path)} 2>/dev/null", check=False)
+    return [line for line in result.stdout.splitlines() if line.strip()]
 
 
 async def renew_lease(transport: Transport, layout: BoxLayout, run_id: str, seq: int) -> None:
@@ -168,8 +206,8 @@ def bootstrap_env() -> dict[str, str]:
         "GPURUN_UV",
         "GPURUN_PIP_ARGS",
         "GPURUN_UV_ARGS",
-        "GPURUN_REQUIREMENTS",
         "GPURUN_UV_INSTALLER_URL",
+        "GPURUN_CHECK_CUDA",
         "HF_ENDPOINT",
     )
     return {name: os.environ[name] for name in names if name in os.environ}
@@ -193,16 +231,25 @@ def dataset_target(
     return layout.path("data")
 
 
-async def ship(transport: Transport, layout: BoxLayout, dataset: Path, dataset_dir: str, *, progress=None) -> int:
-    """rsync (or SFTP) the dataset and the gpurun bundle; returns bytes sent."""
+def bundle_dir(layout: BoxLayout) -> str:
+    """The folder on the machine that holds the gpurun package (what goes on PYTHONPATH)."""
+    return layout.path("bundle")
+
+
+async def ship_bundle(transport: Transport, layout: BoxLayout) -> int:
+    """rsync (or SFTP) this exact gpurun package to the machine; returns bytes sent."""
     from gpurun.remote.sync import push
 
-    sent = 0
+    stats = await push(transport, PACKAGE_DIR, posixpath.join(bundle_dir(layout), "gpurun"), excludes=BUNDLE_EXCLUDES)
+    return stats.bytes_sent
+
+
+async def ship_dataset(transport: Transport, dataset: Path, dataset_dir: str, *, progress=None) -> int:
+    """rsync (or SFTP) the dataset; returns bytes sent."""
+    from gpurun.remote.sync import push
+
     stats = await push(transport, dataset, dataset_dir, progress=progress)
-    sent += stats.bytes_sent
-    stats = await push(transport, PACKAGE_DIR, layout.path("bundle", "gpurun"), excludes=BUNDLE_EXCLUDES)
-    sent += stats.bytes_sent
-    return sent
+    return stats.bytes_sent
 
 
 async def upload_base_model(transport: Transport, layout: BoxLayout, base: BaseSpec) -> str:
@@ -248,7 +295,9 @@ async def launch_runner(
     argv = [layout.python, "-m", "gpurun.runner", "--config", JOB_TOML]
     if resume:
         argv.append("--resume")
-    run_env = {"PYTHONPATH": layout.path("bundle"), "PYTHONUNBUFFERED": "1", **(env or {})}
+    # the bundle first (this exact gpurun), then the locked stack; the image's own site-packages come after
+    pythonpath = ":".join(part for part in (bundle_dir(layout), layout.pythonpath) if part)
+    run_env = {"PYTHONPATH": pythonpath, "PYTHONUNBUFFERED": "1", "PYTHONNOUSERSITE": "1", **(env or {})}
     command = wd.runner_launch_command(
         layout.root, argv, python=layout.python, events=EVENTS, stderr=STDERR, env=run_env, done=Path(layout.done).name
     )

@@ -36,7 +36,6 @@ class JobOptions:
     """Knobs of the orchestration itself; the timings can be shortened through GPURUN_<NAME> env vars."""
 
     detach: bool = False
-    image: str = "pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime"
     lease_interval_s: float = 60.0
     lease_ttl_s: float = 300.0
     watchdog_poll_s: float = 15.0
@@ -50,14 +49,25 @@ class JobOptions:
     client_deadline_margin_s: float = 90.0
     #: SIGTERM → SIGKILL grace for the runner (it saves a checkpoint in between)
     runner_stop_grace_s: float = 60.0
+    #: how long a watchdog armed at container start waits for this client's first lease before it destroys the
+    #: machine: covering the wait for SSH (connect_timeout_s) and the adoption, nothing more
+    boot_lease_s: float = 600.0
+    #: when the provider refuses every destroy, the watchdog shuts the machine down (`shutdown -h now`). Only for
+    #: machines that are rented whole; GPURUN_WATCHDOG_FALLBACK=0 turns it off (the tests' "instances" are users
+    #: on the test machine)
+    watchdog_fallback: bool = True
 
     @classmethod
     def from_env(cls, **overrides: Any) -> JobOptions:
         values: dict[str, Any] = {}
         for name, spec in cls.__dataclass_fields__.items():
             env = os.environ.get(f"GPURUN_{name.upper()}")
-            if env and spec.type in ("float", float):
+            if not env:
+                continue
+            if spec.type in ("float", float):
                 values[name] = float(env)
+            elif spec.type in ("bool", bool) and name != "detach":
+                values[name] = env.strip().lower() not in ("0", "false", "no", "off")
         values.update(overrides)
         return cls(**values)
 
@@ -91,6 +101,8 @@ class RunState:
     final: str | None = None
     samples_per_s: float | None = None
     training: dict[str, Any] = field(default_factory=dict)
+    #: the provider started the watchdog with the container (the client adopts it on connect)
+    boot_armed: bool = False
 
     def save(self, path: Path) -> None:
         tmp = path.with_name(path.name + ".tmp")
@@ -489,22 +501,18 @@ class RunControl:
         return confirmed
 
     def destroy_action(self) -> dict[str, Any]:
-        from gpurun.provision.registry import base_urls
-        from gpurun.settings import load_settings
-
-        assert self.instance is not None
-        name = self.state.provider
-        return onbox.destroy_action(name, self.instance, base_urls(name, load_settings()))
+        """The watchdog's destroy recipe for this machine, from its provider."""
+        assert self.instance is not None and self.provider is not None
+        return self.provider.self_destroy(self.instance)
 
     async def keep_for_debugging(self, minutes: float) -> None:
-        """--keep-on-failure: a fresh watchdog with a deadline N minutes out replaces the old one."""
+        """--keep-on-failure: the watchdog takes a config whose deadline is N minutes out."""
         assert self.transport is not None and self.layout is not None
-        await onbox.stop_watchdog(self.transport, self.layout)
-        await asyncio.sleep(1.0)  # the old watchdog releases its lock between checks
         deadline = await onbox.remote_clock(self.transport) + minutes * 60
         await onbox.arm_watchdog(self.transport, self.layout, self.run_id, self.destroy_action(), deadline=deadline,
                                  lease_ttl_s=minutes * 60 + 3600, artifact_grace_s=0,
-                                 poll_s=self.options.watchdog_poll_s)  # fmt: skip
+                                 poll_s=self.options.watchdog_poll_s,
+                                 fallback=self.options.watchdog_fallback)  # fmt: skip
         ssh = self.state.ssh or {}
         self.view.message(
             f"kept for {minutes:g} min for debugging: ssh -i {self.state.identity_file} -p {ssh.get('port')} "

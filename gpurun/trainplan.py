@@ -12,10 +12,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gpurun.basecheck import BaseChecker
 from gpurun.bases import BaseSpec, resolve_base
 from gpurun.config import TrainConfig
 from gpurun.errors import BudgetError, ConfigError, DatasetError
 from gpurun.models import CostEstimate, GpuRequest, Workload, to_dict
+from gpurun.provision.registry import PROVIDER_CLASSES, image_for, min_cuda_for
 
 #: how many offers `gpurun train` may try in turn when one is gone or never comes up
 MAX_ATTEMPTS = 3
@@ -42,6 +44,8 @@ class TrainRequest:
     keep_on_failure_min: float = 0.0
     artifact_grace_min: float = 30.0
     max_attempts: int = MAX_ATTEMPTS
+    #: the container image to rent with (default: each provider's own, see `Provider.default_image`)
+    image: str | None = None
 
 
 @dataclass(frozen=True)
@@ -94,6 +98,7 @@ class TrainPlan:
             "runner_up": estimate_dict(self.runner_up) if self.runner_up else None,
             "candidates": [c.offer.key for c in self.candidates],
             "hard_deadline_s": self.hard_deadline_s,
+            "image": image_for(self.chosen.offer.provider, self.request.image),
             "upload": dataclasses.asdict(self.upload),
             "config": self.config.model_dump(mode="json"),
             "dataset_warnings": [i for i in self.dataset_report.get("issues", []) if i.get("severity") == "warning"],
@@ -154,6 +159,17 @@ def settle_config(request: TrainRequest) -> tuple[TrainConfig, BaseSpec, Path, l
     return config, base, dataset.expanduser().resolve(), notes
 
 
+async def check_base(base: BaseSpec) -> BaseSpec:
+    """The base model on the hub or a server: it exists, may be downloaded, and its size (nothing rented yet)."""
+    if base.kind not in ("hub", "url"):
+        return base
+    checker = BaseChecker()
+    try:
+        return await checker.check(base)
+    finally:
+        await checker.aclose()
+
+
 def check_training_data(config: TrainConfig, base: BaseSpec, dataset: Path, request: TrainRequest) -> dict[str, Any]:
     """The local dataset check; errors stop the run before anything is rented."""
     from gpurun.dataset import check_dataset
@@ -201,19 +217,26 @@ async def plan_train(request: TrainRequest, *, calibration: dict[str, float] | N
         raise ConfigError(f"must be a non-negative amount of dollars, got {request.budget}", where="--budget")
     config, base, dataset, notes = settle_config(request)
     report = check_training_data(config, base, dataset, request)
+    base = await check_base(base)
     source = build_workload(
         model=base.family, dataset=dataset, config=config, repeats=request.repeats, epochs=request.epochs
     )
     workload = dataclasses.replace(source.workload, base_model_bytes=base.bytes, tiny=base.kind == "builtin")
     notes += list(source.notes)
     budget = request.budget if request.budget else None  # $0 = "free providers only", checked below
+    min_cuda = min_cuda_for(request.image)
+    if request.image and min_cuda is None:
+        notes.append(f"the tag of {request.image} does not name its CUDA: offers are not filtered by driver")
+    elif min_cuda is not None:
+        notes.append(f"hosts whose driver supports CUDA {min_cuda:g} or newer (what the image needs)")
     result = await offers(
-        workload, providers=request.providers or None, requirements=GpuRequest(gpu_names=request.gpus,
-                                                                              spot=request.spot),
+        workload, providers=request.providers or None,
+        requirements=GpuRequest(gpu_names=request.gpus, spot=request.spot, min_cuda=min_cuda),
         budget=budget, limit=None, calibration=calibration,
     )  # fmt: skip
     ranking = result.ranking
-    pool = list(ranking.estimates)
+    pool, refused = _usable_with_image(list(ranking.estimates), request.image)
+    notes += [f"{name} offers left out: {error.message}" for name, error in refused.items()]
     if request.offer:
         wanted = result.find(request.offer)
         pool = [e for e in pool if e.offer.key == wanted.key]
@@ -222,6 +245,8 @@ async def plan_train(request: TrainRequest, *, calibration: dict[str, float] | N
             raise ConfigError(
                 f"offer {wanted.key} cannot run this job: {'; '.join(reasons) or 'not eligible'}", where="--offer"
             )
+    if not pool and refused:
+        raise next(iter(refused.values()))  # only providers that cannot run this image had offers: say why
     affordable = [e for e in pool if _affordable(e, request.budget)]
     if not affordable:
         raise _budget_error(pool, request)
@@ -231,6 +256,24 @@ async def plan_train(request: TrainRequest, *, calibration: dict[str, float] | N
         notes=tuple(notes), offers_considered=ranking.considered,
         provider_errors={name: failure.message for name, failure in result.errors.items()},
     )  # fmt: skip
+
+
+def _usable_with_image(
+    pool: list[CostEstimate], image: str | None
+) -> tuple[list[CostEstimate], dict[str, ConfigError]]:
+    """Drop offers of providers that cannot run `image` (RunPod starts sshd only in its own images), with why."""
+    if not image:
+        return pool, {}
+    kept, refused = [], {}
+    for estimate in pool:
+        name = estimate.offer.provider
+        try:
+            PROVIDER_CLASSES[name].check_image(image)
+        except ConfigError as error:
+            refused[name] = error
+            continue
+        kept.append(estimate)
+    return kept, refused
 
 
 def _affordable(estimate: CostEstimate, budget: float | None) -> bool:

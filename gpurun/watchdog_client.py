@@ -25,7 +25,7 @@ SOURCE = Path(__file__).resolve().parent / "templates" / "watchdog.py"
 CONFIG_NAME = "watchdog.json"
 LEASE_NAME = "lease"
 PID_NAME = "runner.pid"
-DONE_NAME = "runner.done"
+DONE_NAME = "runner.exit"
 LOG_NAME = "watchdog.log"
 STATUS_NAME = "watchdog.status.json"
 
@@ -59,11 +59,12 @@ def build_config(run_id: str, destroy: dict[str, Any], *, deadline: float | None
     config: dict[str, Any] = {"version": template().CONFIG_VERSION, "run_id": run_id, "destroy": destroy}
     config["deadline"] = deadline
     config.update(options)
-    environ = (
-        {str(destroy["token_env"]): "set-on-the-instance"}
-        if isinstance(destroy, dict) and destroy.get("token_env")
-        else {}
-    )
+    # variables the instance provides (its token, its id) are checked there, not here
+    environ = {
+        str(destroy[key]): "set-on-the-instance"
+        for key in ("token_env", "instance_id_env")
+        if isinstance(destroy, dict) and destroy.get(key)
+    }
     try:
         template().parse_config(config, ".", environ)
     except template().ConfigError as exc:
@@ -112,7 +113,7 @@ def runner_launch_command(
         f"{' '.join(shlex.quote(a) for a in argv)} >{shlex.quote(events)} 2>{shlex.quote(stderr)} </dev/null; "
         f"echo $? > {shlex.quote(done)}.tmp && mv -f {shlex.quote(done)}.tmp {shlex.quote(done)}"
     )
-    # the outer sh waits for the runner to write runner.done; it is a plain child, not part of the runner's group
+    # the outer sh waits for the runner to write runner.exit; it is a plain child, not part of the runner's group
     return (
         f"cd {shlex.quote(remote_dir)} && rm -f {PID_NAME} {shlex.quote(done)} && "
         f"nohup sh -c {shlex.quote(inner)} >/dev/null 2>&1 </dev/null &"

@@ -1,25 +1,29 @@
 """Shared ground for the end-to-end tests of `gpurun train` and the run commands (registered as a pytest plugin
-in conftest): shortened timings, a small job, fake providers whose instances are the real sshd, and cleanup of
-what a run leaves on the "instance" (this machine, reached over sshd)."""
+in conftest): shortened timings, a small job, and fake providers whose instances are boxes (tests/boxes.py):
+unprivileged users on this machine behind their own sshd, started and destroyed as a provider does it.
+
+Two box images: `warm` (a stock python3.11 with torch and gpurun's lock: the stack is there, bootstrap only checks
+it) and `fresh` (a stock python3.11 with torch and nothing else: bootstrap installs the lock from the package
+index for real). The warm box keeps its ~/.gpurun between tests (a warm host); the fresh box starts empty.
+"""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import shutil
-import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.boxes import Box, can_make_boxes, ensure_user, image_python, remove_user
 from tests.conftest import subprocess_env
 from tests.imaging import make_image
-from tests.sshd import SshServer
+from tests.sshd import SshServer, start_sshd
 
 #: orchestration timings shortened for tests (JobOptions reads GPURUN_<NAME>)
 FAST = {
@@ -29,8 +33,10 @@ FAST = {
     "GPURUN_READY_TIMEOUT_S": "20",
     "GPURUN_CONNECT_TIMEOUT_S": "30",
     "GPURUN_RUNNER_STOP_GRACE_S": "20",
-    # the "instance" is this machine: the runner uses the interpreter that has torch, no CUDA probe
-    "GPURUN_PYTHON": sys.executable,
+    # a box is a user on this machine: no `shutdown` fallback, and a boot lease long enough for a busy CI box
+    "GPURUN_WATCHDOG_FALLBACK": "0",
+    "GPURUN_BOOT_LEASE_S": "120",
+    # no GPU here: bootstrap need not import torch to report CUDA
     "GPURUN_CHECK_CUDA": "0",
 }
 
@@ -53,11 +59,11 @@ def small_job(root: Path, epochs: int = 3, *, network_dim: int = 4) -> tuple[Pat
 
 
 def train(
-    root: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 300
+    root: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 300, base: str = "tiny-sd"
 ) -> subprocess.CompletedProcess:
     dataset, config = small_job(root)
     return subprocess.run(
-        [sys.executable, "-m", "gpurun", "train", str(dataset), "--config", str(config), "--base", "tiny-sd",
+        [sys.executable, "-m", "gpurun", "train", str(dataset), "--config", str(config), "--base", base,
          "--yes", "--json", "--output", str(root / "runs"), *args],
         capture_output=True, text=True, timeout=timeout, env=subprocess_env(**{**FAST, **(env or {})}),
     )  # fmt: skip
@@ -87,56 +93,91 @@ def run_dir(root: Path) -> Path:
     return folder
 
 
-BOX_RUNS = Path.home() / "gpurun"  # where the "instance" (this machine, over sshd) keeps run folders
+#: what the warm image's environment says to an SSH session: no model hub is reachable from here
+WARM_IMAGE_ENV = {"HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "DO_NOT_TRACK": "1"}
+FRESH_IMAGE_ENV = {"HF_HUB_DISABLE_TELEMETRY": "1", "DO_NOT_TRACK": "1"}
+#: the test machine's network settings (a TLS-inspecting proxy's CA, proxies): a box on this network needs them
+#: to reach the package index, as a real box needs its own network's
+NETWORK_ENV = (
+    "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "PIP_CERT", "UV_NATIVE_TLS",
+    "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy",
+)  # fmt: skip
+
+
+def _box_host(name: str, image: str, env: dict[str, str], tmp: Path) -> Iterator[tuple[Box, SshServer]]:
+    reason = can_make_boxes()
+    if reason is not None:
+        pytest.skip(reason)
+    network = {k: os.environ[k] for k in NETWORK_ENV if os.environ.get(k)}
+    box = ensure_user(name, image_python(image), {**network, **env})
+    proc, server = start_sshd(tmp, box_user=box.name, box_home=box.home)
+    try:
+        yield box, server
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        remove_user(box)
+
+
+@pytest.fixture(scope="session")
+def warm_box_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Box, SshServer]]:
+    """The warm box user and its sshd, for the session."""
+    yield from _box_host("gpurun-box", "warm", WARM_IMAGE_ENV, tmp_path_factory.mktemp("warm-box-sshd"))
+
+
+@pytest.fixture(scope="session")
+def fresh_box_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Box, SshServer]]:
+    """The fresh (stock image) box user and its sshd, for the session."""
+    yield from _box_host("gpurun-fresh", "stock", FRESH_IMAGE_ENV, tmp_path_factory.mktemp("fresh-box-sshd"))
 
 
 @pytest.fixture
-def box_runs() -> Any:
-    """New run folders on the "instance" during the test; removed afterwards (a real box is destroyed)."""
-    before = set(BOX_RUNS.iterdir()) if BOX_RUNS.is_dir() else set()
-
-    def new() -> list[Path]:
-        return sorted(set(BOX_RUNS.iterdir()) - before) if BOX_RUNS.is_dir() else []
-
-    yield new
-    for folder in new():
-        # a fault test may leave the box's processes behind (the real box would be destroyed with them); the
-        # launcher's shell writes runner.exit when its runner dies, so kill, remove, and sweep once more
-        for _ in range(3):
-            for name, kill in (("runner.pid", os.killpg), ("watchdog.pid", os.kill)):
-                with contextlib.suppress(OSError, ValueError):
-                    kill(int((folder / name).read_text().strip()), signal.SIGKILL)
-            for pid in processes_inside(folder):
-                with contextlib.suppress(OSError):
-                    os.kill(pid, signal.SIGKILL)
-            shutil.rmtree(folder, ignore_errors=True)
-            if not folder.exists():
-                break
-            time.sleep(0.2)
-
-
-def processes_inside(folder: Path) -> list[int]:
-    """Pids whose working directory is `folder` or below (Linux /proc)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError):
-                if Path(os.readlink(entry / "cwd")).is_relative_to(folder):
-                    found.append(int(entry.name))
-    return found
+def warm_box(warm_box_host: tuple[Box, SshServer]) -> Iterator[Box]:
+    """A new container on the warm host: nothing running, no run folders, no keys; ~/.gpurun (the checked
+    environment, the smoke marker) and caches stay, as on a host that has run gpurun before."""
+    box, _ = warm_box_host
+    box.reset(keep=(".gpurun", ".cache"))
+    yield box
+    box.destroy()
 
 
 @pytest.fixture
-def vast_on_sshd(fake_vast: Any, sshd_server: SshServer, box_runs: Any) -> Any:
-    fake_vast.set_ssh_endpoint(sshd_server.host, sshd_server.port)
-    fake_vast.key_sinks.append(sshd_server.authorize)
+def fresh_box(fresh_box_host: tuple[Box, SshServer]) -> Iterator[Box]:
+    """A new container on a never-used stock image: an empty home."""
+    box, _ = fresh_box_host
+    box.reset()
+    yield box
+    box.destroy()
+
+
+@pytest.fixture
+def box_runs(warm_box: Box) -> Any:
+    """The run folders on the warm box (each test starts with none); once the instance is destroyed, the folders
+    as they were at that moment."""
+
+    def runs() -> list[Path]:
+        for folder in (warm_box.runs, warm_box.remains):
+            if folder.is_dir() and any(folder.iterdir()):
+                return sorted(p for p in folder.iterdir() if p.is_dir())
+        return []
+
+    return runs
+
+
+@pytest.fixture
+def vast_on_box(fake_vast: Any, warm_box_host: tuple[Box, SshServer], warm_box: Box) -> Any:
+    """The fake Vast, renting the warm box."""
+    fake_vast.attach_box(warm_box, warm_box_host[1].host, warm_box_host[1].port)
     return fake_vast
 
 
 @pytest.fixture
-def runpod_on_sshd(fake_runpod: Any, sshd_server: SshServer, box_runs: Any) -> Any:
-    fake_runpod.set_ssh_endpoint(sshd_server.host, sshd_server.port)
-    fake_runpod.key_sinks.append(sshd_server.authorize)
+def runpod_on_box(fake_runpod: Any, warm_box_host: tuple[Box, SshServer], warm_box: Box) -> Any:
+    """The fake RunPod, renting the warm box."""
+    fake_runpod.attach_box(warm_box, warm_box_host[1].host, warm_box_host[1].port)
     return fake_runpod
 
 
@@ -150,11 +191,13 @@ def wait_until(predicate: Any, timeout: float, what: str) -> Any:
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def start_train(tmp_path: Path, epochs: int, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+def start_train(
+    tmp_path: Path, epochs: int, *args: str, env: dict[str, str] | None = None, provider: str = "vast"
+) -> subprocess.Popen:
     dataset, config = small_job(tmp_path, epochs=epochs)
     return subprocess.Popen(
         [sys.executable, "-m", "gpurun", "train", str(dataset), "--config", str(config), "--base", "tiny-sd",
-         "--provider", "vast", "--yes", "--json", "--output", str(tmp_path / "runs"), *args],
+         "--provider", provider, "--yes", "--json", "--output", str(tmp_path / "runs"), *args],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=subprocess_env(**{**FAST, **(env or {})}),
     )  # fmt: skip
 
@@ -165,6 +208,11 @@ def read_until(proc: subprocess.Popen, needle: str) -> None:
         if needle in line.replace(" ", ""):
             return
     raise AssertionError(f"{needle} never came")
+
+
+def messages(stdout: str) -> list[str]:
+    """The `message` events of a `--json` run."""
+    return [d["text"] for d in json_documents(stdout) if d.get("type") == "message"]
 
 
 def json_documents(text: str) -> list[Any]:

@@ -1,4 +1,6 @@
-"""A real OpenSSH sshd on 127.0.0.1 with throwaway keys, for tests that need the genuine article (rsync, scp)."""
+"""A real OpenSSH sshd on 127.0.0.1 with throwaway keys, for tests that need the genuine article (rsync, scp), and
+a box's sshd: the provider says "log in as root", and the door puts the session into the box's unprivileged user.
+"""
 
 from __future__ import annotations
 
@@ -65,7 +67,28 @@ class SshServer:
         ]
 
 
-def start_sshd(root: Path) -> tuple[subprocess.Popen[bytes], SshServer]:
+#: ForceCommand of a box's sshd. The providers' machines are logged into as root; the test ground's machine is an
+#: unprivileged user (tests/boxes.py), so every session (commands, rsync, SFTP) runs as that user, in its home,
+#: with its ~/.bashrc read the way bash reads it for an SSH command.
+BOX_DOOR = """#!/bin/bash
+box={user}
+home={home}
+cmd="${{SSH_ORIGINAL_COMMAND:-}}"
+cd "$home"
+case "$cmd" in
+  internal-sftp|sftp|*/sftp-server) exec {runuser} -u "$box" -- /usr/lib/openssh/sftp-server ;;
+esac
+export HOME="$home" USER="$box" LOGNAME="$box" SHELL=/bin/bash BASH_ENV="$home/.bashrc"
+export PATH=/usr/local/bin:/usr/bin:/bin
+exec {runuser} -u "$box" -- /bin/bash -c "$cmd"
+"""
+
+
+def start_sshd(
+    root: Path, *, box_user: str | None = None, box_home: Path | None = None
+) -> tuple[subprocess.Popen[bytes], SshServer]:
+    """An sshd on a free loopback port. With `box_user`, it admits root with the keys in the box's own
+    ~/.ssh/authorized_keys (what the provider's start puts there) and runs every session as the box user."""
     sshd = find_sshd()
     if sshd is None:
         raise RuntimeError("OpenSSH sshd is not installed; run `bash .ci/run` or `apt-get install openssh-server`")
@@ -77,6 +100,15 @@ def start_sshd(root: Path) -> tuple[subprocess.Popen[bytes], SshServer]:
     authorized = root / "authorized_keys"
     authorized.write_text((root / "client_ed25519.pub").read_text())
     os.chmod(authorized, 0o600)
+    box_lines = []
+    if box_user is not None:
+        assert box_home is not None
+        door = root / "door"
+        runuser = shutil.which("runuser", path="/usr/sbin:/sbin:/usr/bin:/bin") or "runuser"
+        door.write_text(BOX_DOOR.format(user=box_user, home=box_home, runuser=runuser))
+        os.chmod(door, 0o755)
+        authorized = box_home / ".ssh" / "authorized_keys"
+        box_lines = ["AllowUsers root", f"ForceCommand {door}"]
     if os.geteuid() == 0:
         # sshd insists on its privilege-separation directory when started as root
         Path("/run/sshd").mkdir(mode=0o755, parents=True, exist_ok=True)
@@ -100,6 +132,7 @@ def start_sshd(root: Path) -> tuple[subprocess.Popen[bytes], SshServer]:
                 "MaxStartups 100:30:200",
                 "MaxSessions 50",
                 "Subsystem sftp internal-sftp",
+                *box_lines,
                 "",
             ]
         )
@@ -122,7 +155,7 @@ def start_sshd(root: Path) -> tuple[subprocess.Popen[bytes], SshServer]:
     server = SshServer(
         host="127.0.0.1",
         port=port,
-        user=getpass.getuser(),
+        user="root" if box_user else getpass.getuser(),
         client_key=client_key,
         authorized_keys=authorized,
         host_public_key=(root / "host_ed25519.pub").read_text().strip(),

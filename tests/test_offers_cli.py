@@ -14,7 +14,7 @@ from gpurun.api import disk_needed_gb, offers
 from gpurun.models import GpuRequest, Workload
 from gpurun.pricing import PHASES, rank
 from gpurun.provision.http import RetryPolicy
-from gpurun.provision.registry import make_provider
+from gpurun.provision.registry import make_provider, min_cuda_for
 from tests.conftest import subprocess_env
 from tests.imaging import make_concept
 
@@ -30,7 +30,7 @@ def _json(result: subprocess.CompletedProcess[str]) -> dict:
 
 async def _pure_ranking_keys(workload: Workload, names: tuple[str, ...]) -> list[str]:
     """What `rank()` makes of the offers the adapters return, with no CLI in between."""
-    query = GpuRequest(min_disk_gb=disk_needed_gb(workload))
+    query = GpuRequest(min_disk_gb=disk_needed_gb(workload), min_cuda=min_cuda_for(None))  # the default images
     every = []
     for name in names:
         provider = make_provider(name)
@@ -263,3 +263,13 @@ def test_api_rejects_a_bad_workload_before_any_call(fake_vast) -> None:
     with pytest.raises(ConfigError, match="images"):
         asyncio.run(offers(dataclasses.replace(TUTORIAL, images=0), providers=["vast"]))
     assert fake_vast.calls("POST", "/bundles/") == []
+
+
+def test_hosts_whose_driver_is_older_than_the_images_cuda_are_left_out(fake_vast, gpurun_cli) -> None:
+    default = _json(gpurun_cli("offers", "--json", "--limit", "0", "--provider", "vast"))
+    assert default["requirements"]["min_cuda"] == 12.8
+    assert "Lisbon, PT" not in {o["location"] for o in default["offers"]}
+    image = "pytorch/pytorch:2.1.2-cuda12.1-cudnn8-runtime"
+    older = _json(gpurun_cli("offers", "--json", "--limit", "0", "--provider", "vast", "--image", image))
+    assert older["requirements"]["min_cuda"] == 12.1
+    assert "Lisbon, PT" in {o["location"] for o in older["offers"]}

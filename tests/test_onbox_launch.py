@@ -45,3 +45,15 @@ async def test_a_runner_that_cannot_start_is_a_clear_error(tmp_path: Path) -> No
         await onbox.launch_runner(transport, layout, TrainConfig())
     assert info.value.message == "the runner could not start (exit 127)"
     assert "not found" in (info.value.hint or "")  # the shell's own words, from the runner's stderr
+
+
+@pytest.mark.parametrize("workdir", [None, "work"])
+async def test_the_run_folder_is_per_run_and_gpurun_home_per_machine(tmp_path: Path, workdir: str | None) -> None:
+    """Two runs on one machine share ~/.gpurun (the installed environment, downloaded models), never a run folder."""
+    transport = LocalTransport(tmp_path)
+    (tmp_path / "work").mkdir()
+    first = await onbox.make_layout(transport, "r-one", workdir)
+    second = await onbox.make_layout(transport, "r-two", workdir)
+    base = tmp_path / (workdir or "")
+    assert first.root == str(base / "gpurun" / "r-one") and second.root == str(base / "gpurun" / "r-two")
+    assert first.home == second.home == str(base / ".gpurun")

@@ -63,7 +63,8 @@ async def test_provider_lifecycle(providers_ready: str, sshd_server: SshServer) 
         assert all(o.price_per_hour >= 0 and o.gpu.count >= 1 and 0 <= o.reliability <= 1 for o in offers)
         assert len({o.key for o in offers}) == len(offers)
         label = run_label(f"contract-{name}")
-        spec = LaunchSpec(image="pytorch/pytorch", disk_gb=20, label=label, ssh_public_key="ssh-ed25519 AAAA x")
+        image = provider.default_image or ""  # the image each provider rents with (RunPod: only runpod/* start sshd)
+        spec = LaunchSpec(image=image, disk_gb=20, label=label, ssh_public_key="ssh-ed25519 AAAA x")
         created = await provider.create(offers[0], spec)
         assert created.provider == name and created.label == label and created.state.is_alive
 
@@ -98,7 +99,8 @@ async def test_marketplace_destroys_are_recorded(providers_ready: str, request: 
     fake = request.getfixturevalue(f"fake_{providers_ready}")
     provider = make_provider(providers_ready, retry=FAST_RETRY)
     offer = (await provider.list_offers(GpuRequest()))[0]
-    spec = LaunchSpec(image="img", disk_gb=20, label=run_label("rec"), ssh_public_key="ssh-ed25519 AAAA x")
+    image = provider.default_image or ""
+    spec = LaunchSpec(image=image, disk_gb=20, label=run_label("rec"), ssh_public_key="ssh-ed25519 AAAA x")
     instance = await provider.create(offer, spec)
     started = time.time()
     await provider.terminate(instance.instance_id)

@@ -39,18 +39,18 @@ def only_run_id(tmp_path: Path) -> str:
     return run_dir(tmp_path).name
 
 
-def test_detach_then_attach_fetches_and_destroys(vast_on_sshd: Any, tmp_path: Path) -> None:
+def test_detach_then_attach_fetches_and_destroys(vast_on_box: Any, tmp_path: Path) -> None:
     detached = gpurun(*train_args(tmp_path, 4), "--detach")
     assert detached.returncode == 0, detached.stderr[-2000:]
     run = only_run_id(tmp_path)
     assert f"gpurun attach {run}" in detached.stderr
-    assert len(vast_on_sshd.live_instances()) == 1  # the run goes on without us
+    assert len(vast_on_box.live_instances()) == 1  # the run goes on without us
 
     attached = gpurun("attach", run[:8], "--json")
     assert attached.returncode == 0, attached.stderr[-2000:]
     out = run_dir(tmp_path)
     assert verify_lora_file(out / "lora.safetensors", "sd15", network_dim=4, network_alpha=2.0) == []
-    assert vast_on_sshd.live_instances() == []
+    assert vast_on_box.live_instances() == []
     lines = (out / "events.jsonl").read_text().splitlines()
     assert len(lines) == len(set(lines))  # attach resumed from the offset: no line twice
     assert json.loads(lines[-1])["type"] == "done"
@@ -59,7 +59,7 @@ def test_detach_then_attach_fetches_and_destroys(vast_on_sshd: Any, tmp_path: Pa
     assert logs.returncode == 0 and "done" in logs.stdout
 
 
-def test_cancel_a_detached_run_keeps_what_exists_and_destroys(vast_on_sshd: Any, box_runs: Any, tmp_path: Path) -> None:
+def test_cancel_a_detached_run_keeps_what_exists_and_destroys(vast_on_box: Any, box_runs: Any, tmp_path: Path) -> None:
     detached = gpurun(*train_args(tmp_path, 400), "--detach")
     assert detached.returncode == 0, detached.stderr[-2000:]
     run = only_run_id(tmp_path)
@@ -71,19 +71,19 @@ def test_cancel_a_detached_run_keeps_what_exists_and_destroys(vast_on_sshd: Any,
     assert receipt["outcome"] == "cancelled" and receipt["destroyed"] is True
     kept = list(run_dir(tmp_path).glob("lora-step*.safetensors"))
     assert len(kept) == 1  # the runner's SIGTERM checkpoint came back
-    assert vast_on_sshd.live_instances() == []
+    assert vast_on_box.live_instances() == []
 
 
-def test_ctrl_c_once_detaches_twice_cancels(vast_on_sshd: Any, tmp_path: Path) -> None:
+def test_ctrl_c_once_detaches_twice_cancels(vast_on_box: Any, tmp_path: Path) -> None:
     with start_train(tmp_path / "once", 400, "--budget", "5") as proc:
         read_until(proc, '"type":"step"')
         proc.send_signal(signal.SIGINT)
         rest, _ = proc.communicate(timeout=60)
     messages = [d["text"] for d in json_documents(rest) if d.get("type") == "message"]
     assert proc.returncode == 0 and any(m.startswith("detached:") and "gpurun attach" in m for m in messages)
-    assert len(vast_on_sshd.live_instances()) == 1
+    assert len(vast_on_box.live_instances()) == 1
     cancel = gpurun("cancel", only_run_id(tmp_path / "once"))
-    assert cancel.returncode == 0 and vast_on_sshd.live_instances() == []
+    assert cancel.returncode == 0 and vast_on_box.live_instances() == []
 
     with start_train(tmp_path / "twice", 400, "--budget", "5") as proc:
         read_until(proc, '"type":"step"')
@@ -91,21 +91,21 @@ def test_ctrl_c_once_detaches_twice_cancels(vast_on_sshd: Any, tmp_path: Path) -
         time.sleep(0.5)  # two presses, as a person makes them (signals sent together coalesce into one)
         proc.send_signal(signal.SIGINT)
         rest, _ = proc.communicate(timeout=120)
-    assert vast_on_sshd.live_instances() == []
+    assert vast_on_box.live_instances() == []
     receipt = json_documents(rest)[-1]
     assert receipt["type"] == "receipt" and receipt["outcome"] == "cancelled" and receipt["destroyed"] is True
     assert list(run_dir(tmp_path / "twice").glob("lora-step*.safetensors"))
 
 
-def test_a_stray_instance_is_flagged_and_destroyed(vast_on_sshd: Any, tmp_path: Path) -> None:
+def test_a_stray_instance_is_flagged_and_destroyed(vast_on_box: Any, tmp_path: Path) -> None:
     """A gpurun-labelled machine the journal never heard of (a crash between create and the journal write, or
     another laptop): `runs --all` flags it, `down --strays` destroys it."""
     import httpx
 
-    offer = next(iter(vast_on_sshd.offers))
+    offer = next(iter(vast_on_box.offers))
     response = httpx.put(
-        f"{vast_on_sshd.base_url}/api/v0/asks/{offer}/",
-        headers={"Authorization": f"Bearer {vast_on_sshd.api_key}"},
+        f"{vast_on_box.base_url}/api/v0/asks/{offer}/",
+        headers={"Authorization": f"Bearer {vast_on_box.api_key}"},
         json={"image": "pytorch/pytorch", "disk": 20, "label": "gpurun-rlostrun0000", "runtype": "ssh_direc ssh_proxy"},
     )
     assert response.status_code == 200, response.text
@@ -115,4 +115,4 @@ def test_a_stray_instance_is_flagged_and_destroyed(vast_on_sshd: Any, tmp_path: 
     assert [s["label"] for s in strays] == ["gpurun-rlostrun0000"]
     down = gpurun("down", "--strays", "--yes")
     assert down.returncode == 0, down.stderr
-    assert vast_on_sshd.live_instances() == []
+    assert vast_on_box.live_instances() == []

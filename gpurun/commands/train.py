@@ -65,6 +65,12 @@ def train(
         metavar="MINUTES",
         help="If this client is gone when training ends, keep the machine this long for `gpurun attach`, then destroy.",
     ),
+    image: str | None = typer.Option(
+        None,
+        "--image",
+        help="Container image to rent with (default per provider: PyTorch 2.8, CUDA 12.8). Hosts whose driver is "
+        "older than the CUDA in its tag are left out; RunPod needs a runpod/* image (only those start sshd).",
+    ),
     output: Path = typer.Option(Path("runs"), "--output", "-o", help="Where runs are written: DIR/<run>/."),
     epochs: int | None = typer.Option(None, "--epochs", help="Override max_train_epochs."),
     repeats: int | None = typer.Option(None, "--repeats", help="Repeats for a plain folder of images."),
@@ -76,7 +82,7 @@ def train(
     request = TrainRequest(
         dataset=dataset, config=config, base=base, budget=budget, providers=tuple(provider), gpus=tuple(gpu),
         spot=spot, offer=offer, output=output, repeats=repeats, trigger=trigger, epochs=epochs,
-        keep_on_failure_min=keep_on_failure, artifact_grace_min=artifact_grace,
+        keep_on_failure_min=keep_on_failure, artifact_grace_min=artifact_grace, image=image,
     )  # fmt: skip
     plan = asyncio.run(_plan(request, as_json))
     if dry_run:
@@ -191,7 +197,11 @@ def render_plan(plan: Any) -> Any:
         f"dataset {plan.dataset}: {plan.workload.images} images × {plan.workload.repeats} repeats × "
         f"{plan.workload.epochs} epochs, {plan.workload.family} at {plan.workload.resolution} px, "
         f"batch {chosen.batch_size}",
-        f"base model: {plan.base.ref} ({plan.base.kind})",
+        f"base model: {plan.base.ref} ({plan.base.kind}"
+        + (f", {human_bytes(plan.base.bytes)}" if plan.base.bytes else "")
+        + (", gated: your HF_TOKEN goes to the machine" if plan.base.gated else "")
+        + ")",
+        f"image: {plan.to_dict()['image'] or 'none (this machine / your own host)'}",
         f"upload: {plan.upload.files} files, {human_bytes(plan.upload.bytes)} "
         + "("
         + ", ".join(f"{k} {human_bytes(v)}" for k, v in plan.upload.parts.items())

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import ClassVar, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from gpurun.models import GpuRequest, Instance, LaunchSpec, Offer
 
@@ -24,6 +24,26 @@ class Provider(Protocol):
     """
 
     name: ClassVar[str]
+    #: whether `LaunchSpec.boot_script` runs when the container starts, before any SSH (Vast's onstart, RunPod's
+    #: start command); where it does not (SSH hosts, this machine), the client arms the watchdog over SSH
+    runs_boot_script: ClassVar[bool]
+    #: the container image rented when the user names none; None where there are no images
+    default_image: ClassVar[str | None]
+
+    @staticmethod
+    def check_image(image: str) -> None:
+        """ConfigError when `image` cannot work on this provider (e.g. it would never start sshd)."""
+        ...
+
+    def self_destroy(self, instance: Instance | None) -> dict[str, Any]:
+        """How the watchdog on the box ends this instance (its `destroy` config): the provider's DELETE with an
+        INSTANCE-SCOPED token, or {"kind": "kill"} where nothing bills. With `instance` None (a boot config,
+        written before the id is known) the id and the token come from the container's own environment."""
+        ...
+
+    async def check(self) -> str:
+        """One cheap call that proves the credentials work; a line for `gpurun providers check`."""
+        ...
 
     async def list_offers(self, req: GpuRequest) -> list[Offer]:
         """Offers that may satisfy `req`; may over-return (the core re-filters)."""

@@ -206,17 +206,22 @@ class ProviderHttp:
         *,
         json_body: Any = None,
         params: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
+        accept_redirects: bool = False,
+        follow_redirects: bool = False,
     ) -> httpx.Response:
-        """One attempt. Returns a 2xx response; raises the mapped gpurun error for anything else."""
+        """One attempt. Returns a 2xx response (or a 3xx with `accept_redirects`, which are not followed: a
+        redirect's own headers describe what it points to); raises the mapped gpurun error for anything else."""
         api_key = self._key
-        headers = {"Accept": "application/json", "User-Agent": "gpurun"}
+        sent = {"Accept": "application/json", "User-Agent": "gpurun", **(headers or {})}
         if api_key is not None:
-            headers["Authorization"] = f"Bearer {api_key.reveal()}"
+            sent["Authorization"] = f"Bearer {api_key.reveal()}"
         url = self.url(path)
         try:
             response = await self._client.request(
-                method, url, json=json_body, params=params, headers=headers, timeout=self._timeout
-            )
+                method, url, json=json_body, params=params, headers=sent, timeout=self._timeout,
+                follow_redirects=follow_redirects,
+            )  # fmt: skip
         except httpx.ConnectError as exc:
             raise TransientNotProcessed(
                 f"cannot connect to {self.base_url}: {self.redact(str(exc)) or type(exc).__name__}",
@@ -231,7 +236,7 @@ class ProviderHttp:
                 f"{method} {path} failed: {self.redact(str(exc)) or type(exc).__name__}", provider=self.provider
             ) from None
         self._log.debug("%s %s -> %s", method, path, response.status_code)
-        if response.is_success:
+        if response.is_success or (accept_redirects and response.is_redirect):
             return response
         raise self.error_for(response, f"{method} {path}")
 

@@ -10,7 +10,7 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from gpurun.errors import ProviderError
 from gpurun.models import GpuRequest, GpuSpec, Instance, InstanceState, LaunchSpec, Offer
@@ -29,6 +29,9 @@ class LocalProvider:
     """The machine gpurun runs on."""
 
     name: ClassVar[str] = "local"
+    #: nothing is rented: no container start to hook, no image; the client arms the watchdog over SSH
+    runs_boot_script: ClassVar[bool] = False
+    default_image: ClassVar[str | None] = None
 
     def __init__(self, *, state_root: Path | None = None) -> None:
         self._root = state_root
@@ -43,6 +46,14 @@ class LocalProvider:
 
     async def aclose(self) -> None:
         return None
+
+    @staticmethod
+    def check_image(image: str) -> None:
+        """Images do not apply: the machine runs what it has."""
+
+    def self_destroy(self, instance: Instance | None) -> dict[str, Any]:
+        """Nothing bills here: the watchdog only stops the runner."""
+        return {"kind": "kill"}
 
     async def check(self) -> str:
         gpu = await self._gpu()

@@ -12,6 +12,7 @@ import os
 import httpx
 
 from gpurun.errors import AuthError, ConfigError
+from gpurun.images import image_cuda
 from gpurun.provision import runpod, vast
 from gpurun.provision.base import Provider
 from gpurun.provision.http import ApiKey, RetryPolicy
@@ -23,6 +24,30 @@ PROVIDER_NAMES: tuple[str, ...] = ("vast", "runpod", "ssh", "local")
 #: providers that need an API key (and the env var the official tools read it from)
 KEY_ENV = {"vast": vast.KEY_ENV, "runpod": runpod.KEY_ENV}
 URL_ENV = {"vast": "GPURUN_VAST_URL", "runpod": "GPURUN_RUNPOD_URL", "runpod_graphql": "GPURUN_RUNPOD_GRAPHQL_URL"}
+
+
+#: the adapter class of each provider, for what is known without an account (images, boot hooks)
+PROVIDER_CLASSES: dict[str, type[Provider]] = {
+    "vast": vast.VastProvider,
+    "runpod": runpod.RunpodProvider,
+    "ssh": SshHostsProvider,
+    "local": LocalProvider,
+}
+
+
+def image_for(name: str, image: str | None) -> str | None:
+    """The image a run on `name` uses: the user's, else the provider's default; None where images do not apply."""
+    cls = PROVIDER_CLASSES[name]
+    return (image or cls.default_image) if cls.default_image is not None else None
+
+
+def min_cuda_for(image: str | None) -> float | None:
+    """The CUDA version a host's driver must support: the user's image's, else the highest any default image
+    needs (so offers ranked are offers gpurun can rent as they stand). None when the image's tag does not say."""
+    if image:
+        return image_cuda(image)
+    needs = [image_cuda(cls.default_image) for cls in PROVIDER_CLASSES.values() if cls.default_image]
+    return max((n for n in needs if n is not None), default=None)
 
 
 def no_key_reason(name: str) -> str:

@@ -2,15 +2,18 @@
 
 REST v1 retired on 2026-11-15 and is not used. GraphQL is deprecated too (retiring early 2027) but is the only
 API with per-GPU prices, stock and interruptible pods, so it is used for exactly those (providers.md §2.0).
-SSH: the pod gets our key as env `PUBLIC_KEY` and exposes `22/tcp`; RunPod's images then start sshd on a
-public IP and a mapped port. Pods have no onstart hook short of replacing the image's start script (which is
-what starts sshd), so `LaunchSpec.onstart` is not used here; the orchestrator arms its watchdog over SSH.
+SSH: the pod gets our key as env `PUBLIC_KEY` and exposes `22/tcp`. Only RunPod's own images (`runpod/*`) act on
+that: their start script, /start.sh, appends $PUBLIC_KEY to authorized_keys and starts sshd. Any other image
+gets a 22/tcp mapping with nothing listening, so gpurun refuses it before renting (`check_image`).
+The start command (v2 `args`, which replaces the image's CMD, /start.sh) runs the boot script first, which arms
+the watchdog, and then execs /start.sh, so sshd still starts exactly as the image intends.
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
+import shlex
 import time
 from typing import Any, ClassVar
 
@@ -19,11 +22,13 @@ import httpx
 from gpurun.errors import (
     AuthError,
     CapacityError,
+    ConfigError,
     NotFoundError,
     PriceError,
     ProviderError,
     TransientProviderError,
 )
+from gpurun.images import cuda_text
 from gpurun.models import GpuRequest, Instance, InstanceState, LaunchSpec, Offer
 from gpurun.provision.base import LABEL_PREFIX
 from gpurun.provision.http import ApiKey, ProviderHttp, RetryPolicy, TransientNotProcessed, is_capacity_message
@@ -40,6 +45,16 @@ DEFAULT_REST_URL = "https://api.runpod.io/v2"
 DEFAULT_GRAPHQL_URL = "https://api.runpod.io/graphql"
 KEY_ENV = "RUNPOD_API_KEY"
 DEFAULT_DISK_GB = 20.0
+#: RunPod's PyTorch image (the example of its own v2 API spec): torch 2.8, CUDA 12.8.1 so RTX 50xx cards work,
+#: Ubuntu 24.04 with python 3.12; its /start.sh starts sshd from $PUBLIC_KEY
+DEFAULT_IMAGE = "runpod/pytorch:1.0.2-cu1281-torch280-ubuntu2404"
+#: only these images start sshd from PUBLIC_KEY (providers.md §2.5, runpod/containers start.sh)
+SSH_IMAGE_PREFIX = "runpod/"
+#: the image's own start script, which the boot start command hands over to
+IMAGE_START = "/start.sh"
+#: what RunPod puts into every pod: its id and a pod-scoped key
+INSTANCE_ID_ENV = "RUNPOD_POD_ID"
+INSTANCE_KEY_ENV = "RUNPOD_API_KEY"
 
 RENT_INTERRUPTIBLE = """
 mutation Rent($input: PodRentInterruptableInput!) {
@@ -52,6 +67,9 @@ class RunpodProvider:
     """RunPod through REST v2 (pods) and GraphQL (prices, stock, interruptible pods)."""
 
     name: ClassVar[str] = "runpod"
+    #: the start command runs the boot script before handing over to the image's /start.sh
+    runs_boot_script: ClassVar[bool] = True
+    default_image: ClassVar[str | None] = DEFAULT_IMAGE
 
     def __init__(
         self,
@@ -113,6 +131,29 @@ class RunpodProvider:
 
         return await (self._gql.call(once) if retry else once())
 
+    @staticmethod
+    def check_image(image: str) -> None:
+        if not image.startswith(SSH_IMAGE_PREFIX):
+            raise ConfigError(
+                f"RunPod starts sshd only in its own images: {image} would never accept SSH",
+                where="--image",
+                hint=f"use a runpod/* image, e.g. {DEFAULT_IMAGE} (the default), or rent it on Vast",
+            )
+
+    def self_destroy(self, instance: Instance | None) -> dict[str, Any]:
+        """DELETE /pods/{id} (REST v2), GraphQL podTerminate if that is refused, with the pod-scoped
+        RUNPOD_API_KEY RunPod gives every pod; the user's key never goes to the pod."""
+        recipe: dict[str, Any] = {"kind": "runpod", "url": self.base_url, "graphql_url": self.graphql_url}
+        if instance is None:
+            recipe.update(instance_id_env=INSTANCE_ID_ENV, token_env=INSTANCE_KEY_ENV)
+            return recipe
+        recipe["instance_id"] = instance.instance_id
+        if instance.self_destroy_token:
+            recipe["token"] = instance.self_destroy_token
+        else:
+            recipe["token_env"] = INSTANCE_KEY_ENV
+        return recipe
+
     async def check(self) -> str:
         data = await self._rest.json("GET", "/pods")
         pods = data.get("pods") if isinstance(data, dict) else data
@@ -146,6 +187,7 @@ class RunpodProvider:
                 f"offer {offer.offer_id} costs ${offer.price_per_hour:.3f}/h, above the cap ${spec.price_cap:.3f}/h",
                 where="runpod",
             )
+        RunpodProvider.check_image(spec.image)
         public_key = spec.ssh_public_key.strip()
         env = dict(spec.env)
         # RunPod's images append $PUBLIC_KEY (newline-separated keys) to authorized_keys and start sshd
@@ -173,16 +215,21 @@ class RunpodProvider:
     ) -> Instance:
         # Only fields every v2 spec revision accepts (CreatePodRequest rejects unknown properties). v2 has no
         # provider-side termination time (GraphQL's terminateAfter) and no interruptible option.
-        body = {
+        gpu: dict[str, Any] = {"id": gpu_type_id, "count": count}
+        if spec.min_cuda is not None:
+            gpu["minCudaVersion"] = cuda_text(spec.min_cuda)  # a host with an older driver cannot run the image
+        body: dict[str, Any] = {
             "name": spec.label,
             "image": spec.image,
             # always send gpu.count: omitting it makes every create fail with "no instances available"
-            "gpu": {"id": gpu_type_id, "count": count},
+            "gpu": gpu,
             "cloud": cloud,
             "disk": disk,
             "ports": ["22/tcp"],
             "env": env,
         }
+        if spec.boot_script:
+            body["args"] = start_command(spec.boot_script)
 
         async def attempt() -> Any:
             try:
@@ -230,6 +277,10 @@ class RunpodProvider:
             "env": [{"key": k, "value": v} for k, v in env.items()],
             "supportPublicIp": True,
         }
+        if spec.min_cuda is not None:
+            rent_input["minCudaVersion"] = cuda_text(spec.min_cuda)
+        if spec.boot_script:
+            rent_input["dockerArgs"] = start_command(spec.boot_script)
 
         async def attempt() -> Any:
             try:
@@ -285,3 +336,8 @@ class RunpodProvider:
         except ProviderError:
             return None
         return next((inst for inst in instances if inst.label == label), None)
+
+
+def start_command(boot_script: str) -> str:
+    """The pod's start command: the boot script, then the image's own start script (which starts sshd)."""
+    return "bash -c " + shlex.quote(f"{boot_script.rstrip()}\nexec {IMAGE_START}")

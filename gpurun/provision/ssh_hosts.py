@@ -75,6 +75,9 @@ class SshHostsProvider:
     """The user's own SSH hosts, one offer each at the declared $/h."""
 
     name: ClassVar[str] = "ssh"
+    #: nothing is rented: no container start to hook, no image; the client arms the watchdog over SSH
+    runs_boot_script: ClassVar[bool] = False
+    default_image: ClassVar[str | None] = None
 
     def __init__(
         self,
@@ -94,6 +97,14 @@ class SshHostsProvider:
 
     async def aclose(self) -> None:
         return None
+
+    @staticmethod
+    def check_image(image: str) -> None:
+        """Images do not apply: the machine runs what it has."""
+
+    def self_destroy(self, instance: Instance | None) -> dict[str, Any]:
+        """Nothing bills here: the watchdog only stops the runner."""
+        return {"kind": "kill"}
 
     async def check(self) -> str:
         """Log in to every declared host; ProviderError naming the ones that cannot be reached."""

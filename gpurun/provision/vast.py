@@ -30,6 +30,13 @@ MAX_ONSTART_CHARS = 4048
 #: The SDK's token form for "direct SSH, proxy as fallback". The docs also name `ssh_direct`; the SDK's form
 #: is what Vast's own client sends and keeps the proxy endpoint as a fallback (providers.md §1.4).
 RUNTYPE_DIRECT_SSH = "ssh_direc ssh_proxy"
+#: The official PyTorch image: Vast's own docs and quickstart use it, so hosts commonly have it cached (a cached
+#: image starts in seconds instead of a multi-GB pull). CUDA 12.8 so RTX 50xx cards work; torch 2.8; its conda
+#: python (/opt/conda/bin) carries torch. In the SSH launch mode Vast injects its own sshd into any image.
+DEFAULT_IMAGE = "pytorch/pytorch:2.8.0-cuda12.8-cudnn9-runtime"
+#: what Vast puts into every container: its id and the instance-scoped key (providers.md §5)
+INSTANCE_ID_ENV = "CONTAINER_ID"
+INSTANCE_KEY_ENV = "CONTAINER_API_KEY"
 
 #: actual_status → state; "running" only counts once an SSH endpoint exists (see `_state`)
 _STATUS: dict[str | None, InstanceState] = {
@@ -214,6 +221,9 @@ class VastProvider:
     """Vast.ai through its REST API. Adapters never sleep or poll: the orchestrator does, with deadlines."""
 
     name: ClassVar[str] = "vast"
+    #: `onstart` runs when the container starts, in the SSH launch modes gpurun uses
+    runs_boot_script: ClassVar[bool] = True
+    default_image: ClassVar[str | None] = DEFAULT_IMAGE
 
     def __init__(
         self,
@@ -237,6 +247,24 @@ class VastProvider:
 
     async def aclose(self) -> None:
         await self._http.aclose()
+
+    @staticmethod
+    def check_image(image: str) -> None:
+        """Any image: the SSH launch mode injects Vast's own sshd, and the watchdog needs only a python3."""
+
+    def self_destroy(self, instance: Instance | None) -> dict[str, Any]:
+        """DELETE /api/v0/instances/{id}/ with the instance-scoped key Vast gives the container; the user's
+        master key never goes to the box."""
+        recipe: dict[str, Any] = {"kind": "vast", "url": self.base_url}
+        if instance is None:
+            recipe.update(instance_id_env=INSTANCE_ID_ENV, token_env=INSTANCE_KEY_ENV)
+            return recipe
+        recipe["instance_id"] = instance.instance_id
+        if instance.self_destroy_token:
+            recipe["token"] = instance.self_destroy_token
+        else:  # a create recovered by label has no key in hand; the container has it
+            recipe["token_env"] = INSTANCE_KEY_ENV
+        return recipe
 
     async def check(self) -> str:
         """One cheap authenticated call; AuthError when the key is wrong."""
@@ -274,7 +302,8 @@ class VastProvider:
         self._registered_keys.add(wanted)
 
     def create_body(self, offer: Offer, spec: LaunchSpec) -> dict[str, Any]:
-        onstart = _KEY_ONSTART + ("\n" + spec.onstart if spec.onstart else "")
+        # the run's key first (SSH must work), then the dead-man switch, then whatever else was asked
+        onstart = "\n".join(part for part in (_KEY_ONSTART, spec.boot_script, spec.onstart) if part)
         if len(onstart) > MAX_ONSTART_CHARS:
             raise ProviderError(
                 f"the onstart script is {len(onstart)} characters; Vast accepts at most {MAX_ONSTART_CHARS}",

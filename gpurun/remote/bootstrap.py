@@ -1,40 +1,42 @@
-"""Run `templates/bootstrap.sh` on the instance and read its progress lines; validate `--base` before renting.
+"""Run `templates/bootstrap.sh` on the instance and read its progress lines.
 
 The script prints `GPURUN_BOOTSTRAP phase=... status=... key=value` lines (values shell-quoted) on stdout;
-everything else is for people. `run_bootstrap` ships the script, streams it, hands each progress line to a
-callback, and returns the interpreter and model path the runner should use.
+everything else is for people. `run_bootstrap` ships the script and the box locks, streams it, hands each
+progress line to a callback, and returns the interpreter, the PYTHONPATH entry and the model path the runner
+should use.
 """
 
 from __future__ import annotations
 
-import re
+import posixpath
 import shlex
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Literal
 
 from gpurun.errors import ConfigError, RemoteError
+from gpurun.remote.boxlock import lock_texts
 from gpurun.remote.transport import CommandError, Transport, tail
 
 MARKER = "GPURUN_BOOTSTRAP"
-# The same shape bootstrap.sh accepts for a hub id: org/name, optionally followed by a file path in the repo.
-_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9._-]+(/\S+)?$")
 _EXIT_MEANING = {
     2: "bad arguments or model spec",
-    3: "no usable python or PyTorch in the image",
-    4: "installing the training environment failed",
+    3: "no usable python or PyTorch in the image (or no lock for its Python)",
+    4: "installing the locked training environment failed",
     5: "the base model is missing or its download failed",
+    6: "the training stack cannot train on this machine (the smoke check failed); nothing was downloaded",
 }
-
-ModelKind = Literal["none", "url", "hub", "file"]
 
 
 class BootstrapError(RemoteError):
-    """bootstrap.sh failed; `code` is its exit code (see the script's header)."""
+    """bootstrap.sh failed; `code` is its exit code (see the script's header). The hint says what the code means
+    and quotes the box's last words (uv's or curl's own explanation is usually there)."""
 
     def __init__(self, message: str, *, code: int, last_lines: list[str], where: str | None = None) -> None:
-        super().__init__(message, where=where, hint=_EXIT_MEANING.get(code))
+        meaning = _EXIT_MEANING.get(code)
+        quoted = [line.strip() for line in last_lines if line.strip() and not line.startswith(MARKER)][-3:]
+        hint = "; ".join(filter(None, [meaning, ("the machine said: " + " | ".join(quoted)) if quoted else None]))
+        super().__init__(message, where=where, hint=hint or None)
         self.code = code
         self.last_lines = last_lines
 
@@ -48,11 +50,13 @@ class BootstrapLine:
 
 @dataclass(frozen=True, slots=True)
 class BootstrapResult:
-    #: the interpreter that has the training stack (the image's python or gpurun's venv)
+    #: the image's interpreter (it keeps the image's CUDA torch)
     python: str
+    #: the folder with the locked stack, to put first on PYTHONPATH; "" when the image already had it (warm)
+    pythonpath: str
     #: the base model on the instance; "" when none was asked for
     model_path: str
-    #: warm (image had everything) | cached (venv from an earlier run) | installed
+    #: warm (the image had the lock) | cached (installed by an earlier run) | installed
     env_status: str
     lines: tuple[BootstrapLine, ...] = ()
 
@@ -75,38 +79,23 @@ def parse_line(line: str) -> BootstrapLine | None:
     return BootstrapLine(phase, status, fields) if phase else None
 
 
-def model_kind(spec: str | None, *, local_exists: Callable[[str], bool] | None = None) -> ModelKind:
-    """What bootstrap.sh will do with `spec`, decided before anything is rented; bad specs are ConfigError.
-
-    `local_exists` says whether a path exists on this machine (a local file is uploaded, not downloaded)."""
-    text = (spec or "").strip()
-    if text in ("", "none", "tiny-sd"):
-        return "none"
-    if text.startswith(("http://", "https://")):
-        return "url"
-    if text.startswith("hub:"):
-        if not _HUB_ID.match(text[4:]):
-            raise ConfigError(f"not a hub id: {text[4:]!r}", where="--base", hint="expected org/name")
-        return "hub"
-    if local_exists is not None and local_exists(text):
-        return "file"
-    if text.startswith(("/", "./", "../", "~")):
-        raise ConfigError(f"no such model file: {text}", where="--base")
-    if _HUB_ID.match(text):
-        return "hub"
-    raise ConfigError(
-        f"cannot understand the model {text!r}",
-        where="--base",
-        hint="give sd15/sdxl/sd2, a hub id (org/name), an https URL, or a .safetensors file",
-    )
-
-
 def bootstrap_args(
-    *, home: str, model: str | None = None, model_file: str | None = None, model_sha256: str | None = None
+    *,
+    home: str,
+    lock_dir: str,
+    bundle: str | None = None,
+    model: str | None = None,
+    model_files: Sequence[str] = (),
+    model_file: str | None = None,
+    model_sha256: str | None = None,
 ) -> list[str]:
-    args = ["--home", home]
+    args = ["--home", home, "--lock-dir", lock_dir]
+    if bundle:
+        args += ["--bundle", bundle]
     if model:
         args += ["--model", model]
+    if model_files:
+        args += ["--model-files", " ".join(model_files)]
     if model_file:
         args += ["--model-file", model_file]
     if model_sha256:
@@ -114,20 +103,37 @@ def bootstrap_args(
     return args
 
 
+async def ship_locks(transport: Transport, home: str) -> str:
+    """Upload bootstrap.sh and every box lock to `home`; returns the lock folder there."""
+    lock_dir = posixpath.join(home.rstrip("/"), "lock")
+    await transport.makedirs(lock_dir)
+    await transport.put_text(posixpath.join(home.rstrip("/"), "bootstrap.sh"), script_text(), mode=0o755)
+    for name, text in lock_texts().items():
+        await transport.put_text(posixpath.join(lock_dir, name), text)
+    return lock_dir
+
+
 async def run_bootstrap(
     transport: Transport,
     *,
     home: str,
+    bundle: str | None = None,
     model: str | None = None,
+    model_files: Sequence[str] = (),
     model_file: str | None = None,
     model_sha256: str | None = None,
     env: Mapping[str, str] | None = None,
     on_line: Callable[[BootstrapLine], None] | None = None,
 ) -> BootstrapResult:
-    """Ship bootstrap.sh to `home` and run it; raise BootstrapError (ConfigError for a bad model spec)."""
-    script = f"{home.rstrip('/')}/bootstrap.sh"
-    await transport.put_text(script, script_text(), mode=0o755)
-    args = bootstrap_args(home=home, model=model, model_file=model_file, model_sha256=model_sha256)
+    """Ship bootstrap.sh and the locks to `home` and run it; raise BootstrapError (ConfigError for a bad model).
+
+    `bundle` is the folder on the machine holding the gpurun package: with it the smoke check runs."""
+    lock_dir = await ship_locks(transport, home)
+    script = posixpath.join(home.rstrip("/"), "bootstrap.sh")
+    args = bootstrap_args(
+        home=home, lock_dir=lock_dir, bundle=bundle, model=model, model_files=model_files, model_file=model_file,
+        model_sha256=model_sha256,
+    )  # fmt: skip
     cmd = " ".join(shlex.quote(a) for a in ["bash", script, *args])
     seen: list[BootstrapLine] = []
     try:
@@ -155,6 +161,7 @@ async def run_bootstrap(
         raise BootstrapError("bootstrap ended without reporting ready", code=1, last_lines=[], where=transport.where)
     return BootstrapResult(
         python=ready.fields.get("python", ""),
+        pythonpath=ready.fields.get("pythonpath", ""),
         model_path=ready.fields.get("model", ""),
         env_status=env_line.status,
         lines=tuple(seen),

@@ -209,10 +209,14 @@ def _load_pretrained(source: str, family: str, weight_dtype, vae: str | None, va
         if vae:
             vae_model = _load_vae(vae, config, vae_dtype)
         else:
+            variant = {"variant": "fp16"} if local and _only_fp16_weights(Path(source), "vae") else {}
             vae_model = AutoencoderKL.from_pretrained(
-                source, subfolder="vae", local_files_only=local, **_dtype_kw(vae_dtype)
+                source, subfolder="vae", local_files_only=local, **_dtype_kw(vae_dtype), **variant
             )
         kwargs = {"vae": vae_model, "local_files_only": local, **_dtype_kw(weight_dtype), **_no_safety_checker(family)}
+        if local and _only_fp16_weights(Path(source)):
+            # a hub repo fetched by bootstrap.sh where only half-precision files exist (gpurun.basecheck chose them)
+            return cls.from_pretrained(source, variant="fp16", **kwargs)
         if not local and str(weight_dtype) != "torch.float32":
             # hub repos often carry half-precision copies: half the download on a billed box
             try:
@@ -220,6 +224,12 @@ def _load_pretrained(source: str, family: str, weight_dtype, vae: str | None, va
             except (OSError, ValueError):
                 pass
         return cls.from_pretrained(source, **kwargs)
+
+
+def _only_fp16_weights(folder: Path, component: str = "unet") -> bool:
+    """A diffusers folder whose component has fp16-variant weights and no plain ones."""
+    inside = [p.name for p in (folder / component).glob("*.safetensors")]
+    return bool(inside) and all(".fp16." in name for name in inside)
 
 
 def _load_vae(vae: str, config: Path, vae_dtype):

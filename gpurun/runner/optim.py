@@ -55,7 +55,7 @@ def make_optimizer(name: str, param_groups: list[dict[str, Any]], args: list[str
                 raise ConfigError(
                     "optimizer_type Prodigy needs the prodigyopt package",
                     where="optimizer_type",
-                    hint="pip install 'gpurun[prodigy]', or use AdamW8bit",
+                    hint="pip install 'gpurun[train]' (the locked stack has prodigyopt), or use AdamW8bit",
                 ) from None
             return Prodigy(param_groups, **kwargs)
         if device == "cuda":

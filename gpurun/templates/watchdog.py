@@ -1,11 +1,17 @@
 #!/usr/bin/env python3
 """gpurun's dead-man switch: destroys its own instance when the client is gone, the budget runs out, or the GPU hangs.
 
-Copied to the instance and started FIRST (before the environment install), detached:
+Started FIRST, detached, in the run's folder:
 
     nohup python3 watchdog.py --config watchdog.json >/dev/null 2>>watchdog.stderr </dev/null &
 
-(it calls setsid itself; gpurun/watchdog_client.py builds this line, the config, and the runner's launch line).
+On Vast and RunPod it is started when the container starts, before any SSH (the provider's onstart / start
+command writes it and a boot config from the instance's environment; gpurun/watchdog_boot.py builds that), with
+a lease bound and a relative deadline. When the client connects it ADOPTS the running watchdog: it rewrites the
+config file (the exact deadline, the run's lease timing) and renews the lease; the watchdog notices the changed
+file within a second and reloads it. Where nothing ran at boot (SSH hosts, this machine), the client starts it
+over SSH the same way. It calls setsid itself; gpurun/watchdog_client.py builds the start line, the config and
+the runner's launch line.
 
 STDLIB ONLY, Python 3.8+: it runs on whatever python3 the image has, before anything is installed. It never
 imports gpurun. `python3 watchdog.py --config FILE --check` validates a config and prints it normalised.
@@ -22,15 +28,18 @@ Config file (JSON, "version": 1). Relative paths are relative to the config file
          "graphql_url": "https://api.runpod.io/graphql"}                 (graphql_url optional)
               -> DELETE {url}/pods/{instance_id}; if that is refused, GraphQL podTerminate
         {"kind": "kill"}    SSH hosts and local: stop the runner, destroy nothing
-        "token_env": "CONTAINER_API_KEY" may replace "token" (read from this process's environment, else from the
-        container's, /proc/1/environ, since SSH sessions do not inherit it).
+        "token_env": "CONTAINER_API_KEY" may replace "token", and "instance_id_env": "CONTAINER_ID" may replace
+        "instance_id" (read from this process's environment, else from the container's, /proc/1/environ, since
+        SSH sessions do not inherit it): that is how a boot config names an instance it cannot know in advance.
         The token must be INSTANCE-SCOPED (Vast's instance key, RunPod's pod key), never the user's master key.
     deadline            unix time (this machine's clock) when the budget is spent; null = none   null
+    deadline_in_s       ... or seconds after this watchdog started (a boot config cannot know the     null
+                        box's clock); with both, the earlier one counts
     lease_file          rewritten by the client every minute: each change of it is a renewal      "lease"
                         (content, if JSON with "run_id", must name this run; other content is ignored)
     lease_ttl_s         the lease lapses this long after its last renewal (or after start)        300
     runner_pid_file     the runner's pid, a bare integer; the runner leads its own process group  "runner.pid"
-    done_file           written by the launcher when the runner exits (content: its exit code)    "runner.done"
+    done_file           written by the launcher when the runner exits (content: its exit code)    "runner.exit"
     artifact_grace_s    how long an ended run waits for `gpurun attach` once the client is gone   1800
     idle_after_s        GPU below idle_threshold_pct this long while the runner runs = hung       600
     idle_threshold_pct  utilisation (max over GPUs) below which the GPU counts as idle            5
@@ -62,16 +71,26 @@ writes its pid to runner_pid_file, and writes done_file when it exits. SIGTERM t
 checkpoint and exit now"; after term_grace_s its whole process group gets SIGKILL. The group is killed only when
 the runner leads it, so a runner sharing a group with anything else (a user's shell) never takes that down.
 
+Config reload: the config file is watched (about once a second); a changed file that parses replaces the running
+config (timers and the runner's state carry over; the lease TTL, grace and deadline apply from then on), and is
+logged as config_reloaded; one that does not parse is logged as config_rejected and ignored.
+
+Credential check: at start and whenever the destroy target changes, one authenticated read of its own instance
+(Vast: GET /api/v0/instances/{id}/, RunPod: GET {url}/pods/{id}) proves the token is accepted, without
+destroying anything. The result ("ok", "refused", "unreachable", or "n/a" for kind kill) is logged as
+credential_checked and shown in the status file, which the client reads when it adopts the watchdog.
+
 Destroy: HTTP DELETE with the instance token, retried with backoff on 5xx, 429 and network errors until the
 provider confirms (2xx, or 404 = already gone). If the fast attempts fail, or the provider refuses the token
 (other 4xx), the fallback runs: kill the runner, run fallback_command, log loudly (a stopped Vast instance or
 RunPod pod still bills its disk), and keep retrying the DELETE every destroy_backoff_max_s until it works.
 
 Log events (one JSON object per line: {"t", "event", "run_id", ...}): start (with the config, token blanked),
-already_running, idle_detection_off, lease_lapsed, lease_renewed, lease_missing, lease_garbled, lease_foreign,
-runner_state, pid_file_garbled, idle_started, idle_cleared, gpu_query_failed, grace_started,
-grace_cancelled, decision (with the reason), runner_sigterm, runner_sigkill, destroy_attempt, destroyed,
-destroy_refused, fallback, fallback_command, error (with traceback), signal, stopped, exit.
+config_reloaded, config_rejected, credential_checked, already_running, idle_detection_off, lease_lapsed,
+lease_renewed, lease_missing, lease_garbled, lease_foreign, runner_state, pid_file_garbled, idle_started,
+idle_cleared, gpu_query_failed, grace_started, grace_cancelled, decision (with the reason), runner_sigterm,
+runner_sigkill, destroy_attempt, destroyed, destroy_refused, fallback, fallback_command, error (with traceback),
+signal, stopped, exit.
 
 Signals: SIGHUP is ignored (it survives the SSH session that started it); SIGTERM/SIGINT stop it between checks
 (that is how a local run disarms it). A second copy finds the lock held and exits at once.
@@ -82,6 +101,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import shutil
@@ -101,10 +121,11 @@ USER_AGENT = "gpurun-watchdog/1"
 
 DEFAULTS: dict[str, Any] = {
     "deadline": None,
+    "deadline_in_s": None,
     "lease_file": "lease",
     "lease_ttl_s": 300.0,
     "runner_pid_file": "runner.pid",
-    "done_file": "runner.done",
+    "done_file": "runner.exit",
     "artifact_grace_s": 1800.0,
     "idle_after_s": 600.0,
     "idle_threshold_pct": 5.0,
@@ -125,8 +146,8 @@ _NUMBER_KEYS = ("lease_ttl_s", "artifact_grace_s", "idle_after_s", "term_grace_s
 _NUMBER_KEYS += ("destroy_backoff_s", "destroy_backoff_max_s", "idle_threshold_pct")
 _DESTROY_KEYS = {
     "kill": set(),
-    "vast": {"url", "instance_id", "token", "token_env"},
-    "runpod": {"url", "instance_id", "token", "token_env", "graphql_url"},
+    "vast": {"url", "instance_id", "instance_id_env", "token", "token_env"},
+    "runpod": {"url", "instance_id", "instance_id_env", "token", "token_env", "graphql_url"},
 }
 
 
@@ -148,6 +169,7 @@ class Config:
     run_id: str
     destroy: Destroy
     deadline: float | None
+    deadline_in_s: float | None
     lease_file: str
     lease_ttl_s: float
     runner_pid_file: str
@@ -192,8 +214,13 @@ def _parse_destroy(raw: Any, environ: dict[str, str]) -> Destroy:
         raise ConfigError(f"destroy: unknown key(s) for kind {kind}: {sorted(unknown)}")
     if kind == "kill":
         return Destroy(kind="kill")
-    for key in ("url", "instance_id"):
-        if not isinstance(raw.get(key), (str, int)) or not str(raw.get(key)):
+    instance_id = raw.get("instance_id")
+    if instance_id in (None, "") and raw.get("instance_id_env"):
+        instance_id = environ.get(str(raw["instance_id_env"]), "")
+        if not instance_id:
+            raise ConfigError(f"destroy.instance_id_env: ${raw['instance_id_env']} is not set")
+    for key, value in (("url", raw.get("url")), ("instance_id", instance_id)):
+        if not isinstance(value, (str, int)) or not str(value):
             raise ConfigError(f"destroy.{key}: required for kind {kind}")
     token = raw.get("token") or ""
     if not token and raw.get("token_env"):
@@ -202,7 +229,7 @@ def _parse_destroy(raw: Any, environ: dict[str, str]) -> Destroy:
             raise ConfigError(f"destroy.token_env: ${raw['token_env']} is not set")
     if not isinstance(token, str) or not token:
         raise ConfigError("destroy.token: an instance-scoped token (or token_env) is required")
-    return Destroy(kind, str(raw["url"]).rstrip("/"), str(raw["instance_id"]), token, str(raw.get("graphql_url", "")))
+    return Destroy(kind, str(raw["url"]).rstrip("/"), str(instance_id), token, str(raw.get("graphql_url", "")))
 
 
 def process_environment() -> dict[str, str]:
@@ -235,8 +262,9 @@ def parse_config(data: Any, base_dir: str = ".", environ: dict[str, str] | None 
     merged = dict(DEFAULTS)
     merged.update(data)
     values: dict[str, Any] = {"run_id": merged["run_id"]}
-    values["destroy"] = _parse_destroy(merged["destroy"], process_environment() if environ is None else environ)
+    values["destroy"] = _parse_destroy(merged.get("destroy"), process_environment() if environ is None else environ)
     values["deadline"] = None if merged["deadline"] is None else _number(merged, "deadline")
+    values["deadline_in_s"] = None if merged["deadline_in_s"] is None else _number(merged, "deadline_in_s")
     for key in _NUMBER_KEYS:
         values[key] = _number(merged, key)
     if values["poll_s"] <= 0:
@@ -259,12 +287,34 @@ def parse_config(data: Any, base_dir: str = ".", environ: dict[str, str] | None 
 
 
 def load_config(path: str) -> Config:
+    return parse_config(_read_json(path), os.path.dirname(os.path.abspath(path)))
+
+
+def _read_json(path: str) -> Any:
     try:
         with open(path, encoding="utf-8") as handle:
-            data = json.load(handle)
+            return json.load(handle)
     except (OSError, ValueError) as exc:
         raise ConfigError(f"cannot read {path}: {exc}") from None
-    return parse_config(data, os.path.dirname(os.path.abspath(path)))
+
+
+def file_signature(path: str) -> tuple[int, int, int] | None:
+    """What changes when a file is rewritten (mtime, size, inode); None when it is missing."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+
+def file_sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as handle:
+            digest.update(handle.read())
+    except OSError:
+        return ""
+    return digest.hexdigest()
 
 
 class JsonLog:
@@ -319,13 +369,18 @@ def _read_small(path: str) -> str | None:
 
 
 class Watchdog:
-    def __init__(self, cfg: Config, log: JsonLog) -> None:
+    def __init__(self, cfg: Config, log: JsonLog, config_path: str | None = None) -> None:
         self.cfg = cfg
         self.log = log
+        self.config_path = config_path
+        self._config_seen = file_signature(config_path) if config_path else None
+        self.config_sha = file_sha256(config_path) if config_path else ""
         # Timers run on the monotonic clock, so a wall-clock jump can neither kill a live client's instance nor
         # keep a dead one's alive. The deadline is wall-clock (the client's budget arithmetic); convert it once.
         self.started = time.monotonic()
-        self.deadline = None if cfg.deadline is None else self.started + (cfg.deadline - time.time())
+        self.armed_at = time.time()
+        self.deadline = self._deadline(cfg)
+        self.credential: dict[str, Any] = {"status": "unchecked"}
         #: monotonic time the lease file was last seen to change
         self.lease_renewed = self.started
         self._lease_seen: tuple[Any, ...] | None = None
@@ -338,6 +393,63 @@ class Watchdog:
         self.gpu_tool = shutil.which(cfg.nvidia_smi)
         if self.gpu_tool is None:
             log.write("idle_detection_off", reason=f"{cfg.nvidia_smi} not found on PATH; the GPU-idle rule is off")
+
+    def _deadline(self, cfg: Config) -> float | None:
+        """The monotonic moment the budget is spent: the earlier of the absolute and the relative deadline."""
+        found = []
+        if cfg.deadline is not None:
+            found.append(time.monotonic() + (cfg.deadline - time.time()))
+        if cfg.deadline_in_s is not None:
+            found.append(self.started + cfg.deadline_in_s)
+        return min(found) if found else None
+
+    # ---- the config and the credential -------------------------------------------------------------------
+
+    def config_changed(self) -> bool:
+        return self.config_path is not None and file_signature(self.config_path) != self._config_seen
+
+    def maybe_reload(self) -> None:
+        """Adopt a rewritten config file (the client adopting a watchdog armed at boot); a bad one is ignored."""
+        if not self.config_changed():
+            return
+        assert self.config_path is not None
+        self._config_seen = file_signature(self.config_path)
+        try:
+            new = load_config(self.config_path)
+        except ConfigError as exc:
+            self.log.write("config_rejected", error=str(exc), note="the previous config stays in force")
+            return
+        if new.run_id != self.cfg.run_id:
+            self.log.write("config_rejected", error=f"run_id {new.run_id!r} is not this run's", note="ignored")
+            return
+        old, self.cfg = self.cfg, new
+        self.config_sha = file_sha256(self.config_path)
+        self.deadline = self._deadline(new)
+        if self.gpu_tool is None or new.nvidia_smi != old.nvidia_smi:
+            self.gpu_tool = shutil.which(new.nvidia_smi)
+        changed = sorted(k for k, v in new.public().items() if old.public().get(k) != v)
+        self.log.write("config_reloaded", changed=changed, config=new.public())
+        if new.destroy != old.destroy:
+            self.check_credential()
+
+    def check_credential(self) -> None:
+        """One authenticated read of our own instance: does the provider accept the token? Destroys nothing."""
+        d = self.cfg.destroy
+        if d.kind == "kill":
+            self.credential = {"status": "n/a"}
+        else:
+            url = f"{d.url}/api/v0/instances/{d.instance_id}/" if d.kind == "vast" else f"{d.url}/pods/{d.instance_id}"
+            status, text, _ = self._request("GET", url, None)
+            if status is not None and 200 <= status < 300:
+                verdict = "ok"
+            elif status in (401, 403):
+                verdict = "refused"
+            else:
+                verdict = "unreachable" if status is None else f"unexpected ({status})"
+            self.credential = {"status": verdict, "http_status": status, "url": url}
+            if verdict != "ok":
+                self.credential["detail"] = text[:200]
+        self.log.write("credential_checked", **self.credential)
 
     # ---- observing ---------------------------------------------------------------------------------------
 
@@ -471,9 +583,15 @@ class Watchdog:
     # ---- acting ------------------------------------------------------------------------------------------
 
     def nap(self, seconds: float) -> None:
+        """Sleep between checks; wake early when asked to stop or when the config file is rewritten."""
         end = time.monotonic() + seconds
+        next_look = time.monotonic() + 1.0
         while not self.stop_requested and time.monotonic() < end:
             time.sleep(min(0.2, max(0.0, end - time.monotonic())))
+            if time.monotonic() >= next_look:
+                next_look = time.monotonic() + 1.0
+                if self.config_changed():
+                    return
 
     def stop_runner(self, grace_s: float) -> None:
         """SIGTERM the runner's pid ("checkpoint and exit"), wait up to grace_s, then SIGKILL its process group."""
@@ -505,10 +623,11 @@ class Watchdog:
         except OSError as exc:
             self.log.write("runner_sigkill", pid=pid, error=repr(exc))
 
-    def _request(self, method: str, url: str, body: bytes) -> tuple[int | None, str, float | None]:
+    def _request(self, method: str, url: str, body: bytes | None) -> tuple[int | None, str, float | None]:
         request = urllib.request.Request(url, data=body, method=method)
         request.add_header("Authorization", f"Bearer {self.cfg.destroy.token}")
-        request.add_header("Content-Type", "application/json")
+        if body is not None:
+            request.add_header("Content-Type", "application/json")
         request.add_header("User-Agent", USER_AGENT)
         try:
             with urllib.request.urlopen(request, timeout=self.cfg.http_timeout_s) as response:
@@ -618,6 +737,10 @@ class Watchdog:
             "lease_ttl_s": self.cfg.lease_ttl_s,
             "runner": asdict(self.runner),
             "deadline": self.cfg.deadline,
+            "deadline_left_s": None if self.deadline is None else round(self.deadline - now, 3),
+            "armed_at": self.armed_at,
+            "config_sha256": self.config_sha,
+            "credential": self.credential,
             "grace_ends_at": None if grace_left is None else wall + grace_left,
             "idle_for_s": None if self.idle_since is None else round(now - self.idle_since, 3),
             "pid": os.getpid(),
@@ -630,6 +753,7 @@ class Watchdog:
     def run(self) -> int:
         while not self.stop_requested:
             try:
+                self.maybe_reload()
                 now = time.monotonic()
                 lease_age, runner = self.observe(now)
                 reason = self.decide(now, lease_age, runner)
@@ -679,7 +803,7 @@ def main(argv: list[str] | None = None) -> int:
     if lock_fd is None:
         log.write("already_running", holder=(_read_small(cfg.lock_file) or "").strip())
         return 0
-    watchdog = Watchdog(cfg, log)
+    watchdog = Watchdog(cfg, log, os.path.abspath(args.config))
 
     def on_signal(signum: int, _frame: Any) -> None:
         watchdog.log.write("signal", signal=signal.Signals(signum).name)
@@ -688,6 +812,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     log.write("start", pid=os.getpid(), python=sys.version.split()[0], config=cfg.public())
+    watchdog.check_credential()
     return watchdog.run()
 
 

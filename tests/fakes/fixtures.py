@@ -16,6 +16,8 @@ import pytest
 from gpurun.provision.http import RetryPolicy
 from gpurun.provision.runpod import RunpodProvider
 from gpurun.provision.vast import VastProvider
+from tests.fakes.hub_catalog import shortcut_repos
+from tests.fakes.hub_server import FakeHub
 from tests.fakes.runpod_server import FakeRunpod
 from tests.fakes.vast_server import FakeVast
 
@@ -59,3 +61,24 @@ async def runpod_provider(fake_runpod: FakeRunpod) -> AsyncIterator[RunpodProvid
     )
     yield provider
     await provider.aclose()
+
+
+@pytest.fixture(scope="session")
+def fake_hub_server() -> Iterator[FakeHub]:
+    """One fake Hugging Face hub for the session, holding the --base shortcuts' repos."""
+    with FakeHub() as server:
+        for repo, files in shortcut_repos().items():
+            server.add_repo(repo, files)
+        yield server
+
+
+@pytest.fixture(autouse=True)
+def fake_hub(fake_hub_server: FakeHub, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeHub]:
+    """Every test (and the gpurun it starts) asks the fake hub, never huggingface.co; repos a test adds are
+    removed afterwards."""
+    monkeypatch.setenv("HF_ENDPOINT", fake_hub_server.endpoint)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    before = set(fake_hub_server.repos)
+    yield fake_hub_server
+    for repo in set(fake_hub_server.repos) - before:
+        fake_hub_server.repos.pop(repo)

@@ -91,7 +91,7 @@ class FakeServer:
             def _serve(self) -> None:
                 server._serve(self)
 
-            do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _serve
+            do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = _serve
 
             def log_message(self, format: str, *args: Any) -> None:
                 return
@@ -228,7 +228,8 @@ class FakeServer:
             handler.send_response(response.status)
             if payload or response.status not in (204, 304):
                 handler.send_header("Content-Type", response.content_type)
-            handler.send_header("Content-Length", str(len(payload)))
+            if "Content-Length" not in response.headers:  # a HEAD answer states the size of what GET would send
+                handler.send_header("Content-Length", str(len(payload)))
             for name, value in response.headers.items():
                 handler.send_header(name, value)
             handler.end_headers()

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import re
 import secrets
+import socket
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from tests.boxes import Box
 from tests.fakes.http_base import FakeServer, RecordedRequest, Response
 from tests.fakes.runpod_catalog import default_runpod_gpu_types
 from tests.fakes.runpod_graphql import GraphQLResolvers
@@ -67,6 +69,10 @@ class FakeRunpod(PodViews, GraphQLResolvers, FakeServer):
         self._ssh = (ssh_endpoint[0], int(ssh_endpoint[1]), ssh_user)
         self._no_capacity: dict[str | None, int | None] = {}
         self._never_ready: set[str | None] = set()
+        #: the box pods run on (None: an SSH endpoint only)
+        self.box: Box | None = None
+        self.closed_port = _closed_port()
+        self.boot_after_polls: int | None = None
 
     @property
     def base_url(self) -> str:
@@ -80,6 +86,19 @@ class FakeRunpod(PodViews, GraphQLResolvers, FakeServer):
     def set_ssh_endpoint(self, host: str, port: int, user: str = "root") -> None:
         with self.lock:
             self._ssh = (host, int(port), user)
+
+    def stop(self) -> None:
+        FakeServer.stop(self)
+        with self.lock:
+            for pod in self.pods.values():
+                if pod.gate is not None:
+                    pod.gate.close()
+
+    def attach_box(self, box: Box, host: str, port: int) -> None:
+        """Pods run on `box`, reached over its sshd at host:port as RunPod's images log in (root)."""
+        with self.lock:
+            self.box = box
+            self._ssh = (host, int(port), "root")
 
     def inject_no_capacity(self, gpu_type_id: str | None = None, times: int | None = None) -> None:
         """Creates (of this GPU type, of any when None) fail with RunPod's capacity message; `times` or forever."""
@@ -200,8 +219,8 @@ class FakeRunpod(PodViews, GraphQLResolvers, FakeServer):
                 request=request,
             )
             self.pods[pod.id] = pod
-        # RunPod's images write env PUBLIC_KEY into authorized_keys at start
-        self.deliver_key(env.get("PUBLIC_KEY") if isinstance(env, dict) else None)
+        if self.box is None and pod.starts_sshd():  # a runpod image's /start.sh installs PUBLIC_KEY
+            self.deliver_key(self.keys_for(pod))
         return pod
 
     def terminate_pod(self, pod_id: str, *, by: str, via: str) -> bool:
@@ -210,7 +229,11 @@ class FakeRunpod(PodViews, GraphQLResolvers, FakeServer):
             if pod is None or pod.terminated_at is not None:
                 return False
             pod.terminated_at = time.time()
-            self.destroyed.append(PodDestroyRecord(pod_id, by, via))
+            if self.box is not None and pod.booted_at is not None:
+                self.box.destroy()  # the pod goes with everything running in it
+            if pod.gate is not None:
+                pod.gate.close()
+            self.destroyed.append(PodDestroyRecord(pod_id, by, via))  # last: tests wait on it, then look at the box
             return True
 
     # -- HTTP ----------------------------------------------------------------------------------------------
@@ -251,16 +274,17 @@ class FakeRunpod(PodViews, GraphQLResolvers, FakeServer):
         match = re.fullmatch(r"/pods/([a-z0-9]+)(/action)?", path)
         if auth.startswith("pod:"):
             own = auth[4:]
+            # a pod-scoped key may read and terminate its own pod, nothing else
             allowed = (
                 match
                 and match.group(1) == own
                 and (
-                    (method == "DELETE" and not match.group(2))
+                    (method in ("DELETE", "GET") and not match.group(2))
                     or (match.group(2) and body.get("action") == "terminate")
                 )
             )
             if not allowed:
-                return problem(403, "access denied: this pod-scoped key may only terminate its own pod")
+                return problem(403, "access denied: this pod-scoped key may only read and terminate its own pod")
         if path == "/pods" and method == "POST":
             return self._v2_create(body)
         if path == "/pods" and method == "GET":
@@ -273,7 +297,8 @@ class FakeRunpod(PodViews, GraphQLResolvers, FakeServer):
                     pod = self.pods.get(pod_id)
                     if pod is None or pod.terminated_at is not None:
                         return problem(404, "resource not found")
-                    pod.polls += 1
+                    if not auth.startswith("pod:"):  # the pod reading itself is not the client's polling
+                        pod.polls += 1
                     return Response(200, self.v2_view(pod))
             if method == "DELETE":
                 by = "pod" if auth.startswith("pod:") else "account"
@@ -307,8 +332,15 @@ class FakeRunpod(PodViews, GraphQLResolvers, FakeServer):
         gpu = body.get("gpu")
         if not isinstance(gpu, dict) or not gpu.get("id") or body.get("cpu"):
             return problem(400, "exactly one of gpu or cpu must be set")
-        if set(gpu) - {"id", "count"}:
+        if set(gpu) - {"id", "count", "allowedCudaVersions", "minCudaVersion"}:
             return problem(422, "Request validation failed.", errors=["$.gpu: unevaluated property"])
+        if gpu.get("allowedCudaVersions") and gpu.get("minCudaVersion"):
+            return problem(400, "allowedCudaVersions and minCudaVersion are mutually exclusive")
+        cuda = str(gpu.get("minCudaVersion") or "0.0")
+        if not re.fullmatch(r"\d+\.\d+", cuda):
+            return problem(422, "Request validation failed.", errors=["$.gpu.minCudaVersion: must match ^\\d+\\.\\d+$"])
+        if _version(cuda) > _version(str((self._gpu_type(str(gpu["id"])) or {}).get("_cuda", "99.9"))):
+            return problem(400, CAPACITY_MESSAGE)  # no host of this type has a driver that new
         cloud = body.get("cloud", "SECURE")
         if cloud not in ("SECURE", "COMMUNITY"):
             return problem(
@@ -370,3 +402,14 @@ class FakeRunpod(PodViews, GraphQLResolvers, FakeServer):
             "price": {"secure": gpu_type["securePrice"], "community": gpu_type["communityPrice"]},
             "maxCount": gpu_type["maxGpuCount"],
         }
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split("."))
+
+
+def _closed_port() -> int:
+    """A loopback port nothing listens on (bound, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

@@ -125,4 +125,6 @@ def default_vast_offers() -> list[dict[str, Any]]:
         vast_offer("A100 SXM4", hosting_type=1, geolocation="Oregon, US", inet_down=4100.0),
         vast_offer("H100 SXM", hosting_type=1, geolocation="Virginia, US", inet_down=8900.0),
         vast_offer("RTX 4090", num_gpus=2, geolocation="Utah, US"),
+        # the cheapest of all, on a driver too old for a CUDA 12.8 image: it must never be rented with one
+        vast_offer("RTX 4090", dph_base=0.2, cuda_max_good=12.2, driver_version="535.183.01", geolocation="Lisbon, PT"),
     ]

@@ -3,8 +3,14 @@
 Offers are searched with the real query language and consumed when rented; an instance goes
 null → loading → running over `pending_polls` GETs and then shows an SSH endpoint that tests point at the
 real sshd fixture (direct: public_ipaddr + ports["22/tcp"], only for a `*direc*` runtype on a host with
-ports; proxy: ssh_host/ssh_port). Each instance gets an instance API key that can destroy that instance and
-nothing else. Every request and every destroy is recorded for assertions.
+ports; proxy: ssh_host/ssh_port). Each instance gets an instance API key that may read its own instance and
+destroy it, nothing else. Every request and every destroy is recorded for assertions.
+
+With a box attached (`attach_box`, tests/boxes.py) instances are real: when one starts, the fake does what
+Vast's SSH launch mode does in the container: installs the account's SSH keys for the login user, then runs
+the `onstart` script with the instance's environment (the create's `env`, plus CONTAINER_ID and
+CONTAINER_API_KEY); destroying the instance ends every process on the box. Without a box, keys that reach a
+machine go to `key_sinks` (the shared sshd fixture) and nothing runs.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from tests.boxes import Box
 from tests.fakes.http_base import FakeServer, RecordedRequest, Response
 from tests.fakes.vast_catalog import default_vast_offers
 from tests.fakes.vast_query import QueryError, _compare, priced, search
@@ -50,6 +57,8 @@ class FakeVastInstance:
     running_since: float | None = None
     compute_seconds: float = 0.0
     destroyed_at: float | None = None
+    #: its container was started on the box (onstart ran)
+    booted_at: float | None = None
 
 
 def _err(status: int, error: str, msg: str) -> Response:
@@ -85,6 +94,10 @@ class FakeVast(FakeServer):
         self._never_ready: set[str] = set()
         self._never_ready_all = False
         self._ids = itertools.count(27_001_234)
+        #: the box instances run on (None: an SSH endpoint only)
+        self.box: Box | None = None
+        #: start the container at this poll (None: at the poll that shows it running)
+        self.boot_after_polls: int | None = None
 
     @property
     def base_url(self) -> str:
@@ -99,6 +112,12 @@ class FakeVast(FakeServer):
     def set_ssh_endpoint(self, host: str, port: int) -> None:
         """Where running instances' SSH points (direct, and the proxy too unless set apart)."""
         with self.lock:
+            self._ssh = (host, int(port))
+
+    def attach_box(self, box: Box, host: str, port: int) -> None:
+        """Instances run on `box`, reached over its sshd at host:port."""
+        with self.lock:
+            self.box = box
             self._ssh = (host, int(port))
 
     def set_proxy_endpoint(self, host: str, port: int) -> None:
@@ -161,10 +180,12 @@ class FakeVast(FakeServer):
             return _err(401, "auth_error", "Invalid user key")
         method = request.method
         if request.auth.startswith("instance:"):
-            # an instance key may destroy its own instance and do nothing else
+            # an instance key may read and destroy its own instance and do nothing else
             own = request.auth.split(":", 1)[1]
             if method == "DELETE" and path == f"/api/v0/instances/{own}":
                 return self._destroy(own, by="instance")
+            if method == "GET" and path == f"/api/v0/instances/{own}":
+                return self._show(own, count_poll=False)
             return _err(403, "permission_denied", "This key is scoped to one instance and may only destroy it")
         body = request.body if isinstance(request.body, dict) else {}
         if path == "/api/v0/bundles" and method in ("POST", "GET"):
@@ -250,8 +271,8 @@ class FakeVast(FakeServer):
                 never_ready=self._never_ready_all or offer_id in self._never_ready,
             )
             self.instances[instance_id] = inst
-        # gpurun's onstart script writes this key into ~/.ssh/authorized_keys on the real machine
-        self.deliver_key((body.get("env") or {}).get("GPURUN_SSH_PUBLIC_KEY"))
+        if self.box is None:  # with a box, the onstart script itself installs the key when the container starts
+            self.deliver_key((body.get("env") or {}).get("GPURUN_SSH_PUBLIC_KEY"))
         return Response(200, {"success": True, "new_contract": int(instance_id), "instance_api_key": inst.api_key})
 
     @staticmethod
@@ -335,13 +356,32 @@ class FakeVast(FakeServer):
             "cuda_max_good": offer.get("cuda_max_good"),
         }
 
-    def _show(self, instance_id: str) -> Response:
+    def _show(self, instance_id: str, *, count_poll: bool = True) -> Response:
         with self.lock:
             inst = self.instances.get(instance_id)
             if inst is None or inst.destroyed_at is not None:
                 return Response(200, {"instances": None})  # gone or not ours: null under the plural key
-            inst.polls += 1
+            if count_poll:
+                inst.polls += 1
+                self._maybe_boot(inst)
             return Response(200, {"instances": self._view(inst)})
+
+    def _maybe_boot(self, inst: FakeVastInstance) -> None:
+        """Start the container on the box: Vast's key setup for the login user, then `onstart` in the background
+        with the instance's environment."""
+        due = self.pending_polls + 1 if self.boot_after_polls is None else self.boot_after_polls
+        box = self.box
+        if box is None or inst.booted_at is not None or inst.stopped or inst.outbid or inst.polls < due:
+            return
+        if inst.never_ready and self.boot_after_polls is None:
+            return  # the image never finished pulling
+        inst.booted_at = time.time()
+        keys = [str(k["public_key"]) for k in self.ssh_keys]
+        box.write(".ssh/authorized_keys", "".join(f"{k}\n" for k in [*box.authorized_keys(), *keys]), mode=0o600)
+        box.write("onstart.sh", str(inst.body.get("onstart") or ""), mode=0o700)
+        env = {k: str(v) for k, v in (inst.body.get("env") or {}).items() if not str(k).startswith("-")}
+        env.update(CONTAINER_ID=inst.id, CONTAINER_API_KEY=inst.api_key, VAST_TCP_PORT_22=str(self._ssh[1]))
+        box.start("bash ~/onstart.sh", env)
 
     def _manage(self, instance_id: str, body: dict[str, Any]) -> Response:
         with self.lock:
@@ -365,7 +405,9 @@ class FakeVast(FakeServer):
             if inst is None or inst.destroyed_at is not None:
                 return _err(404, "not_found", "Instance not found")
             inst.destroyed_at = time.time()
-            self.destroyed.append(DestroyRecord(instance_id, by))
+            if self.box is not None and inst.booted_at is not None:
+                self.box.destroy()  # the machine goes with everything running on it (before the record: tests wait
+            self.destroyed.append(DestroyRecord(instance_id, by))  # on the record, then look at the remains)
         return Response(200, {"success": True})
 
     def _list_v1(self, query: dict[str, str]) -> Response:

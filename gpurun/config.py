@@ -9,6 +9,8 @@ ignored, so an existing file just works.
 from __future__ import annotations
 
 import difflib
+import json
+import re
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -25,6 +27,7 @@ from pydantic import (
 )
 
 from gpurun.errors import ConfigError
+from gpurun.safenames import component_problem, has_control_chars
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -99,12 +102,16 @@ SAMPLERS = {
     "dpmsingle": "DPMSolverSinglestepScheduler",
 }
 SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
+#: the largest training side gpurun accepts: 8192 px is four times SDXL's native size (bucket search is cubic in it)
+MAX_RESOLUTION = 8192
+_CAPTION_EXT = re.compile(r"^\.[A-Za-z0-9_-]{1,16}$")
 
 
 class TrainConfig(BaseModel):
     """One LoRA training job, in kohya's vocabulary. All paths may be relative to the config file."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # NaN and infinity are never a learning rate, an alpha or a weight
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
     # [model]
     pretrained_model_name_or_path: str | None = None
@@ -120,9 +127,9 @@ class TrainConfig(BaseModel):
     resolution: tuple[int, int] = (512, 512)
     batch_size: int = Field(default=1, ge=1, le=256)
     enable_bucket: bool = False
-    min_bucket_reso: int = Field(default=256, ge=64)
-    max_bucket_reso: int = Field(default=1024, ge=64)
-    bucket_reso_steps: int = Field(default=64, ge=8)
+    min_bucket_reso: int = Field(default=256, ge=64, le=MAX_RESOLUTION)
+    max_bucket_reso: int = Field(default=1024, ge=64, le=MAX_RESOLUTION)
+    bucket_reso_steps: int = Field(default=64, ge=8, le=MAX_RESOLUTION)
     bucket_no_upscale: bool = False
     #: gpurun's default is .txt (kohya's is .caption, which silently ignores .txt captions)
     caption_extension: str = ".txt"
@@ -181,6 +188,27 @@ class TrainConfig(BaseModel):
     _ignored: dict[str, str] = PrivateAttr(default_factory=dict)
     _source: str | None = PrivateAttr(default=None)
 
+    @field_validator("*", mode="after")
+    @classmethod
+    def _no_control_characters(cls, value: Any) -> Any:
+        # every string ends up in job.toml on the box, in file names or on a command line there
+        texts = [value] if isinstance(value, str) else [v for v in value if isinstance(v, str)] if isinstance(
+            value, (list, tuple)
+        ) else []  # fmt: skip
+        for text in texts:
+            if has_control_chars(text):
+                raise ValueError(f"{text!r} holds control characters (a newline, a tab, an escape...)")
+        return value
+
+    @field_validator("output_name")
+    @classmethod
+    def _check_output_name(cls, value: str) -> str:
+        # it names the LoRA files, on the box and in the run folder here: one plain file name
+        problem = component_problem(value)
+        if problem:
+            raise ValueError(f"must be a plain file name, and {problem}")
+        return value
+
     @field_validator("resolution", mode="before")
     @classmethod
     def _parse_resolution(cls, value: Any) -> Any:
@@ -199,8 +227,10 @@ class TrainConfig(BaseModel):
     @field_validator("resolution")
     @classmethod
     def _check_resolution(cls, value: tuple[int, int]) -> tuple[int, int]:
-        if any(v < 64 or v % 8 for v in value):
-            raise ValueError(f"each side must be a multiple of 8 and at least 64, got {value[0]}x{value[1]}")
+        if any(v < 64 or v % 8 or v > MAX_RESOLUTION for v in value):
+            raise ValueError(
+                f"each side must be a multiple of 8 from 64 to {MAX_RESOLUTION}, got {value[0]}x{value[1]}"
+            )
         return value
 
     @field_validator("optimizer_type")
@@ -237,7 +267,10 @@ class TrainConfig(BaseModel):
     def _check_caption_ext(cls, value: str) -> str:
         if not value:
             raise ValueError("must not be empty (e.g. '.txt')")
-        return value if value.startswith(".") else f".{value}"
+        value = value if value.startswith(".") else f".{value}"
+        if not _CAPTION_EXT.match(value):
+            raise ValueError("must be a file extension such as '.txt': letters, digits, '_' or '-' after the dot")
+        return value
 
     @field_validator("max_token_length")
     @classmethod
@@ -251,6 +284,11 @@ class TrainConfig(BaseModel):
         if self.min_bucket_reso > self.max_bucket_reso:
             raise ValueError(
                 f"min_bucket_reso ({self.min_bucket_reso}) is larger than max_bucket_reso ({self.max_bucket_reso})"
+            )
+        if self.bucket_reso_steps > self.min_bucket_reso:
+            raise ValueError(
+                f"bucket_reso_steps ({self.bucket_reso_steps}) is larger than min_bucket_reso "
+                f"({self.min_bucket_reso}): no bucket would fit"
             )
         return self
 
@@ -317,6 +355,8 @@ class TrainConfig(BaseModel):
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"not valid TOML: {exc}", where=str(path), hint="fix the TOML syntax") from None
+        except RecursionError:
+            raise ConfigError("not valid TOML: nested too deeply", where=str(path)) from None
         return cls.from_mapping(data, source=str(path), base_dir=path.resolve().parent)
 
     @classmethod
@@ -359,7 +399,9 @@ class TrainConfig(BaseModel):
 
 
 def _looks_like_local_path(value: str) -> bool:
-    # hub ids are "owner/name"; local paths start with ./ ../ / ~ or name a file with an extension
+    # hub ids are "owner/name" and URLs are URLs; local paths start with ./ ../ / ~ or name a file with an extension
+    if value.startswith(("http://", "https://")):
+        return False
     return value.startswith((".", "/", "~")) or value.endswith((".safetensors", ".ckpt", ".pt", ".bin"))
 
 
@@ -412,8 +454,7 @@ def _toml_value(value: Any) -> str:
     if isinstance(value, (int, float)):
         return repr(value)
     if isinstance(value, str):
-        escaped = value.replace("\\", "\\\\").replace('"', '\\"')
-        return f'"{escaped}"'
+        return json.dumps(value, ensure_ascii=False)  # a TOML basic string: quotes, backslashes, controls escaped
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     raise TypeError(f"cannot write {type(value).__name__} to TOML")

@@ -13,7 +13,8 @@
     ├── RemoteError                 the instance, over SSH
     │   ├── SshError                connect/auth/exec failures (TransientSshError is retried)
     │   ├── SyncError               rsync/SFTP transfer failed or a checksum did not match
-    │   └── RunnerError             the training runner failed (carries its last lines)
+    │   ├── RunnerError             the training runner failed (carries its last lines)
+    │   └── UntrustedReportError    the machine reported a path, size or hash gpurun will not act on
     ├── PriceError                  the billed price is above the quote; the instance is destroyed
     ├── DeadlineError               a phase ran past its deadline
     └── JournalError                the run journal is unreadable or a run id is unknown
@@ -141,3 +142,8 @@ class DeadlineError(GpurunError):
 
 class JournalError(GpurunError):
     """The run journal cannot be read, or a run id is unknown."""
+
+
+class UntrustedReportError(RemoteError):
+    """The rented machine reported something gpurun will not act on: a file name outside the run, an absurd size,
+    a malformed hash. The machine is treated as compromised or broken; nothing outside the run folder is touched."""

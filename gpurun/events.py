@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import sys
 import time
 from dataclasses import dataclass, field
@@ -146,17 +147,40 @@ def emit(event: Event, stream: IO[str] | None = None) -> None:
     out.flush()
 
 
+def _fits(annotation: str, name: str, value: Any) -> bool:
+    """Whether `value` is what the field declares. The lines come from a machine gpurun does not own: a loss that
+    is a string, or a step that is a list, must not reach the progress display or the money arithmetic."""
+    if annotation == "int":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if annotation == "float":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False
+        # a diverged run reports a NaN loss, and the user should see it; a NaN time or rate is nonsense
+        return math.isfinite(value) or name.startswith("loss")
+    if annotation == "str":
+        return isinstance(value, str)
+    if annotation == "bool":
+        return isinstance(value, bool)
+    if annotation.startswith("dict"):
+        return isinstance(value, dict)
+    if annotation.startswith("list"):
+        return isinstance(value, list) and all(isinstance(item, str) for item in value)
+    return True
+
+
 def from_dict(data: dict[str, Any]) -> Event:
-    """Build the event a dict describes; unknown types and fields degrade gracefully."""
+    """Build the event a dict describes; unknown types and fields degrade gracefully, and an event whose known
+    fields have the wrong types comes back as a LogLine (shown, never acted on)."""
     cls = EVENT_TYPES.get(str(data.get("type")))
     if cls is None:
         return LogLine(text=json.dumps(data))
-    names = {f.name for f in dataclasses.fields(cls)}
-    kwargs = {k: v for k, v in data.items() if k in names}
-    try:
-        return cls(**kwargs)
-    except TypeError:
+    fields = {f.name: str(f.type) for f in dataclasses.fields(cls)}
+    kwargs = {k: v for k, v in data.items() if k in fields}
+    if not all(_fits(fields[k], k, v) for k, v in kwargs.items()):
         return LogLine(text=json.dumps(data))
+    if "t" in kwargs:
+        kwargs["t"] = float(kwargs["t"])
+    return cls(**kwargs)
 
 
 def parse_line(line: str) -> Event:

@@ -71,13 +71,18 @@ def _ssh(text: str | None) -> SshEndpoint | None:
     if not text:
         return None
     data = json.loads(text)
-    return SshEndpoint(host=data["host"], port=int(data.get("port", 22)), user=data.get("user", "root"))
+    return SshEndpoint(host=str(data["host"]), port=int(data.get("port", 22)), user=str(data.get("user", "root")))
 
 
-def _instance(row: sqlite3.Row) -> InstanceRecord:
-    values = dict(row)
-    values["ssh"] = _ssh(values["ssh"])
-    return InstanceRecord(**values)
+def _object(text: str | None) -> dict[str, Any]:
+    value = json.loads(text or "{}")
+    if not isinstance(value, dict):
+        raise ValueError(f"expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+#: what a damaged row raises while it is read back
+_ROW_ERRORS = (ValueError, TypeError, KeyError, IndexError)
 
 
 class Journal:
@@ -89,6 +94,8 @@ class Journal:
         self.path = path
         self._conn = conn
         self._lock = threading.RLock()
+        #: rows that could not be read back, one line each naming the run: reported, skipped, never a traceback
+        self.problems: list[str] = []
 
     def __repr__(self) -> str:
         return f"Journal({str(self.path)!r})"
@@ -96,7 +103,10 @@ class Journal:
     @classmethod
     def open(cls, path: Path | str | None = None) -> Journal:
         """Open (creating, 0600, and migrating as needed) the journal; default `<state dir>/journal.sqlite3`."""
+        default = path is None
         path = Path(path) if path is not None else state_dir() / "journal.sqlite3"
+        if default:
+            _refuse_silent_reset(path)
         try:
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             # Create it 0600 (never briefly world-readable). O_EXCL matters: closing any descriptor of a database
@@ -413,6 +423,22 @@ class Journal:
                 values.append(float(row[4]))
         return {key: statistics.median(values) for key, values in samples.items()}
 
+    def _instance(self, row: sqlite3.Row) -> InstanceRecord | None:
+        """One attempt read back; a damaged row is noted in `problems` and skipped."""
+        try:
+            values = dict(row)
+            values["ssh"] = _ssh(values["ssh"])
+            return InstanceRecord(**values)
+        except _ROW_ERRORS as exc:
+            self._note(row, "an instance row", exc)
+            return None
+
+    def _note(self, row: sqlite3.Row, what: str, exc: Exception) -> None:
+        run_id = row["run_id"] if "run_id" in row.keys() else "?"  # noqa: SIM118 (sqlite3.Row has no __contains__ for names)
+        line = f"run {run_id}: {what} of the journal is damaged ({type(exc).__name__}: {exc}); skipped"
+        if line not in self.problems:
+            self.problems.append(line)
+
     def _records(self, rows: list[sqlite3.Row]) -> list[RunRecord]:
         ids = [row["run_id"] for row in rows]
         if not ids:
@@ -420,18 +446,23 @@ class Journal:
         marks = ",".join("?" * len(ids))
         attempts: dict[str, list[InstanceRecord]] = {}
         for row in self._read(f"SELECT * FROM instances WHERE run_id IN ({marks}) ORDER BY attempt", tuple(ids)):
-            attempts.setdefault(row["run_id"], []).append(_instance(row))
+            instance = self._instance(row)
+            if instance is not None:
+                attempts.setdefault(row["run_id"], []).append(instance)
         spent = dict(
             self._read(f"SELECT run_id, SUM(dollars) FROM costs WHERE run_id IN ({marks}) GROUP BY run_id", tuple(ids))
         )
         records = []
         for row in rows:
-            values = dict(row)
-            values["workload"] = json.loads(values["workload"] or "{}")
-            values["estimate"] = json.loads(values["estimate"] or "{}")
-            mine = attempts.get(row["run_id"], [])
-            values.update(spent=float(spent.get(row["run_id"]) or 0.0), instance=mine[-1] if mine else None)
-            records.append(RunRecord(**values, alive=any(i.alive for i in mine)))
+            try:
+                values = dict(row)
+                values["workload"] = _object(values["workload"])
+                values["estimate"] = _object(values["estimate"])
+                mine = attempts.get(row["run_id"], [])
+                values.update(spent=float(spent.get(row["run_id"]) or 0.0), instance=mine[-1] if mine else None)
+                records.append(RunRecord(**values, alive=any(i.alive for i in mine)))
+            except _ROW_ERRORS as exc:
+                self._note(row, "the run's row", exc)
         return records
 
     def get(self, run_id_or_prefix: str) -> RunRecord:
@@ -450,7 +481,14 @@ class Journal:
         if len(rows) > 1:
             names = ", ".join(row["run_id"] for row in rows[:5]) + (", ..." if len(rows) > 5 else "")
             raise JournalError(f"{key!r} matches several runs: {names}", hint="type more of the run id")
-        return self._records(rows)[0]
+        records = self._records(rows)
+        if not records:
+            raise JournalError(
+                self.problems[-1] if self.problems else f"run {key!r} cannot be read",
+                where=str(self.path),
+                hint="check the provider's console for its machine; `gpurun down --strays` finds labelled ones",
+            )
+        return records[0]
 
     def runs(self, active_only: bool = False, limit: int | None = None) -> list[RunRecord]:
         """Runs, newest first. active_only: runs not finished, or with an instance that may still bill."""
@@ -466,15 +504,14 @@ class Journal:
 
     def instances(self, run_id: str) -> list[InstanceRecord]:
         """Every create attempt of a run, oldest first."""
-        return [
-            _instance(r) for r in self._read("SELECT * FROM instances WHERE run_id = ? ORDER BY attempt", (run_id,))
-        ]
+        rows = self._read("SELECT * FROM instances WHERE run_id = ? ORDER BY attempt", (run_id,))
+        return [i for i in map(self._instance, rows) if i is not None]
 
     def alive_instances(self) -> list[InstanceRecord]:
         """Every attempt not confirmed destroyed (or never created): what may be billing. Unknown counts as alive."""
         alive = ",".join(f"'{s}'" for s in ALIVE_STATUSES)
         rows = self._read(f"SELECT * FROM instances WHERE status IN ({alive}) ORDER BY created_at, run_id, attempt")
-        return [_instance(row) for row in rows]
+        return [i for i in map(self._instance, rows) if i is not None]
 
     def find_instance(self, provider: str, instance_id: str) -> InstanceRecord | None:
         """The attempt that rented `instance_id` on `provider` (for reconciling provider listings), if any."""
@@ -482,7 +519,7 @@ class Journal:
             "SELECT * FROM instances WHERE provider = ? AND instance_id = ? ORDER BY created_at DESC LIMIT 1",
             (provider, str(instance_id)),
         )
-        return _instance(rows[0]) if rows else None
+        return self._instance(rows[0]) if rows else None
 
     def phases(self, run_id: str) -> list[PhaseRecord]:
         rows = self._read("SELECT run_id, name, detail, t FROM phases WHERE run_id = ? ORDER BY id", (run_id,))
@@ -497,3 +534,22 @@ class Journal:
     def artifacts(self, run_id: str) -> list[ArtifactRecord]:
         rows = self._read("SELECT * FROM artifacts WHERE run_id = ? ORDER BY t, path", (run_id,))
         return [ArtifactRecord(**dict(row)) for row in rows]
+
+
+def _refuse_silent_reset(path: Path) -> None:
+    """A missing or empty journal where runs are known (their folders in the state dir) is an error, not a fresh
+    start: it held the machines that may still bill, and recreating it would hide them."""
+    try:
+        empty = not path.exists() or path.stat().st_size == 0
+    except OSError:
+        return
+    runs = path.parent / "runs"
+    known = sorted(p.parent.name for p in runs.glob("*/run.json")) if empty and runs.is_dir() else []
+    if empty and known:
+        raise JournalError(
+            f"the run journal is {'empty' if path.exists() else 'missing'}, but {len(known)} run(s) are known in "
+            f"{runs} (e.g. {known[0]})",
+            where=str(path),
+            hint="restore the journal from a backup; or, to start a new one, move the runs folder aside after "
+            "checking your providers' consoles (`gpurun down --strays` finds gpurun-labelled machines)",
+        )

@@ -41,6 +41,11 @@ def new_run_id(now: float | None = None) -> str:
     return "r" + _base32(millis, 9) + _base32(secrets.randbits(30), 6)
 
 
+def is_run_id(text: str) -> bool:
+    """Whether `text` has the shape of an id `new_run_id` makes (tells a run's SSH key from a user's own)."""
+    return len(text) == 16 and text[0] == "r" and all(c in _CROCKFORD for c in text[1:])
+
+
 @dataclass(frozen=True, slots=True)
 class InstanceRecord:
     """One create attempt of a run: what was asked for, what the provider gave, whether it is gone."""

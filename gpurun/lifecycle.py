@@ -75,7 +75,11 @@ async def wait_until_ready(
             if _ready(instance, needs_ssh):
                 return instance
             last_state = instance.state.value
-            if instance.state in (InstanceState.EXITED, InstanceState.TERMINATED, InstanceState.STOPPED):
+            # "unknown"/"offline" (Vast: the host dropped off the network) will not come back within a boot: give
+            # up at once, destroy it and try the next offer, rather than pay for the whole ready timeout
+            if instance.state in (
+                InstanceState.EXITED, InstanceState.TERMINATED, InstanceState.STOPPED, InstanceState.UNKNOWN
+            ):  # fmt: skip
                 raise CapacityError(
                     f"instance {instance_id} went to {last_state} before it was ready", provider=provider.name
                 )
@@ -161,7 +165,8 @@ async def rent(
                 poll_s=policy.poll_s,
                 needs_ssh=needs_ssh(offer.provider),
             )
-            billed = ready.price_per_hour if ready.price_per_hour is not None else offer.price_per_hour
+            # a billed price of $0 or less from a marketplace is bad data: the quote stands
+            billed = ready.price_per_hour if (ready.price_per_hour or 0) > 0 else offer.price_per_hour
             if billed > offer.price_per_hour * (1 + policy.price_tolerance) + 1e-9:
                 raise PriceError(
                     f"{offer.key} bills ${billed:.4f}/h, above the quoted ${offer.price_per_hour:.4f}/h",

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import IO, Protocol
 
 from gpurun.events import Event, LogLine, Step
-from gpurun.render import human_seconds
+from gpurun.render import human_seconds, printable, safe
 
 
 @dataclass
@@ -57,7 +57,8 @@ class PlainView:
         self._money = Money()
 
     def _print(self, text: str) -> None:
-        self._stream.write(text + "\n")
+        # what the runner reports comes from the rented machine: no escape sequence reaches the terminal
+        self._stream.write(printable(text) + "\n")
         self._stream.flush()
 
     def phase(self, name: str, detail: str = "") -> None:
@@ -161,7 +162,7 @@ class RichView:
     def phase(self, name: str, detail: str = "") -> None:
         self._progress.update(self._task, phase=name)
         if detail:
-            self._progress.console.print(f"[dim]{name}:[/] {detail}", highlight=False)
+            self._progress.console.print(f"[dim]{safe(name)}:[/] {safe(detail)}", highlight=False)
         self._refresh()
 
     def event(self, event: Event) -> None:
@@ -174,19 +175,21 @@ class RichView:
             )
             self._refresh()
         elif kind in ("checkpoint", "sample"):
-            self._progress.console.print(f"[green]{kind}[/] {getattr(event, 'path', '')}", highlight=False)
+            self._progress.console.print(f"[green]{kind}[/] {safe(getattr(event, 'path', ''))}", highlight=False)
         elif kind in ("warning", "error"):
             colour = "yellow" if kind == "warning" else "red"
             hint = getattr(event, "hint", "")
             self._progress.console.print(
-                f"[{colour}]{kind}:[/] {getattr(event, 'message', '')}" + (f" — {hint}" if hint else ""),
+                f"[{colour}]{kind}:[/] {safe(getattr(event, 'message', ''))}" + (f" — {safe(hint)}" if hint else ""),
                 highlight=False,
             )
         elif kind == "start":
             self._progress.update(self._task, total=getattr(event, "total_steps", 0) or None, completed=0)
             self._progress.console.print(
-                f"training on {getattr(event, 'device', '?')} ({getattr(event, 'dtype', '?')}): "
-                f"{getattr(event, 'detected', '')}",
+                safe(
+                    f"training on {getattr(event, 'device', '?')} ({getattr(event, 'dtype', '?')}): "
+                    f"{getattr(event, 'detected', '')}"
+                ),
                 highlight=False,
             )
 
@@ -195,7 +198,7 @@ class RichView:
         self._refresh()
 
     def message(self, text: str) -> None:
-        self._progress.console.print(text, highlight=False)
+        self._progress.console.print(printable(text), highlight=False, markup=False)
 
     def close(self) -> None:
         self._progress.stop()

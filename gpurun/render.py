@@ -7,10 +7,13 @@ so `gpurun ... --json | jq` always sees clean JSON.
 from __future__ import annotations
 
 import json
+import math
 import sys
+import unicodedata
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 
 from gpurun.errors import GpurunError
 
@@ -20,9 +23,37 @@ out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
 
+def printable(text: object, *, one_line: bool = False) -> str:
+    """Text from outside (vendor answers, the rented machine, file and folder names) as a terminal may show it:
+    control characters, escape sequences included, become visible escapes instead of acting on the terminal.
+    With `one_line`, newlines and tabs are escaped too (a file name must not forge a line of the report)."""
+    kept = "" if one_line else "\n\t"
+    return "".join(
+        ch if ch in kept or unicodedata.category(ch)[0] != "C" else ch.encode("unicode_escape").decode("ascii")
+        for ch in str(text)
+    )
+
+
+def safe(text: object) -> str:
+    """Outside text to put inside rich markup: printable, and its brackets shown, never parsed as markup
+    (`[/]` in a vendor message would crash the renderer; `[dataset].batch_size` would lose its section)."""
+    return escape(printable(text))
+
+
+def finite(document: Any) -> Any:
+    """`document` with NaN and infinities replaced by null: JSON has no such numbers."""
+    if isinstance(document, float):
+        return document if math.isfinite(document) else None
+    if isinstance(document, dict):
+        return {key: finite(value) for key, value in document.items()}
+    if isinstance(document, (list, tuple)):
+        return [finite(value) for value in document]
+    return document
+
+
 def print_json(document: Any) -> None:
-    """Write one JSON document to stdout (plain, no colour codes, stable key order as given)."""
-    sys.stdout.write(json.dumps(document, indent=2, default=str) + "\n")
+    """Write one JSON document to stdout (plain, no colour codes, stable key order as given, standard JSON)."""
+    sys.stdout.write(json.dumps(finite(document), indent=2, default=str, allow_nan=False) + "\n")
     sys.stdout.flush()
 
 
@@ -30,11 +61,11 @@ def print_error(error: GpurunError, *, as_json: bool = False) -> None:
     """The one line a user sees for a failure: what is wrong, where, how to fix it."""
     if as_json:
         print_json({"ok": False, **error.to_dict()})
-    err.print(f"[bold red]error:[/] {error.one_line()}", highlight=False, markup=True)
+    err.print(f"[bold red]error:[/] {safe(error.one_line())}", highlight=False, markup=True)
 
 
 def warn(message: str) -> None:
-    err.print(f"[yellow]warning:[/] {message}", highlight=False)
+    err.print(f"[yellow]warning:[/] {safe(message)}", highlight=False)
 
 
 def human_bytes(count: float) -> str:

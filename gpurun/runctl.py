@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gpurun import onbox
+from gpurun import onbox, untrusted
 from gpurun.errors import BudgetError, GpurunError, JournalError, RunnerError
 from gpurun.events import Checkpoint, Done, ErrorEvent, Event, Sample, Start, Step
 from gpurun.journal import Journal
@@ -111,9 +111,22 @@ class RunState:
 
     @classmethod
     def load(cls, path: Path) -> RunState:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        known = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in data.items() if k in known})
+        """The saved state; JournalError (never a traceback) when the file is damaged."""
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(data, dict):
+                raise ValueError("not a JSON object")
+            known = set(cls.__dataclass_fields__)
+            state = cls(**{k: v for k, v in data.items() if k in known})
+            if not isinstance(state.run_id, str) or not isinstance(state.output_dir, str):
+                raise ValueError("run_id and output_dir must be text")
+            return state
+        except (OSError, ValueError, TypeError) as exc:
+            raise JournalError(
+                f"the run's saved state is damaged: {exc}",
+                where=str(path),
+                hint="`gpurun down RUN` destroys its machine from the journal alone",
+            ) from None
 
 
 def state_path(run_id: str) -> Path:
@@ -374,15 +387,23 @@ class RunControl:
     # ---- files ----------------------------------------------------------------------------------------------
 
     async def fetch(self, rel_path: str, sha256: str, size: int) -> None:
+        """Fetch one output file the machine reported. Its name, size and hash come from an untrusted host: they
+        are checked first, and the file is written only inside this run's folder."""
         from gpurun.remote.sync import fetch_verified
 
         assert self.transport is not None and self.layout is not None
-        if self.state.fetched.get(rel_path) == sha256:
+        where = self.transport.where
+        name = untrusted.artifact_name(rel_path, where=where)
+        digest = untrusted.sha256_hex(sha256, where=where)
+        size = untrusted.artifact_size(size, where=where)
+        if self.state.fetched.get(name) == digest:
             return
+        local = untrusted.inside(self.out_dir, name)
         result = await fetch_verified(
-            self.transport, self.layout.path("out", rel_path), self.out_dir / rel_path, sha256, size=size or None
-        )
-        self.state.fetched[rel_path] = sha256
+            self.transport, self.layout.path("out", name), local, digest, size=size or None,
+            max_bytes=untrusted.MAX_ARTIFACT_BYTES,
+        )  # fmt: skip
+        self.state.fetched[name] = digest
         self.journal.record_artifact(self.run_id, result.path, result.sha256, result.bytes)
         self.save_state()
 
@@ -493,12 +514,24 @@ class RunControl:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(onbox.stop_watchdog(self.transport, self.layout), 5.0)
         self.journal.mark_terminated(self.run_id, confirmed, instance_id=self.instance.instance_id)
+        await self.forget_run_key()
         if not confirmed:
             self.view.message(
                 f"WARNING: {self.provider.name} has not confirmed that instance "
                 f"{self.instance.instance_id} is gone; `gpurun down {self.run_id}` retries"
             )
         return confirmed
+
+    async def forget_run_key(self) -> None:
+        """Take the run's SSH key off the provider account (Vast keeps account keys for every later machine)."""
+        from gpurun.remote.keys import ensure_run_keys
+
+        assert self.provider is not None
+        try:
+            await self.provider.forget_ssh_key(ensure_run_keys(self.run_id).public_key_text())
+        except GpurunError as exc:
+            self.view.message(f"could not remove the run's SSH key from the {self.provider.name} account: "
+                              f"{exc.one_line()} (`gpurun down --strays` retries)")  # fmt: skip
 
     def destroy_action(self) -> dict[str, Any]:
         """The watchdog's destroy recipe for this machine, from its provider."""
@@ -509,6 +542,8 @@ class RunControl:
         """--keep-on-failure: the watchdog takes a config whose deadline is N minutes out."""
         assert self.transport is not None and self.layout is not None
         deadline = await onbox.remote_clock(self.transport) + minutes * 60
+        if self.state.deadline is not None:
+            deadline = min(deadline, self.state.deadline)  # debugging never outlives the budget
         await onbox.arm_watchdog(self.transport, self.layout, self.run_id, self.destroy_action(), deadline=deadline,
                                  lease_ttl_s=minutes * 60 + 3600, artifact_grace_s=0,
                                  poll_s=self.options.watchdog_poll_s,

@@ -7,13 +7,15 @@ never appear in reprs or logs.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import os
 import sys
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from gpurun.errors import ConfigError
 
@@ -78,6 +80,14 @@ class SshHostSettings(_Strict):
 class PricingSettings(_Strict):
     #: per-GPU-name efficiency (fraction of peak FLOP/s the runner reaches), overriding the built-in table
     efficiency: dict[str, float] = Field(default_factory=dict)
+
+    @field_validator("efficiency")
+    @classmethod
+    def _fractions(cls, value: dict[str, float]) -> dict[str, float]:
+        for name, fraction in value.items():
+            if not (math.isfinite(fraction) and 0 < fraction <= 1):
+                raise ValueError(f"{name}: an efficiency is a fraction of peak above 0 and at most 1, got {fraction}")
+        return value
 
 
 class Settings(_Strict):
@@ -158,6 +168,8 @@ def load_settings(path: Path | None = None) -> Settings:
         data: dict[str, Any] = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"cannot read settings: {exc}", where=str(path)) from None
+    except RecursionError:
+        raise ConfigError("cannot read settings: nested too deeply", where=str(path)) from None
     try:
         return Settings.model_validate(data)
     except ValidationError as exc:
@@ -167,9 +179,19 @@ def load_settings(path: Path | None = None) -> Settings:
 
 
 def write_private_file(path: Path, text: str) -> None:
-    """Write a file readable only by the user (0600), creating its folder; never briefly world-readable."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.chmod(path, 0o600)
+    """Write a file readable only by the user (0600), creating its folder; never briefly world-readable, and
+    atomic: the new text goes to a fresh 0600 file that replaces the old one only once it is complete on disk, so
+    a full disk or a crash leaves the previous file (and its other keys) as it was."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise

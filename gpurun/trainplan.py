@@ -18,11 +18,15 @@ from gpurun.config import TrainConfig
 from gpurun.errors import BudgetError, ConfigError, DatasetError
 from gpurun.models import CostEstimate, GpuRequest, Workload, to_dict
 from gpurun.provision.registry import PROVIDER_CLASSES, image_for, min_cuda_for
+from gpurun.safenames import component_problem
 
 #: how many offers `gpurun train` may try in turn when one is gone or never comes up
 MAX_ATTEMPTS = 3
 #: what the watchdog keeps back from the budget for stopping, fetching and destroying, in seconds of billing
 DEADLINE_MARGIN_S = 120.0
+#: the longest a machine may wait for `gpurun attach` or a debugging session: one day (the budget's deadline
+#: still ends it sooner)
+MAX_WAIT_MIN = 24 * 60.0
 
 
 @dataclass(frozen=True)
@@ -208,13 +212,43 @@ def summarise_upload(dataset: Path, base: BaseSpec) -> UploadSummary:
     return UploadSummary(files=files, bytes=sum(parts.values()), parts=parts)
 
 
+def validate_request(request: TrainRequest) -> None:
+    """The options' ranges, checked before anything else: every failure-time wait is finite and bounded, names
+    that become folders are plain names, the output folder can be a folder."""
+    if request.budget is not None and not (request.budget >= 0 and math.isfinite(request.budget)):
+        raise ConfigError(f"must be a non-negative amount of dollars, got {request.budget}", where="--budget")
+    for option, minutes in (("--keep-on-failure", request.keep_on_failure_min),
+                            ("--artifact-grace", request.artifact_grace_min)):  # fmt: skip
+        if not (math.isfinite(minutes) and 0 <= minutes <= MAX_WAIT_MIN):
+            raise ConfigError(
+                f"must be a number of minutes from 0 to {MAX_WAIT_MIN:.0f}, got {minutes}",
+                where=option,
+                hint="the budget's deadline ends the machine sooner in any case",
+            )
+    for option, count in (("--epochs", request.epochs), ("--repeats", request.repeats)):
+        if count is not None and not 1 <= count <= 100_000:
+            raise ConfigError(f"must be from 1 to 100000, got {count}", where=option)
+    if request.max_attempts < 1:
+        raise ConfigError(f"must be at least 1, got {request.max_attempts}", where="max_attempts")
+    if request.trigger is not None:
+        problem = component_problem(request.trigger)
+        if problem:
+            raise ConfigError(
+                f"the trigger names the training folder on the machine, and {problem}: {request.trigger!r}",
+                where="--trigger",
+                hint="a word or a few, without / or control characters, e.g. 'sks dog'",
+            )
+    output = request.output.expanduser()
+    if output.exists() and not output.is_dir():
+        raise ConfigError("is a file, not a folder", where=f"--output {output}", hint="pass a folder for the runs")
+
+
 async def plan_train(request: TrainRequest, *, calibration: dict[str, float] | None = None) -> TrainPlan:
     """Everything `gpurun train` decides before renting. Raises the user's mistakes as GpurunErrors."""
     from gpurun.api import offers
     from gpurun.workload import build_workload
 
-    if request.budget is not None and not (request.budget >= 0 and math.isfinite(request.budget)):
-        raise ConfigError(f"must be a non-negative amount of dollars, got {request.budget}", where="--budget")
+    validate_request(request)
     config, base, dataset, notes = settle_config(request)
     report = check_training_data(config, base, dataset, request)
     base = await check_base(base)

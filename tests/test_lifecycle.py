@@ -107,6 +107,50 @@ async def test_billed_price_above_quote_destroys(fake_vast, vast_provider) -> No
     assert fake_vast.live_instances() == []
 
 
+async def test_a_host_gone_offline_is_given_up_at_once_not_waited_on(fake_vast, vast_provider) -> None:
+    """Vast's docs: `unknown` and `offline` are terminal. The next offer is tried without paying the ready timeout."""
+    candidates = await _candidates(vast_provider)
+    fake_vast.report_status(candidates[0].offer.offer_id, "offline")
+    journal = _journal("r6", candidates[0])
+    slow = replace(FAST, ready_timeout_s=60)
+    started = asyncio.get_running_loop().time()
+    rented = await rent(candidates, {"vast": vast_provider}, lambda c: SPEC, journal, "r6", policy=slow)
+    assert rented.choice is candidates[1] and asyncio.get_running_loop().time() - started < 10
+    assert journal.instances("r6")[0].status == "destroyed"
+
+
+async def test_an_undocumented_status_is_waited_on_not_taken_for_dead(fake_vast, vast_provider) -> None:
+    candidates = await _candidates(vast_provider, 1)
+    fake_vast.report_status(candidates[0].offer.offer_id, "pulling_layers")
+    journal = _journal("r7", candidates[0])
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(DeadlineError, match="not ready"):
+        await rent(candidates, {"vast": vast_provider}, lambda c: SPEC, journal, "r7", policy=FAST)
+    assert asyncio.get_running_loop().time() - started >= FAST.ready_timeout_s
+    assert fake_vast.live_instances() == []
+
+
+async def test_a_billed_price_of_zero_is_bad_data_and_the_quote_stands(fake_vast, vast_provider) -> None:
+    candidates = await _candidates(vast_provider, 1)
+
+    class FreeLunch:
+        name = "vast"
+
+        async def create(self, offer, spec):
+            return await vast_provider.create(offer, spec)
+
+        async def get(self, instance_id):
+            return replace(await vast_provider.get(instance_id), price_per_hour=0.0)
+
+        async def terminate(self, instance_id):
+            await vast_provider.terminate(instance_id)
+
+    journal = _journal("r8", candidates[0])
+    rented = await rent(candidates, {"vast": FreeLunch()}, lambda c: SPEC, journal, "r8", policy=FAST)
+    assert rented.price_per_hour == pytest.approx(candidates[0].offer.price_per_hour)
+    await vast_provider.terminate(rented.instance.instance_id)
+
+
 async def test_cancellation_while_waiting_still_destroys(fake_vast, vast_provider) -> None:
     candidates = await _candidates(vast_provider, 1)
     fake_vast.never_ready()

@@ -31,6 +31,9 @@ def make_dataset(root: Path) -> dict[str, bytes]:
     }
     clutter = {
         ".git/HEAD": b"ref: refs/heads/main",
+        ".ssh/id_ed25519": b"-----BEGIN OPENSSH PRIVATE KEY-----",  # hidden: never sent to a stranger's box
+        ".env": b"HF_TOKEN=hf_secret",
+        "10_sks dog/img1.png~": b"editor backup",
         "10_sks dog/.DS_Store": b"\0\0",
         "__pycache__/x.cpython-311.pyc": b"\0",
         "tool.pyc": b"\0",
@@ -41,8 +44,7 @@ def make_dataset(root: Path) -> dict[str, bytes]:
         path = root / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
-    (root / ".gpurunignore").write_text("# mine\n*.psd\n/raw/\n\n")
-    wanted[".gpurunignore"] = (root / ".gpurunignore").read_bytes()
+    (root / ".gpurunignore").write_text("# mine\n*.psd\n/raw/\n\n")  # read here, never uploaded (hidden)
     return wanted
 
 
@@ -68,7 +70,7 @@ def test_plan_upload_counts_what_push_will_send(tmp_path: Path) -> None:
     assert {e.rel_path for e in plan.entries} == set(wanted)
     assert plan.files == len(wanted) and plan.bytes == sum(len(v) for v in wanted.values())
     assert plan.excludes[: len(DEFAULT_EXCLUDES)] == DEFAULT_EXCLUDES
-    assert "UploadPlan(files=5" in repr(plan)
+    assert "UploadPlan(files=4" in repr(plan)
 
 
 def test_gpurunignore_negation_is_a_clear_error(tmp_path: Path) -> None:
@@ -196,7 +198,7 @@ async def test_fetch_verified_auto_uses_the_open_connection_and_falls_back_to_rs
     first = await sync.fetch_verified(transport, str(remote), tmp_path / "a" / "final.safetensors", digest)
     assert first.method == "sftp"
 
-    async def no_file_channel(remote_path: str, local: Path) -> None:
+    async def no_file_channel(remote_path: str, local: Path, *, max_bytes: int | None = None) -> None:
         raise FileChannelUnavailable("the instance has no SFTP server", where=transport.where)
 
     monkeypatch.setattr(transport, "get_file", no_file_channel)
@@ -265,3 +267,63 @@ async def test_an_interrupted_upload_resumes_from_the_partial_file(sshd_server: 
         assert (dst / "big.bin").read_bytes() == payload
     finally:
         await session.close()
+
+
+def make_links(root: Path, outside: Path) -> dict[str, bytes]:
+    """Links a dataset may hold; returns what the upload sends for them (file links inside the dataset only)."""
+    secret = outside / "secrets"
+    secret.mkdir(parents=True)
+    (secret / "id_rsa").write_bytes(b"PRIVATE KEY")
+    concept = root / "10_cat"
+    concept.mkdir(parents=True)
+    (concept / "a.png").write_bytes(b"png bytes")
+    (concept / "b.png").symlink_to(concept / "a.png")  # a file link inside: sent as the file
+    (concept / "keys").symlink_to(secret)  # a folder outside: never
+    (concept / "c.png").symlink_to(secret / "id_rsa")  # a file outside, however it is named: never
+    (concept / "loop").symlink_to(concept)  # a loop: never followed
+    (concept / "gone.png").symlink_to(concept / "missing.png")  # dangling
+    return {"10_cat/a.png": b"png bytes", "10_cat/b.png": b"png bytes"}
+
+
+def test_the_upload_never_follows_a_link_out_of_the_dataset(tmp_path: Path) -> None:
+    wanted = make_links(tmp_path / "data", tmp_path / "home")
+    plan = plan_upload(tmp_path / "data")
+    assert {e.rel_path for e in plan.entries} == set(wanted)
+    assert {"/10_cat/keys", "/10_cat/c.png", "/10_cat/loop", "/10_cat/gone.png"} <= set(plan.excludes)
+
+
+@pytest.mark.parametrize("method", METHODS)
+async def test_push_sends_file_links_inside_and_nothing_behind_links_out(
+    transport: Transport, tmp_path: Path, method: str
+) -> None:
+    wanted = make_links(tmp_path / "data", tmp_path / "home")
+    dst = tmp_path / "remote" / "data"
+    await sync.push(transport, tmp_path / "data", str(dst), method=method)  # type: ignore[arg-type]
+    assert tree(dst) == wanted and not any(p.is_symlink() for p in dst.rglob("*"))
+
+
+def test_rsync_always_protects_file_names_from_the_remote_shell() -> None:
+    from gpurun.remote.rsync import argv
+    from gpurun.remote.transport import RsyncRoute
+
+    args = argv(["src/"], "h:dst/", RsyncRoute(("ssh", "-p", "22"), "root@h"))
+    assert "-s" in args[: args.index("-e")]
+
+
+@pytest.mark.sshd
+async def test_a_folder_name_with_shell_syntax_arrives_literally(sshd_server: SshServer, tmp_path: Path) -> None:
+    """`10_$(touch PWNED) dog`: without argument protection, rsync before 3.2.4 hands such a name to the remote
+    shell, which splits it at the space and runs the command."""
+    from tests.remote_helpers import ssh_session
+
+    src = tmp_path / "src"
+    (src / "10_$(touch PWNED) dog").mkdir(parents=True)
+    (src / "10_$(touch PWNED) dog" / "a.png").write_bytes(b"x")
+    session = await ssh_session(sshd_server, "protect-args")
+    try:
+        dst = tmp_path / "remote $(touch PWNED2)"
+        await sync.push(session, src, str(dst), method="rsync")
+    finally:
+        await session.close()
+    assert (dst / "10_$(touch PWNED) dog" / "a.png").read_bytes() == b"x"
+    assert not list(tmp_path.rglob("PWNED*")) and not (Path.home() / "PWNED").exists()

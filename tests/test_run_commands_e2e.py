@@ -113,6 +113,13 @@ def test_a_stray_instance_is_flagged_and_destroyed(vast_on_box: Any, tmp_path: P
     assert listed.returncode == 0, listed.stderr
     strays = json.loads(listed.stdout)["strays"]
     assert [s["label"] for s in strays] == ["gpurun-rlostrun0000"]
-    down = gpurun("down", "--strays", "--yes")
+    # a key a crashed run left on the account goes too; the user's own keys, gpurun-named or not, stay
+    body = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAI" + "x" * 43
+    left_behind, users, users_too = f"{body} gpurun-r01kf3m9x2c7qzab", f"{body}Y me@laptop", f"{body}Z gpurun-laptop"
+    for key in (left_behind, users, users_too):
+        vast_on_box.ssh_keys.append({"id": len(vast_on_box.ssh_keys) + 900, "public_key": key})
+    down = gpurun("down", "--strays", "--yes", "--json")
     assert down.returncode == 0, down.stderr
     assert vast_on_box.live_instances() == []
+    assert json.loads(down.stdout)["keys_removed"] == ["vast:r01kf3m9x2c7qzab"]
+    assert [k["public_key"] for k in vast_on_box.ssh_keys] == [users, users_too]

@@ -64,6 +64,8 @@ def test_a_run_rents_trains_fetches_verifies_and_destroys(
     live = fake.live_instances() if provider == "vast" else [p.id for p in fake.pods.values() if not p.terminated_at]
     assert live == []
     assert len(fake.destroyed) == 1
+    if provider == "vast":  # the run's key is off the account: Vast would install it on every later machine
+        assert fake.ssh_keys == []
 
     receipt = json.loads((out / "receipt.json").read_text())
     assert receipt["outcome"] == "done" and receipt["destroyed"] is True

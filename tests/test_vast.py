@@ -118,6 +118,20 @@ async def test_create_rents_exactly_the_offer_with_safe_options(fake_vast: FakeV
     assert len(fake_vast.calls("POST", "/api/v0/ssh/")) == 1
 
 
+async def test_a_runs_key_is_taken_off_the_account_and_the_users_own_keys_stay(fake_vast, vast_provider) -> None:
+    """Vast installs every account key on every later instance: a run's key must not outlive the run."""
+    users_own = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOwnKeyOfTheUserXXXXXXXXXXXXXXXXXXXXXXXXXXXX me@laptop"
+    fake_vast.ssh_keys.append({"id": 7, "public_key": users_own})
+    run_key = KEY.rsplit(" ", 1)[0] + " gpurun-r01kf3m9x2c7qzab"
+    await vast_provider.register_ssh_key(run_key)
+    assert await vast_provider.run_ssh_keys() == [run_key]
+    await vast_provider.forget_ssh_key(run_key)
+    assert [k["public_key"] for k in fake_vast.ssh_keys] == [users_own]
+    assert await vast_provider.run_ssh_keys() == []
+    await vast_provider.register_ssh_key(run_key)  # forgotten means forgotten: a later run registers it again
+    assert len(fake_vast.calls("POST", "/api/v0/ssh/")) == 2
+
+
 async def test_lifecycle_direct_ssh_and_billed_price(fake_vast: FakeVast, vast_provider: VastProvider):
     fake_vast.set_ssh_endpoint("127.0.0.1", 40022)
     fake_vast.set_proxy_endpoint("127.0.0.2", 17234)

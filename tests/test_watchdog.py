@@ -372,6 +372,15 @@ def test_a_200_that_says_it_failed_is_not_a_destroy(start, provider) -> None:
     assert [a["outcome"] for a in run.events("destroy_attempt")] == ["retry", "confirmed"]
 
 
+def test_a_page_that_is_not_json_proves_nothing(start, provider) -> None:
+    """A proxy's or captive portal's HTML page with a 200 or a 404 is not the provider saying the machine is gone."""
+    provider.script = [(200, "<html>welcome to the hotel wifi</html>"), (404, "<html>not found</html>")]
+    run = start(lease_ttl_s=0.3)
+    assert run.proc.wait(timeout=10) == 0
+    outcomes = [(a["status"], a["outcome"]) for a in run.events("destroy_attempt")]
+    assert outcomes == [(200, "retry"), (404, "retry"), (200, "confirmed")]
+
+
 def test_every_fast_attempt_failing_falls_back_loudly_and_keeps_retrying(start, provider, runners, tmp_path) -> None:
     marker = tmp_path / "shutdown-ran"
     fake_shutdown = [sys.executable, "-c", f"open({str(marker)!r}, 'w').write('halt')"]

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import typer
 
 from gpurun.models import MIN_IMAGE_SIDE, MODEL_FAMILIES
-from gpurun.render import err, human_bytes, out, print_json
+from gpurun.render import err, human_bytes, out, print_json, printable, safe
 
 if TYPE_CHECKING:
     from gpurun.config import TrainConfig
@@ -141,7 +141,6 @@ def _progress_bar(*, enabled: bool) -> Iterator[Callable[[int, int], None] | Non
 
 
 def _render(report: DatasetReport, *, settings_from: str) -> None:
-    from rich.markup import escape
     from rich.table import Table
 
     scan, settings = report.scan, report.settings
@@ -149,14 +148,13 @@ def _render(report: DatasetReport, *, settings_from: str) -> None:
     layouts = {"kohya-root": "kohya layout", "concept-folder": "one concept folder", "plain": "plain folder"}
     folders, images = _count(len(report.folders), "concept folder"), _count(report.images, "image")
     out.print(
-        f"[bold]{escape(str(scan.root))}[/] — {layouts[scan.layout]}, {folders}, {images}, "
+        f"[bold]{safe(printable(scan.root, one_line=True))}[/] — {layouts[scan.layout]}, {folders}, {images}, "
         f"{human_bytes(scan.total_bytes)} · model {settings.model} (min {minimum} px) · captions *{scan.caption_ext}",
         highlight=False,
     )
     for folder in report.folders:
-        table = Table(
-            title=f"[bold]{escape(folder.name)}[/]", title_justify="left", show_header=False, box=None, padding=(0, 2)
-        )
+        name = safe(printable(folder.name, one_line=True))
+        table = Table(title=f"[bold]{name}[/]", title_justify="left", show_header=False, box=None, padding=(0, 2))
         table.add_column(style="dim", no_wrap=True)
         table.add_column()
         table.add_row("repeats", str(folder.repeats))
@@ -165,9 +163,8 @@ def _render(report: DatasetReport, *, settings_from: str) -> None:
             table.add_row("trigger", "none (the folder name has no class token; use --trigger WORD)")
         else:
             source = "--trigger" if folder.trigger_source == "option" else "from the folder name"
-            table.add_row(
-                "trigger", f'"{escape(folder.trigger)}" ({source}): in {folder.with_trigger}/{folder.images} captions'
-            )
+            trigger = safe(printable(folder.trigger, one_line=True))
+            table.add_row("trigger", f'"{trigger}" ({source}): in {folder.with_trigger}/{folder.images} captions')
         if folder.min_side is not None and folder.smallest is not None:
             verdict = "OK" if folder.below_minimum == 0 else f"{folder.below_minimum} image(s) below"
             table.add_row(
@@ -217,7 +214,7 @@ def _render(report: DatasetReport, *, settings_from: str) -> None:
         for issue in report.issues:
             label = "[bold red]error  [/]" if issue.severity == "error" else "[yellow]warning[/]"
             out.print(f"{label} ", end="")
-            out.print(issue.line(), highlight=False, markup=False)
+            out.print(printable(issue.line(), one_line=True), highlight=False, markup=False)
     out.print()
     style = "bold red" if not report.ok else ("yellow" if report.warnings else "bold green")
     out.print(report.verdict, style=style, highlight=False)

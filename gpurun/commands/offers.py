@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from gpurun.render import err, human_bytes, human_seconds, out, print_json
+from gpurun.render import err, human_bytes, human_seconds, out, print_json, printable, safe
 
 if TYPE_CHECKING:
     from gpurun.api import OffersResult
@@ -127,7 +127,7 @@ def offers_command(
     finally:
         progress.stop()
     for failure in result.errors.values():
-        err.print(f"[bold red]error:[/] {failure.message}", highlight=False, markup=True)
+        err.print(f"[bold red]error:[/] {safe(failure.message)}", highlight=False, markup=True)
     if result.skipped and not as_json:
         names = ", ".join(f"{name} ({why})" for name, why in result.skipped.items())
         err.print(f"not asked: {names}", highlight=False, markup=False, style="dim")
@@ -157,7 +157,7 @@ class _Progress:
                 self.status.start()
             self.status.update(f"asking {', '.join(self.pending)} for offers…" if self.pending else "ranking…")
         elif event == "done":
-            err.print(f"{provider}: {detail}", highlight=False, markup=False)
+            err.print(printable(f"{provider}: {detail}"), highlight=False, markup=False)
 
     def stop(self) -> None:
         if self.status is not None:
@@ -199,12 +199,12 @@ def _table(result: OffersResult, source: WorkloadSource) -> None:
             over = ranking.is_over_budget(est)
             table.add_row(
                 str(i),
-                offer.key,
-                _gpu_label(est),
+                safe(offer.key),
+                safe(_gpu_label(est)),
                 f"{offer.gpu.vram_gb:.0f} GB",
                 f"{offer.price_per_hour:.3f}",
                 f"{offer.reliability:.1%}",
-                offer.location or "-",
+                safe(offer.location or "-"),
                 human_seconds(est.seconds),
                 _money(est.expected_dollars),
                 ("over budget" if over else "") + (" spot" if offer.spot else ""),
@@ -214,7 +214,7 @@ def _table(result: OffersResult, source: WorkloadSource) -> None:
     else:
         console.print("No offer fits the job and the filters.", highlight=False)
     for line in _footer(result, source):
-        console.print(line, highlight=False, markup=False)
+        console.print(printable(line), highlight=False, markup=False)
 
 
 def _footer(result: OffersResult, source: WorkloadSource) -> list[str]:
@@ -277,9 +277,11 @@ def _explain(result: OffersResult, source: WorkloadSource, ref: str, as_json: bo
     down = f"{offer.inet_down_mbps:.0f}" if offer.inet_down_mbps else "?"
     up = f"{offer.inet_up_mbps:.0f}" if offer.inet_up_mbps else "?"
     console.print(
-        f"{offer.key}: {_gpu_label(estimate)}, {offer.gpu.vram_gb:.0f} GB, ${offer.price_per_hour:.3f}/h"
-        f"{' (spot)' if offer.spot else ''}, reliability {offer.reliability:.1%}, {offer.location or 'location ?'}, "
-        f"down/up {down}/{up} Mbit/s, batch {estimate.batch_size}",
+        printable(
+            f"{offer.key}: {_gpu_label(estimate)}, {offer.gpu.vram_gb:.0f} GB, ${offer.price_per_hour:.3f}/h"
+            f"{' (spot)' if offer.spot else ''}, reliability {offer.reliability:.1%}, "
+            f"{offer.location or 'location ?'}, down/up {down}/{up} Mbit/s, batch {estimate.batch_size}"
+        ),
         highlight=False,
         markup=False,
     )
@@ -288,14 +290,16 @@ def _explain(result: OffersResult, source: WorkloadSource, ref: str, as_json: bo
         table.add_column(column, justify=justify)  # type: ignore[arg-type]
     for phase in estimate.phases:
         time_cell = human_seconds(phase.seconds) if phase.name not in ("storage", "bandwidth") else ""
-        table.add_row(phase.name, time_cell, f"${phase.dollars:.4f}", phase.note)
+        table.add_row(phase.name, time_cell, f"${phase.dollars:.4f}", safe(phase.note))
     table.add_row("total", human_seconds(estimate.seconds), f"${estimate.dollars:.4f}", "if nothing goes wrong")
     table.add_row("expected", "", f"${estimate.expected_dollars:.4f}", "÷ the chance the host finishes the job")
     console.print(table)
     if estimate.reasons:
-        console.print("Cannot run this job: " + "; ".join(estimate.reasons) + ".", highlight=False, markup=False)
+        console.print(
+            printable("Cannot run this job: " + "; ".join(estimate.reasons) + "."), highlight=False, markup=False
+        )
     elif rejected:
-        console.print("Left out of the ranking: " + "; ".join(rejected) + ".", highlight=False, markup=False)
+        console.print(printable("Left out of the ranking: " + "; ".join(rejected) + "."), highlight=False, markup=False)
     budget = result.ranking.budget
     if budget is not None:
         verdict = "over" if estimate.expected_dollars > budget else "within"

@@ -11,7 +11,7 @@ from typing import Any
 import typer
 
 from gpurun.errors import ConfigError, GpurunError
-from gpurun.render import err, out, print_json, warn
+from gpurun.render import err, out, print_json, safe, warn
 
 HELP = """\
 GPU providers: which are usable, their API keys, and whether the keys work.
@@ -169,9 +169,9 @@ def check(
     else:
         for result in results:
             if result["ok"]:
-                out.print(f"{result['name']}: ok, {result['detail']}", highlight=False)
+                out.print(f"{result['name']}: ok, {safe(result['detail'])}", highlight=False)
             else:
-                out.print(f"{result['name']}: FAILED, {result['error'].one_line()}", highlight=False)
+                out.print(f"{result['name']}: FAILED, {safe(result['error'].one_line())}", highlight=False)
     if not all(r["ok"] for r in results):
         raise typer.Exit(1)
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import typer
 
-from gpurun.render import err, human_seconds, out, print_json
+from gpurun.render import err, human_seconds, out, print_json, printable, safe
 
 JSON_OPTION = typer.Option(False, "--json", help="Print JSON instead of a table.")
 
@@ -31,6 +31,9 @@ def runs(
 
     with Journal.open() as journal:
         records = journal.runs(limit=limit or None)
+        problems = list(journal.problems)
+    for problem in problems:
+        err.print(f"[yellow]warning:[/] {safe(problem)}", highlight=False)
     strays: list[dict[str, Any]] = []
     provider_errors: dict[str, str] = {}
     if all_:
@@ -42,6 +45,7 @@ def runs(
                 "runs": [_run_dict(r) for r in records],
                 "strays": strays,
                 "provider_errors": provider_errors,
+                "journal_problems": problems,
             }
         )
         return
@@ -53,25 +57,25 @@ def runs(
         machine = f"{instance.provider}:{instance.instance_id or '—'}" if instance else "—"
         price = instance.billed_price if instance and instance.billed_price is not None else None
         table.add_row(
-            record.run_id,
+            safe(record.run_id),
             human_seconds(_age(record.created_at)),
-            record.phase,
-            machine,
+            safe(record.phase),
+            safe(machine),
             "—" if price is None else f"{price:.3f}",
             f"${record.spent:.4f}",
             "[red]yes[/]" if record.alive else "no",
-            record.output_dir or "—",
+            safe(record.output_dir or "—"),
         )
     out.print(table)
     if not records:
         out.print("no runs yet: `gpurun train --help` starts one")
     for stray in strays:
         out.print(
-            f"[red]STRAY[/] {stray['provider']}:{stray['instance_id']} ({stray['label']}, {stray['state']}): "
-            f"{stray['why']} — `gpurun down --strays` destroys it"
+            f"[red]STRAY[/] {safe(stray['provider'])}:{safe(stray['instance_id'])} ({safe(stray['label'])}, "
+            f"{safe(stray['state'])}): {safe(stray['why'])} — `gpurun down --strays` destroys it"
         )
     for name, message in provider_errors.items():
-        err.print(f"[yellow]warning:[/] could not list {name}: {message}")
+        err.print(f"[yellow]warning:[/] could not list {safe(name)}: {safe(message)}")
 
 
 def _age(created_at: float) -> float:
@@ -200,14 +204,14 @@ def logs(
     path = Path(record.output_dir or ".") / "events.jsonl"
     if not path.exists():
         err.print(
-            f"no events yet for {record.run_id} (phase {record.phase}); `gpurun attach {record.run_id}` "
-            "follows a running one"
+            f"no events yet for {safe(record.run_id)} (phase {safe(record.phase)}); `gpurun attach "
+            f"{safe(record.run_id)}` follows a running one"
         )
     else:
         view = PlainView(stream=sys.stdout, interval=0.0)  # the events are this command's output: pipeable
         for line in path.read_text(encoding="utf-8").splitlines():
             if raw:
-                out.print(line, markup=False, highlight=False)
+                out.print(printable(line), markup=False, highlight=False)
             else:
                 view.event(parse_line(line))
     if stderr:
@@ -224,7 +228,7 @@ async def _print_stderr(run_id: str) -> None:
         control = await RunControl.reopen(run_id, PlainView(), journal, JobOptions.from_env())
         assert control.transport is not None and control.layout is not None
         for line in await onbox.stderr_tail(control.transport, control.layout, lines=200):
-            out.print(line, markup=False, highlight=False)
+            out.print(printable(line), markup=False, highlight=False)  # the box's words: no escape sequences
         await control.transport.close()
 
 
@@ -243,25 +247,28 @@ def down(
     if not run and not strays and not all_:
         raise ConfigError("nothing to destroy", where="gpurun down", hint="name a RUN, or pass --strays or --all")
     targets = asyncio.run(_down_targets(run, strays or all_, all_))
+    keys = asyncio.run(_forget_stray_keys()) if strays or all_ else []
+    if keys and not as_json:
+        out.print(f"removed {len(keys)} SSH key(s) of finished runs from the provider accounts")
     if not targets:
         if as_json:
-            print_json({"version": 1, "destroyed": [], "unconfirmed": []})
+            print_json({"version": 1, "destroyed": [], "unconfirmed": [], "keys_removed": keys})
         else:
             out.print("nothing is alive: no machine to destroy")
         return
     if not yes:
         for target in targets:
-            out.print(f"{target['provider']}:{target['instance_id']} ({target['why']})")
+            out.print(safe(f"{target['provider']}:{target['instance_id']} ({target['why']})"))
         if not typer.confirm(f"Destroy {len(targets)} machine(s)?"):
             raise typer.Exit(1)
     destroyed, unconfirmed = asyncio.run(_destroy(targets))
     if as_json:
-        print_json({"version": 1, "destroyed": destroyed, "unconfirmed": unconfirmed})
+        print_json({"version": 1, "destroyed": destroyed, "unconfirmed": unconfirmed, "keys_removed": keys})
     else:
         for item in destroyed:
-            out.print(f"destroyed {item}")
+            out.print(f"destroyed {safe(item)}")
         for item in unconfirmed:
-            err.print(f"[red]not confirmed:[/] {item} — run `gpurun down` again, or check the provider's console")
+            err.print(f"[red]not confirmed:[/] {safe(item)} — run `gpurun down` again, or check the provider's console")
     if unconfirmed:
         raise typer.Exit(1)
 
@@ -301,6 +308,35 @@ async def _down_targets(run: str | None, strays: bool, every_alive: bool) -> lis
         ]
     unique = {(t["provider"], t["instance_id"]): t for t in targets}
     return list(unique.values())
+
+
+async def _forget_stray_keys() -> list[str]:
+    """Run keys (comment `gpurun-<run id>`) left on provider accounts by runs that are over: removed, since an
+    account key goes onto every later machine. Returns `provider:run id` of each key removed."""
+    from gpurun.errors import GpurunError
+    from gpurun.journal import Journal
+    from gpurun.journal_records import is_run_id
+    from gpurun.provision.registry import available_providers, make_provider
+
+    removed: list[str] = []
+    with Journal.open() as journal:
+        alive = {record.run_id for record in journal.runs() if record.alive}
+        for name, why in available_providers().items():
+            if why is not None or name in ("local", "ssh"):
+                continue
+            provider = make_provider(name)
+            try:
+                for key in await provider.run_ssh_keys():
+                    run_id = key.split()[-1].removeprefix("gpurun-")
+                    # only keys whose comment is exactly gpurun-<a run id>: a user's own "gpurun-laptop" key stays
+                    if is_run_id(run_id) and run_id not in alive:
+                        await provider.forget_ssh_key(key)
+                        removed.append(f"{name}:{run_id}")
+            except GpurunError as exc:
+                err.print(f"[yellow]warning:[/] could not clean {safe(name)}'s SSH keys: {safe(exc.one_line())}")
+            finally:
+                await provider.aclose()
+    return removed
 
 
 async def _destroy(targets: list[dict[str, Any]]) -> tuple[list[str], list[str]]:

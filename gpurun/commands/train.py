@@ -169,8 +169,9 @@ def render_plan(plan: Any) -> Any:
     """The dry-run view: chosen offer and runner-up, per-phase time and $, the deadline, the upload."""
     from rich.console import Group
     from rich.table import Table
+    from rich.text import Text
 
-    from gpurun.render import human_bytes, human_seconds
+    from gpurun.render import human_bytes, human_seconds, printable, safe
 
     chosen, runner_up = plan.chosen, plan.runner_up
     table = Table(title="plan", title_justify="left")
@@ -178,7 +179,7 @@ def render_plan(plan: Any) -> Any:
     columns = [("chosen", chosen)] + ([("runner-up", runner_up)] if runner_up else [])
     for name, estimate in columns:
         table.add_column(
-            f"{name}: {estimate.offer.key}\n{estimate.offer.gpu.name} ×{estimate.offer.gpu.count} "
+            f"{name}: {safe(estimate.offer.key)}\n{safe(estimate.offer.gpu.name)} ×{estimate.offer.gpu.count} "
             f"${estimate.offer.price_per_hour:.3f}/h",
             justify="right",
         )
@@ -214,7 +215,8 @@ def render_plan(plan: Any) -> Any:
     ]
     lines += [f"note: {note}" for note in plan.notes]
     lines += [f"provider {name} failed: {message}" for name, message in plan.provider_errors.items()]
-    return Group(table, *lines)
+    # plain text, never markup: notes and errors quote vendors, file names and the user's own words
+    return Group(table, *(Text(printable(line)) for line in lines))
 
 
 def register(app: typer.Typer) -> None:

@@ -11,12 +11,13 @@ Layouts (kohya's DreamBooth folder convention):
 Issue codes. Errors (training would fail or silently lose data; `ok` is False):
     unreadable-image  truncated-image  zero-byte-file  caption-not-utf8  unreadable-caption  empty-dataset
     bad-folder-name (prefix not a positive integer, folder holds images)  needs-repeats (plain folder, no --repeats)
+    unusable-name (not UTF-8, or control characters)  unreadable-folder  not-a-file (a pipe or device named .png)
 Warnings (advice; training runs):
     below-minimum (shorter side under the model minimum)  missing-caption  empty-caption  missing-trigger
     duplicate-image  orphan-caption  unusual-mode (CMYK, 16-bit, ...)  transparency  exif-rotated
     few-images (< 15)  many-images (> 150)  caption-extension-mismatch (no caption with the chosen extension,
     but .txt/.caption ones exist)  multiline-caption  stray-image (image beside the N_name/ folders)
-    ignored-folder  unsupported-image (.gif .tiff .heic ...)
+    ignored-folder  unsupported-image (.gif .tiff .heic ...)  link-not-uploaded (a link out of the dataset)
 
 `DatasetReport.to_dict()` — the `gpurun dataset check --json` document, version 1:
 

@@ -12,11 +12,16 @@ library/train_util.py `DreamBoothDataset.read_caption`):
   are more).
 - only files directly inside a concept folder count (no recursion), hidden files are ignored, image
   extensions are .png .jpg .jpeg .webp .bmp (gpurun matches them case-insensitively).
+
+gpurun adds what the upload needs: a symlink counts only when it is a file link whose target is inside the
+dataset (links to folders and out of the dataset are not uploaded, and are reported); a file or folder name that
+is not valid UTF-8 text, or holds control characters, is an error (the runner on the box could not read it).
 """
 
 from __future__ import annotations
 
 import re
+import stat
 from pathlib import Path
 
 from gpurun.dataset.images import (
@@ -30,6 +35,7 @@ from gpurun.dataset.images import (
 )
 from gpurun.dataset.types import ConceptFolder, DatasetScan, ImageItem, IssueLog
 from gpurun.errors import ConfigError, DatasetError
+from gpurun.safenames import has_control_chars, link_leaves
 
 #: caption extensions people use; used to spot captions the chosen extension would silently miss
 CAPTION_LIKE_EXTENSIONS = (".txt", ".caption")
@@ -80,7 +86,7 @@ def scan_dataset(
 
     issues = IssueLog()
     folders: list[ConceptFolder] = []
-    entries = _visible_entries(root)
+    entries = _visible_entries(root, root, issues)
     subdirs = [entry for entry in entries if entry.is_dir()]
     direct_images = [entry for entry in entries if entry.is_file() and is_image_name(entry.name)]
     own_name = parse_folder_name(root.name)
@@ -88,7 +94,7 @@ def scan_dataset(
     with quiet_pil():
         if direct_images and own_name is not None:
             layout = "concept-folder"
-            _add_concept(root, own_name, repeats, caption_ext, folders, issues)
+            _add_concept(root, root, own_name, repeats, caption_ext, folders, issues)
         elif any(_LOOKS_LIKE_CONCEPT.match(d.name) for d in subdirs) or (subdirs and not direct_images):
             layout = "kohya-root"
             for image in direct_images:
@@ -101,9 +107,9 @@ def scan_dataset(
             for subdir in subdirs:
                 parsed = parse_folder_name(subdir.name)
                 if parsed is None:
-                    _report_unprefixed(subdir, issues)
+                    _report_unprefixed(subdir, root, issues)
                 else:
-                    _add_concept(subdir, parsed, repeats, caption_ext, folders, issues)
+                    _add_concept(subdir, root, parsed, repeats, caption_ext, folders, issues)
         elif direct_images:
             layout = "plain"
             if repeats is None:
@@ -113,11 +119,11 @@ def scan_dataset(
                     "a plain folder of images has no repeat count: pass --repeats N, "
                     "or move the images into a folder named like 10_name (10 repeats per epoch)",
                 )
-            folder = _scan_folder(root, trigger or "", repeats or 1, caption_ext, issues)
+            folder = _scan_folder(root, root, trigger or "", repeats or 1, caption_ext, issues)
             folders.append(folder)
         elif own_name is not None:
             layout = "concept-folder"
-            _add_concept(root, own_name, repeats, caption_ext, folders, issues)
+            _add_concept(root, root, own_name, repeats, caption_ext, folders, issues)
         else:
             layout = "kohya-root"
 
@@ -132,13 +138,43 @@ def scan_dataset(
     return DatasetScan(root=root, layout=layout, caption_ext=caption_ext, folders=folders, issues=issues)
 
 
-def _visible_entries(directory: Path) -> list[Path]:
-    # hidden files (.DS_Store, macOS ._* resource forks, .ipynb_checkpoints) are never training data
-    return sorted((entry for entry in directory.iterdir() if not entry.name.startswith(".")), key=lambda p: p.name)
+def _visible_entries(directory: Path, root: Path, issues: IssueLog | None = None) -> list[Path]:
+    """The entries that are training data candidates, as the upload will send them; with `issues`, what is left
+    out for a reason the user should hear (a link out of the dataset, an unreadable folder, a bad name)."""
+    try:
+        listing = list(directory.iterdir())
+    except OSError as exc:
+        if issues is not None:
+            issues.error("unreadable-folder", directory, f"cannot list this folder ({exc.strerror or exc})")
+        return []
+    kept = []
+    for entry in listing:
+        # hidden files (.DS_Store, macOS ._* resource forks, .ipynb_checkpoints) are never training data
+        if entry.name.startswith("."):
+            continue
+        if entry.is_symlink() and link_leaves(entry, root):
+            if issues is not None:
+                issues.warn(
+                    "link-not-uploaded",
+                    entry,
+                    "a link to a folder or out of the dataset is not uploaded (and not trained): copy the file in",
+                )
+            continue
+        if has_control_chars(entry.name):
+            if issues is not None:
+                issues.error(
+                    "unusable-name",
+                    entry,
+                    "the name is not valid UTF-8 text or holds control characters: rename it",
+                )
+            continue
+        kept.append(entry)
+    return sorted(kept, key=lambda p: p.name)
 
 
 def _add_concept(
     directory: Path,
+    root: Path,
     parsed: tuple[int, str],
     repeats_override: int | None,
     caption_ext: str,
@@ -147,7 +183,7 @@ def _add_concept(
 ) -> None:
     prefix, class_token = parsed
     if prefix < 1:
-        count = _count_images(directory)
+        count = _count_images(directory, root)
         issues.error(
             "bad-folder-name",
             directory,
@@ -155,11 +191,11 @@ def _add_concept(
             f"folder, so its {count} image(s) would not be trained — rename it like 1_{class_token or 'name'}",
         )
         return
-    folders.append(_scan_folder(directory, class_token, repeats_override or prefix, caption_ext, issues))
+    folders.append(_scan_folder(directory, root, class_token, repeats_override or prefix, caption_ext, issues))
 
 
-def _report_unprefixed(directory: Path, issues: IssueLog) -> None:
-    count = _count_images(directory)
+def _report_unprefixed(directory: Path, root: Path, issues: IssueLog) -> None:
+    count = _count_images(directory, root)
     if count:
         issues.error(
             "bad-folder-name",
@@ -171,18 +207,20 @@ def _report_unprefixed(directory: Path, issues: IssueLog) -> None:
         issues.warn("ignored-folder", directory, "folder without a repeat-count prefix and without images is ignored")
 
 
-def _count_images(directory: Path) -> int:
-    return sum(1 for entry in _visible_entries(directory) if entry.is_file() and is_image_name(entry.name))
+def _count_images(directory: Path, root: Path) -> int:
+    return sum(1 for entry in _visible_entries(directory, root) if entry.is_file() and is_image_name(entry.name))
 
 
-def _scan_folder(directory: Path, class_token: str, repeats: int, caption_ext: str, issues: IssueLog) -> ConceptFolder:
-    entries = _visible_entries(directory)
+def _scan_folder(
+    directory: Path, root: Path, class_token: str, repeats: int, caption_ext: str, issues: IssueLog
+) -> ConceptFolder:
+    entries = _visible_entries(directory, root, issues)
     names = {entry.name for entry in entries if entry.is_file()}
     used_captions: set[str] = set()
     items: list[ImageItem] = []
     for entry in entries:
         if entry.is_dir():
-            count = _count_images(entry)
+            count = _count_images(entry, root)
             if count:
                 issues.warn(
                     "ignored-folder",
@@ -229,10 +267,15 @@ def _scan_image(
     issues: IssueLog,
 ) -> ImageItem | None:
     try:
-        size_bytes = path.stat().st_size
+        info = path.stat()
     except OSError as exc:
         issues.error("unreadable-image", path, f"cannot read the file ({exc.strerror or exc})")
         return None
+    if not stat.S_ISREG(info.st_mode):
+        # a FIFO or a device named like an image: reading it could block forever or never end
+        issues.error("not-a-file", path, "not a regular file (a pipe, socket or device): replace it with the image")
+        return None
+    size_bytes = info.st_size
     if size_bytes == 0:
         issues.error("zero-byte-file", path, "zero-byte file: the copy or download did not finish")
         return None

@@ -41,6 +41,14 @@ class Provider(Protocol):
         written before the id is known) the id and the token come from the container's own environment."""
         ...
 
+    async def forget_ssh_key(self, public_key: str) -> None:
+        """Remove a run's SSH key from the account, where the adapter had to put it there (Vast)."""
+        ...
+
+    async def run_ssh_keys(self) -> list[str]:
+        """The run keys gpurun left on the account (comment `gpurun-<run id>`), for `gpurun down --strays`."""
+        ...
+
     async def check(self) -> str:
         """One cheap call that proves the credentials work; a line for `gpurun providers check`."""
         ...

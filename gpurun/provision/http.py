@@ -21,6 +21,7 @@ import email.utils
 import json
 import logging
 import math
+import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -75,20 +76,25 @@ class RetryPolicy:
 class ApiKey:
     """An API key that cannot leak by accident: its repr and str are masked."""
 
-    __slots__ = ("_value",)
+    __slots__ = ("_pattern", "_value")
 
     def __init__(self, value: str) -> None:
         value = value.strip()
         if not value:
             raise ValueError("empty API key")
+        if any(ch.isspace() or not ch.isprintable() for ch in value):
+            # a pasted key with a newline would end up in an HTTP header error, escaped past any mask
+            raise ValueError("the API key holds whitespace or control characters (a stray newline when pasted?)")
         self._value = value
+        self._pattern = re.compile(re.escape(value), re.IGNORECASE)
 
     def reveal(self) -> str:
         return self._value
 
     def redact(self, text: str) -> str:
-        """`text` with every occurrence of the key masked (defence in depth for vendor messages)."""
-        return text.replace(self._value, mask_secret(self._value)) if self._value in text else text
+        """`text` with every occurrence of the key masked, in any letter case (defence in depth for vendor
+        messages that echo it, upper-cased or not)."""
+        return self._pattern.sub(mask_secret(self._value), text)
 
     def __repr__(self) -> str:
         return f"ApiKey({mask_secret(self._value)})"
@@ -121,8 +127,9 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
     return max(0.0, seconds)
 
 
-def vendor_message(response: httpx.Response) -> str:
-    """The human part of a vendor error body: msg, message, detail, error, GraphQL errors[0], else raw text."""
+def vendor_message(response: httpx.Response, redact: Callable[[str], str] = lambda text: text) -> str:
+    """The human part of a vendor error body: msg, message, detail, error, GraphQL errors[0], else raw text.
+    `redact` masks secrets in the whole message BEFORE it is cut to length (a cut key would escape the mask)."""
     text = response.text
     try:
         body = json.loads(text) if text else None
@@ -146,6 +153,7 @@ def vendor_message(response: httpx.Response) -> str:
             message = f"{code}: {message}" if message else code
     if not message:
         message = " ".join(text.split())
+    message = redact(message)
     if len(message) > MAX_MESSAGE_CHARS:
         message = message[: MAX_MESSAGE_CHARS - 1] + "…"
     return message or f"HTTP {response.status_code}"
@@ -281,7 +289,7 @@ class ProviderHttp:
     def error_for(self, response: httpx.Response, what: str) -> ProviderError:
         """The gpurun error for a non-2xx vendor response."""
         status = response.status_code
-        message = self.redact(vendor_message(response))
+        message = vendor_message(response, self.redact)
         provider = self.provider
         if status in (401, 403):
             return AuthError(

@@ -55,6 +55,12 @@ class LocalProvider:
         """Nothing bills here: the watchdog only stops the runner."""
         return {"kind": "kill"}
 
+    async def forget_ssh_key(self, public_key: str) -> None:
+        """Nothing to forget: no key of a run is kept on an account here."""
+
+    async def run_ssh_keys(self) -> list[str]:
+        return []
+
     async def check(self) -> str:
         gpu = await self._gpu()
         return f"this machine: {gpu.count}x {gpu.name}, {gpu.vram_gb:.0f} GB"

@@ -101,10 +101,19 @@ def make_provider(
         if not key:
             raise AuthError(no_key_reason(name), provider=name)
         urls = base_urls(name, settings)
+        try:
+            api_key = ApiKey(key)
+        except ValueError as exc:
+            source = settings.api_key_source(name)
+            raise ConfigError(
+                str(exc),
+                where=str(settings_path()) if source == "file" else (source or name),
+                hint=f"set {KEY_ENV[name]} again, or run `gpurun providers set-key {name}`",
+            ) from None
         if name == "vast":
-            return vast.VastProvider(ApiKey(key), base_url=urls["api"], client=client, retry=retry)
+            return vast.VastProvider(api_key, base_url=urls["api"], client=client, retry=retry)
         return runpod.RunpodProvider(
-            ApiKey(key), base_url=urls["rest"], graphql_url=urls["graphql"], client=client, retry=retry
+            api_key, base_url=urls["rest"], graphql_url=urls["graphql"], client=client, retry=retry
         )
     if name == "ssh":
         if not settings.ssh_hosts:

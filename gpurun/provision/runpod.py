@@ -154,6 +154,12 @@ class RunpodProvider:
             recipe["token_env"] = INSTANCE_KEY_ENV
         return recipe
 
+    async def forget_ssh_key(self, public_key: str) -> None:
+        """Nothing to forget: no key of a run is kept on an account here."""
+
+    async def run_ssh_keys(self) -> list[str]:
+        return []
+
     async def check(self) -> str:
         data = await self._rest.json("GET", "/pods")
         pods = data.get("pods") if isinstance(data, dict) else data
@@ -245,7 +251,7 @@ class RunpodProvider:
 
         pod = await self._rest.call(attempt)
         if not isinstance(pod, dict) or not pod.get("id"):
-            raise ProviderError(f"create gave no pod id: {pod!r}", provider="runpod")
+            raise ProviderError(f"create gave no pod id: {self._rest.redact(repr(pod))[:300]}", provider="runpod")
         return parse_pod(pod)
 
     async def _rent_interruptible(
@@ -298,7 +304,8 @@ class RunpodProvider:
 
         pod = await self._gql.call(attempt)
         if not isinstance(pod, dict) or not pod.get("id"):
-            raise ProviderError(f"podRentInterruptable gave no pod id: {pod!r}", provider="runpod")
+            answer = self._gql.redact(repr(pod))[:300]
+            raise ProviderError(f"podRentInterruptable gave no pod id: {answer}", provider="runpod")
         return Instance(
             provider=self.name,
             instance_id=str(pod["id"]),

@@ -6,11 +6,13 @@ or `runtime.ports[{private, public}]`, GraphQL `privatePort`/`publicPort`/`isIpP
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
 from typing import Any
 
 from gpurun.errors import ProviderError
 from gpurun.models import GpuRequest, GpuSpec, Instance, InstanceState, Offer, SshEndpoint
+from gpurun.provision.plausible import checked_offer
 
 #: container disk while running, $/GB-month (RunPod pricing page); not part of the GPU price or `cost`
 STORAGE_PER_GB_MONTH = 0.10
@@ -42,12 +44,14 @@ _STATUS = {
 
 
 def as_float(value: Any) -> float | None:
+    """A vendor number, leniently; NaN and infinities are bad data (None), never a price or a size."""
     if isinstance(value, bool) or value is None:
         return None
     try:
-        return float(value)
-    except (TypeError, ValueError):
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
         return None
+    return number if math.isfinite(number) else None
 
 
 def _timestamp(value: Any) -> float | None:
@@ -124,7 +128,7 @@ def offers_from_gpu_types(items: list[Any], req: GpuRequest, cloud: str, disk_gb
         price = per_gpu * count + storage_per_hour
         if req.max_price_per_hour is not None and price > req.max_price_per_hour:
             continue
-        offers.append(
+        offer = checked_offer(
             Offer(
                 provider="runpod",
                 offer_id=offer_id(cloud, count, str(item["id"]), spot=req.spot),
@@ -145,6 +149,8 @@ def offers_from_gpu_types(items: list[Any], req: GpuRequest, cloud: str, disk_gb
                 raw={"gpuType": item, "cloud": cloud, "gpuTypeId": item["id"], "gpuCount": count},
             )
         )
+        if offer is not None:
+            offers.append(offer)
     return offers
 
 
@@ -177,7 +183,9 @@ def ssh_endpoint(pod: dict[str, Any]) -> SshEndpoint | None:
 
 def parse_pod(pod: dict[str, Any]) -> Instance:
     status = str(pod.get("status") or pod.get("desiredStatus") or "").upper()
-    state = _STATUS.get(status, InstanceState.UNKNOWN)
+    # no status yet is a pod being set up; a status we do not know is not one we can wait for
+    # an undocumented status is waited on (bounded by the ready timeout), never taken for a dead pod
+    state = _STATUS.get(status, InstanceState.PENDING)
     ssh = ssh_endpoint(pod)
     if state is InstanceState.RUNNING and ssh is None:
         # RUNNING is reported straight after create, before the container and its ports exist

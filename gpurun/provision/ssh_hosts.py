@@ -106,6 +106,12 @@ class SshHostsProvider:
         """Nothing bills here: the watchdog only stops the runner."""
         return {"kind": "kill"}
 
+    async def forget_ssh_key(self, public_key: str) -> None:
+        """Nothing to forget: no key of a run is kept on an account here."""
+
+    async def run_ssh_keys(self) -> list[str]:
+        return []
+
     async def check(self) -> str:
         """Log in to every declared host; ProviderError naming the ones that cannot be reached."""
         probes = await asyncio.gather(*(probe_gpus(h, self._probe_timeout) for h in self._hosts.values()))

@@ -8,6 +8,7 @@ a stopped, storage-billing instance behind.
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any, ClassVar
 
@@ -17,6 +18,7 @@ from gpurun.errors import CapacityError, NotFoundError, PriceError, ProviderErro
 from gpurun.models import GpuRequest, GpuSpec, Instance, InstanceState, LaunchSpec, Offer, SshEndpoint
 from gpurun.provision.base import LABEL_PREFIX
 from gpurun.provision.http import ApiKey, ProviderHttp, RetryPolicy, TransientNotProcessed
+from gpurun.provision.plausible import checked_offer
 
 DEFAULT_URL = "https://console.vast.ai"
 KEY_ENV = "VAST_API_KEY"
@@ -63,17 +65,23 @@ _KEY_ONSTART = (
 
 
 def _num(value: Any) -> float | None:
+    """A vendor number, leniently; NaN and infinities are bad data (None), never a price or a speed."""
     if isinstance(value, bool) or value is None:
         return None
     try:
-        return float(value)
-    except (TypeError, ValueError):
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
         return None
+    return number if math.isfinite(number) else None
 
 
 def _key_body(public_key: str) -> str:
     """`type base64` of an OpenSSH public key, without the comment, for comparing keys."""
     return " ".join(public_key.split()[:2])
+
+
+def _comment(public_key: str) -> str:
+    return " ".join(public_key.split()[2:])
 
 
 def vast_gpu_name(name: str) -> str:
@@ -120,14 +128,14 @@ def parse_offer(raw: dict[str, Any], *, spot: bool, disk_gb: float) -> Offer | N
     """An Offer from one /bundles/ entry, leniently; None when the entry lacks an id or a price."""
     offer_id = raw.get("id", raw.get("ask_contract_id"))
     count = int(_num(raw.get("num_gpus")) or 1)
-    storage_cost = _num(raw.get("storage_cost")) or 0.0
+    storage_cost = max(_num(raw.get("storage_cost")) or 0.0, 0.0)
     dph_total = _num(raw.get("dph_total"))
     min_bid = _num(raw.get("min_bid"))
     # Interruptible: what we would pay is the bid (the minimum bid at least) plus storage. Vast says a "bid"
     # search prices on the minimum bid, but the recomputation is not documented, so compute it ourselves.
     price = min_bid + storage_cost * disk_gb / HOURS_PER_MONTH if spot and min_bid is not None else dph_total
-    if offer_id is None or price is None:
-        return None
+    if offer_id is None or price is None or price <= 0:
+        return None  # a marketplace GPU at $0 or less is bad data, not a free machine
     total_flops = _num(raw.get("total_flops"))
     compute_cap = _num(raw.get("compute_cap"))
     verified = raw.get("verified")
@@ -138,7 +146,9 @@ def parse_offer(raw: dict[str, Any], *, spot: bool, disk_gb: float) -> Offer | N
         reliability = _num(raw.get("reliability"))
     ports = _num(raw.get("direct_port_count")) or 0
     cpu_ram = _num(raw.get("cpu_ram"))
-    return Offer(
+    if count < 1:
+        return None  # (and no division by it below); checked_offer refuses too many
+    return checked_offer(Offer(
         provider="vast",
         offer_id=str(offer_id),
         gpu=GpuSpec(
@@ -159,15 +169,15 @@ def parse_offer(raw: dict[str, Any], *, spot: bool, disk_gb: float) -> Offer | N
         inet_up_mbps=_num(raw.get("inet_up")),
         disk_gb=disk_gb,
         storage_per_gb_month=storage_cost,
-        download_per_gb=_num(raw.get("inet_down_cost")) or 0.0,
-        upload_per_gb=_num(raw.get("inet_up_cost")) or 0.0,
+        download_per_gb=max(_num(raw.get("inet_down_cost")) or 0.0, 0.0),
+        upload_per_gb=max(_num(raw.get("inet_up_cost")) or 0.0, 0.0),
         cpu_cores=_num(raw.get("cpu_cores_effective")) or _num(raw.get("cpu_cores")),
         ram_gb=cpu_ram / 1000 if cpu_ram else None,
         cuda_version=_num(raw.get("cuda_max_good")),
         verified=bool(verified),
         direct_ssh=ports >= 1,
         raw=raw,
-    )
+    ))  # fmt: skip
 
 
 def ssh_endpoint(raw: dict[str, Any]) -> SshEndpoint | None:
@@ -195,7 +205,9 @@ def ssh_endpoint(raw: dict[str, Any]) -> SshEndpoint | None:
 def parse_instance(raw: dict[str, Any]) -> Instance:
     ssh = ssh_endpoint(raw)
     status = raw.get("actual_status")
-    state = _STATUS.get(status if isinstance(status, str) or status is None else str(status), InstanceState.UNKNOWN)
+    # "unknown"/"offline" are terminal (the docs say so); a status the docs do not list is waited on, bounded by the
+    # ready timeout, rather than treated as dead: a new intermediate state must not destroy a booting machine
+    state = _STATUS.get(status if isinstance(status, str) or status is None else str(status), InstanceState.PENDING)
     if state is InstanceState.RUNNING and ssh is None:
         # Vast reports "running" a little before the endpoints are filled in; not usable yet
         state = InstanceState.PENDING
@@ -289,17 +301,35 @@ class VastProvider:
         wanted = _key_body(public_key)
         if not wanted or wanted in self._registered_keys:
             return
-        listed = await self._http.json("GET", "/api/v0/ssh/")
-        # documented as a bare array, but Vast's own live test also accepts {"ssh_keys": [...]}
-        items = listed.get("ssh_keys", []) if isinstance(listed, dict) else listed
-        known = set()
-        for item in items if isinstance(items, list) else []:
-            if isinstance(item, dict):
-                text = item.get("key") or item.get("public_key") or item.get("ssh_key") or ""
-                known.add(_key_body(str(text)))
+        known = {_key_body(text) for _, text in await self._account_keys()}
         if wanted not in known:
             await self._http.json("POST", "/api/v0/ssh/", json_body={"ssh_key": public_key.strip()})
         self._registered_keys.add(wanted)
+
+    async def _account_keys(self) -> list[tuple[str, str]]:
+        """(id, key text) of every SSH key on the account."""
+        listed = await self._http.json("GET", "/api/v0/ssh/")
+        # documented as a bare array, but Vast's own live test also accepts {"ssh_keys": [...]}
+        items = listed.get("ssh_keys", []) if isinstance(listed, dict) else listed
+        found = []
+        for item in items if isinstance(items, list) else []:
+            if isinstance(item, dict) and item.get("id") is not None:
+                text = item.get("key") or item.get("public_key") or item.get("ssh_key") or ""
+                found.append((str(item["id"]), str(text)))
+        return found
+
+    async def forget_ssh_key(self, public_key: str) -> None:
+        """Remove a run's key from the account when the run ends: Vast installs account keys on every later
+        instance, so a key left behind (and leaked) would open all future machines."""
+        wanted = _key_body(public_key)
+        for key_id, text in await self._account_keys():
+            if _key_body(text) == wanted:
+                await self._http.json("DELETE", f"/api/v0/ssh/{key_id}/")
+        self._registered_keys.discard(wanted)
+
+    async def run_ssh_keys(self) -> list[str]:
+        """The keys gpurun put on the account (their comment is `gpurun-<run id>`), for `gpurun down --strays`."""
+        return [text for _, text in await self._account_keys() if _comment(text).startswith(LABEL_PREFIX)]
 
     def create_body(self, offer: Offer, spec: LaunchSpec) -> dict[str, Any]:
         # the run's key first (SSH must work), then the dead-man switch, then whatever else was asked
@@ -364,7 +394,8 @@ class VastProvider:
         data = data if isinstance(data, dict) else {}
         instance_id = data.get("new_contract")
         if data.get("success") is False or instance_id is None:
-            raise ProviderError(f"create of offer {offer.offer_id} gave no instance id: {data!r}", provider="vast")
+            answer = self._http.redact(repr(data))[:300]  # an echo of the key is masked before it is cut
+            raise ProviderError(f"create of offer {offer.offer_id} gave no instance id: {answer}", provider="vast")
         token = data.get("instance_api_key")
         return Instance(
             provider=self.name,

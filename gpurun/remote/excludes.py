@@ -3,7 +3,13 @@
 The patterns follow rsync's exclude rules, which `sync.push` passes to rsync verbatim, so the dry run's plan,
 the SFTP fallback and rsync agree: a pattern without `/` matches a name at any depth; one with `/` matches
 the end of the path (a leading `/` anchors it at the top); a trailing `/` matches directories only; `*` stays
-within one path component, `**` crosses them, `?` is one character.
+within one path component, `**` crosses them, `?` is one character, and a backslash makes the next character
+literal.
+
+The upload goes to a stranger's machine, so nothing leaves the folder by accident: hidden files and folders
+(`.git`, `.ssh`, `.env`, ...) and editor backups are never sent (the dataset check ignores them too), and a
+symlink is followed only when it is a file link whose target lies inside the folder; links to folders and links
+out of the folder are left out (`outside_links`), and the dataset check reports them.
 """
 
 from __future__ import annotations
@@ -14,8 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gpurun.errors import ConfigError, SyncError
+from gpurun.safenames import link_leaves
 
-DEFAULT_EXCLUDES: tuple[str, ...] = (".git", "__pycache__", "*.pyc", ".DS_Store", ".ipynb_checkpoints")
+DEFAULT_EXCLUDES: tuple[str, ...] = (".*", "__pycache__", "*.pyc", "*~", "#*#", "*.swp", "*.swo")
 IGNORE_FILE = ".gpurunignore"
 
 
@@ -40,14 +47,37 @@ def read_ignore_file(folder: Path) -> list[str]:
 
 
 def upload_excludes(folder: Path, extra: tuple[str, ...] | list[str] = ()) -> list[str]:
-    """The exclude list for uploading `folder`: defaults, then its .gpurunignore, then `extra`."""
-    return [*DEFAULT_EXCLUDES, *read_ignore_file(folder), *extra]
+    """The exclude list for uploading `folder`: defaults, its .gpurunignore, links that would leave it, `extra`."""
+    return [*DEFAULT_EXCLUDES, *read_ignore_file(folder), *(literal(link) for link in outside_links(folder)), *extra]
+
+
+def outside_links(root: Path) -> list[str]:
+    """The folder's symlinks that the upload leaves out (see `link_leaves`), as paths relative to it."""
+    found: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        base = Path(dirpath)
+        for name in [*dirnames, *filenames]:
+            path = base / name
+            if path.is_symlink() and link_leaves(path, root):
+                found.append(path.relative_to(root).as_posix())
+    return sorted(found)
+
+
+def literal(rel_path: str) -> str:
+    """An exclude pattern that matches exactly this path from the top (wildcards in the name escaped)."""
+    if any(ch in rel_path for ch in "*?[\\"):
+        rel_path = re.sub(r"([*?\[\\])", r"\\\1", rel_path)
+    return "/" + rel_path
 
 
 def _translate(glob: str) -> str:
     out, i = [], 0
     while i < len(glob):
         char = glob[i]
+        if char == "\\" and i + 1 < len(glob):  # an escaped character is itself
+            out.append(re.escape(glob[i + 1]))
+            i += 2
+            continue
         if glob.startswith("**", i):
             out.append(".*")
             i += 2
@@ -125,14 +155,14 @@ class UploadPlan:
 
 
 def plan_upload(local_dir: Path, excludes: list[str] | tuple[str, ...] | None = None) -> UploadPlan:
-    """Walk `local_dir` as `push` will (symlinks followed, excluded folders not entered)."""
+    """Walk `local_dir` as `push` will (file links inside it followed, excluded folders not entered)."""
     root = Path(local_dir)
     if not root.is_dir():
         raise SyncError(f"not a folder: {root}", where=str(root))
     patterns = tuple(upload_excludes(root) if excludes is None else excludes)
     excluder = Excluder(patterns)
     entries: list[PlannedFile] = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
         base = Path(dirpath).relative_to(root).as_posix()
         prefix = "" if base == "." else base + "/"
         dirnames[:] = sorted(d for d in dirnames if not excluder.excluded(prefix + d, True))
@@ -140,9 +170,12 @@ def plan_upload(local_dir: Path, excludes: list[str] | tuple[str, ...] | None = 
             rel = prefix + name
             if excluder.excluded(rel, False):
                 continue
+            path = Path(dirpath) / name
+            if path.is_symlink() and link_leaves(path, root):
+                continue  # excluded by `upload_excludes` too; here also when the caller gave its own list
             try:
-                info = (Path(dirpath) / name).stat()
-            except FileNotFoundError:  # a dangling symlink: rsync --copy-links skips it too
+                info = path.stat()
+            except OSError:  # vanished, or unreadable
                 continue
             entries.append(PlannedFile(rel, info.st_size, info.st_mtime))
     return UploadPlan(len(entries), sum(e.size for e in entries), tuple(entries), patterns)

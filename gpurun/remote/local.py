@@ -22,6 +22,15 @@ from gpurun.errors import SyncError
 from gpurun.remote import transport as tp
 from gpurun.remote.transport import CommandError, CommandResult, FileStat, RsyncRoute
 
+#: credentials of this client that no process it starts here needs: the runner and the watchdog get what they
+#: need explicitly (HF_TOKEN for a gated model), never the provider accounts' keys
+SECRET_ENV = ("VAST_API_KEY", "RUNPOD_API_KEY", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
+
+
+def child_environment() -> dict[str, str]:
+    """This process's environment without its secrets, for everything started on this machine."""
+    return {k: v for k, v in os.environ.items() if k not in SECRET_ENV}
+
 
 class LocalTransport:
     """Run the job on this machine. `root` plays the role of the SSH user's home."""
@@ -55,7 +64,7 @@ class LocalTransport:
         # its own session, so a timeout or an abandoned stream can stop the whole tree, not just `sh`
         return await asyncio.create_subprocess_exec(
             "sh", "-c", tp.shell_command(cmd, env=env, cwd=str(self.path(cwd)) if cwd else None),
-            cwd=self.root, start_new_session=True, **kwargs,
+            cwd=self.root, start_new_session=True, env=child_environment(), **kwargs,
         )  # fmt: skip
 
     async def run(
@@ -137,7 +146,7 @@ class LocalTransport:
         # The session leader backgrounds the job and exits at once, so no child of ours is left to reap; the
         # job, re-parented, outlives this process (that is what --detach relies on).
         launcher = await asyncio.create_subprocess_exec(
-            "sh", "-c", body, cwd=self.root, start_new_session=True,
+            "sh", "-c", body, cwd=self.root, start_new_session=True, env=child_environment(),
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         await launcher.wait()
@@ -225,10 +234,12 @@ class LocalTransport:
         await asyncio.to_thread(shutil.copy2, local, tmp)
         os.replace(tmp, target)
 
-    async def get_file(self, remote: str, local: Path) -> None:
+    async def get_file(self, remote: str, local: Path, *, max_bytes: int | None = None) -> None:
         source = self.path(remote)
-        if not source.is_file():
-            raise SyncError(f"no such file: {remote}", where=self.where)
+        if source.is_symlink() or not source.is_file():
+            raise SyncError(f"no such regular file: {remote}", where=self.where)
+        if max_bytes is not None and source.stat().st_size > max_bytes:
+            raise SyncError(f"{remote} is over {max_bytes} bytes", where=self.where)
         await asyncio.to_thread(shutil.copy2, source, local)
 
     async def list_files(self, remote_dir: str) -> dict[str, FileStat]:

@@ -107,12 +107,19 @@ def argv(
     timeout_s: int = IO_TIMEOUT_S,
     remote_mkdir: str | None = None,
     bwlimit_kbps: int | None = None,
+    extra: list[str] | tuple[str, ...] = (),
 ) -> list[str]:
-    """The rsync command line. `route.ssh_argv` becomes `-e` (quoted so rsync splits it back correctly)."""
-    args = ["rsync", "-a", "--no-owner", "--no-group", "--stats", "--info=progress2", f"--timeout={timeout_s}"]
+    """The rsync command line. `route.ssh_argv` becomes `-e` (quoted so rsync splits it back correctly).
+
+    `-s` (--protect-args; --secluded-args in rsync 3.2.4+) sends file names inside the protocol instead of on
+    the remote shell's command line: before 3.2.4 (Ubuntu 20.04, Debian 11, RHEL 8) a name like `10_sks dog` or
+    `$(...)` would otherwise be split or executed by the box's shell."""
+    args = ["rsync", "-a", "-s", "--no-owner", "--no-group", "--stats", "--info=progress2", f"--timeout={timeout_s}"]
     args.append(f"--partial-dir={partial_dir}" if partial_dir else "--partial")
     if copy_links:
-        args.append("--copy-links")  # a dataset of symlinked images must arrive as images
+        # file links must arrive as files; the excludes (excludes.upload_excludes) leave out every link that
+        # points at a folder or out of the tree, so nothing outside the dataset is followed
+        args.append("--copy-links")
     if compress:
         args.append("-z")
     if bwlimit_kbps:
@@ -126,7 +133,7 @@ def argv(
             # create the destination in the same SSH session as the transfer: one round trip fewer than a
             # separate `mkdir -p`, and it works with any remote rsync (unlike --mkpath, new in 3.2.3)
             args.append(f"--rsync-path=mkdir -p {shlex.quote(remote_mkdir)} && rsync")
-    return [*args, *sources, destination]
+    return [*args, *extra, *sources, destination]
 
 
 def parse_progress(chunk: str) -> TransferProgress | None:

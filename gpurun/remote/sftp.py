@@ -63,7 +63,7 @@ class SftpFiles:
             parent = posixpath.dirname(remote)
             if parent:
                 await sftp.makedirs(parent, exist_ok=True)
-            await sftp.put(str(local), tmp, preserve=True)
+            await sftp.put(str(local), tmp, preserve=True, follow_symlinks=True)  # a file link sends its file
             try:
                 await sftp.posix_rename(tmp, remote)
             except asyncssh.SFTPOpUnsupported:  # servers without OpenSSH's extension: not atomic, but works
@@ -75,10 +75,23 @@ class SftpFiles:
         except asyncssh.SFTPError as exc:
             raise SshError(f"upload of {local} to {remote} failed: {exc}", where=self.where) from None
 
-    async def get_file(self, remote: str, local: Path) -> None:
+    async def get_file(self, remote: str, local: Path, *, max_bytes: int | None = None) -> None:
+        """Download one regular file, reading at most `max_bytes` (the host may lie about sizes)."""
         sftp = await self._sftp_client()
         try:
-            await sftp.get(remote, str(local), preserve=True)
+            attrs = await sftp.lstat(remote)
+            if not _is_regular(attrs) or stat_mod.S_ISLNK(attrs.permissions or 0):
+                raise SyncError(f"{remote} on the instance is not a regular file; it is not fetched", where=self.where)
+            if max_bytes is not None and (attrs.size or 0) > max_bytes:
+                raise SyncError(f"{remote} on the instance is {attrs.size} bytes, over {max_bytes}", where=self.where)
+            received = 0
+            async with sftp.open(remote, "rb") as source:
+                with open(local, "wb") as sink:
+                    while chunk := await source.read(1 << 20):
+                        received += len(chunk)
+                        if max_bytes is not None and received > max_bytes:
+                            raise SyncError(f"{remote} grew past {max_bytes} bytes while fetched", where=self.where)
+                        sink.write(chunk)
         except asyncssh.SFTPNoSuchFile:
             raise SyncError(f"no such file on the instance: {remote}", where=self.where) from None
         except TRANSIENT as exc:

@@ -205,8 +205,10 @@ async def fetch_verified(
     size: int | None = None,
     method: Method = "auto",
     progress: ProgressCallback | None = None,
+    max_bytes: int | None = None,
 ) -> FetchResult:
-    """Download one file, prove it (sha256, and size when given), then rename it into place atomically.
+    """Download one file, prove it (sha256, and size when given), then rename it into place atomically. At most
+    `max_bytes` are accepted, however big the file on the instance claims or turns out to be.
 
     On a mismatch or any failure the temporary file is removed and nothing appears at `local_file`; a
     correct file already there is kept without transferring anything.
@@ -228,15 +230,16 @@ async def fetch_verified(
     try:
         if chosen == "sftp":
             try:
-                await transport.get_file(remote_file, tmp)
+                await transport.get_file(remote_file, tmp, max_bytes=max_bytes)
             except FileChannelUnavailable:
                 if method != "auto":
                     raise
                 chosen = await choose_method(transport, "rsync")
         if chosen == "rsync":
             route = transport.rsync_route()
-            await rsync.run(rsync.argv([route.target(remote_file)], str(tmp), route), where=transport.where,
-                            progress=progress)  # fmt: skip
+            extra = [f"--max-size={max_bytes}"] if max_bytes is not None else []
+            await rsync.run(rsync.argv([route.target(remote_file)], str(tmp), route, extra=extra),
+                            where=transport.where, progress=progress)  # fmt: skip
         if not tmp.is_file():
             raise SyncError(f"{remote_file} did not arrive", where=str(target))
         got_size = tmp.stat().st_size

@@ -642,14 +642,17 @@ class Watchdog:
 
     @staticmethod
     def _classify(status: int | None, text: str) -> str:
-        """confirmed | retry | refused, from one HTTP answer. Unknown is never 'confirmed'."""
+        """confirmed | retry | refused, from one HTTP answer. Unknown is never 'confirmed': the providers answer
+        in JSON (or with an empty body), so an HTML page (a proxy's, a captive portal's) proves nothing."""
+        try:
+            doc = json.loads(text) if text.strip() else {}
+        except ValueError:
+            doc = None
+        if status is not None and (status == 404 or 200 <= status < 300) and doc is None:
+            return "retry"
         if status == 404:
             return "confirmed"  # already gone (providers' destroy is idempotent)
         if status is not None and 200 <= status < 300:
-            try:
-                doc = json.loads(text) if text.strip() else {}
-            except ValueError:
-                doc = {}
             if isinstance(doc, dict) and doc.get("success") is False:
                 return "retry"  # a 200 that says it failed is not a destroy
             if isinstance(doc, dict) and doc.get("errors"):  # GraphQL errors come with HTTP 200

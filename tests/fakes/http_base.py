@@ -155,6 +155,25 @@ class FakeServer:
         with self.lock:
             self._faults.append(Fault(status, times, path, method, f"<html>{status} upstream error</html>"))
 
+    def inject_answer(
+        self,
+        status: int,
+        body: Any,
+        *,
+        times: int = 1,
+        path: str | None = None,
+        method: str | None = None,
+    ) -> None:
+        """The next `times` matching requests get this exact answer: a hostile or malformed vendor body."""
+        kind = "text/plain" if isinstance(body, (str, bytes)) else "application/json"
+        with self.lock:
+            self._faults.append(Fault(status, times, path, method, body, {}, kind))
+
+    def clear_faults(self) -> None:
+        """Forget every queued fault: the next requests are answered normally."""
+        with self.lock:
+            self._faults.clear()
+
     def inject_delay(
         self,
         seconds: float,

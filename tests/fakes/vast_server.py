@@ -93,7 +93,10 @@ class FakeVast(FakeServer):
         self._gone: set[str] = set()
         self._never_ready: set[str] = set()
         self._never_ready_all = False
+        #: offer id → the actual_status its instances report forever (a host gone "offline", an undocumented state)
+        self._stuck_status: dict[str, str] = {}
         self._ids = itertools.count(27_001_234)
+        self._key_ids = itertools.count(101)
         #: the box instances run on (None: an SSH endpoint only)
         self.box: Box | None = None
         #: start the container at this poll (None: at the poll that shows it running)
@@ -136,6 +139,11 @@ class FakeVast(FakeServer):
                 self._never_ready_all = True
             else:
                 self._never_ready.add(str(offer_id))
+
+    def report_status(self, offer_id: int | str, status: str) -> None:
+        """Instances of this offer report `actual_status` = `status` from their first poll on."""
+        with self.lock:
+            self._stuck_status[str(offer_id)] = status
 
     # -- what tests read -----------------------------------------------------------------------------------
     def instance_key(self, instance_id: str | int) -> str:
@@ -213,6 +221,13 @@ class FakeVast(FakeServer):
             return Response(200, {"instances_found": len(views), "instances": views})
         if path == "/api/v1/instances" and method == "GET":
             return self._list_v1(request.query)
+        if (m := re.fullmatch(r"/api/v0/ssh/(\d+)", path)) and method == "DELETE":
+            with self.lock:
+                before = len(self.ssh_keys)
+                self.ssh_keys[:] = [k for k in self.ssh_keys if str(k["id"]) != m.group(1)]
+                if len(self.ssh_keys) == before:
+                    return _err(400, "no_ssh_key", "No ssh key provided")
+            return Response(200, {"success": True})
         if path == "/api/v0/ssh":
             if method == "GET":
                 keys = [{**k, "key": k["public_key"]} for k in self.ssh_keys]
@@ -298,6 +313,8 @@ class FakeVast(FakeServer):
             return [i for i in self.instances.values() if i.destroyed_at is None]
 
     def _status(self, inst: FakeVastInstance) -> str | None:
+        if (stuck := self._stuck_status.get(str(inst.offer.get("id")))) is not None:
+            return stuck
         if inst.stopped or inst.outbid:
             return "stopped"
         if inst.polls <= self.pending_polls or inst.never_ready:
@@ -450,7 +467,7 @@ class FakeVast(FakeServer):
             return _err(400, "no_ssh_key", "No ssh key provided")
         with self.lock:
             record = {
-                "id": 100 + len(self.ssh_keys),
+                "id": next(self._key_ids),
                 "user_id": 123456,
                 "public_key": key,
                 "created_at": "2026-08-20T12:00:00Z",

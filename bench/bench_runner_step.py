@@ -39,9 +39,9 @@ def build(family: str, size: str, device: str, dtype: Any) -> Any:
     from diffusers.models.attention_processor import AttnProcessor2_0
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    from gpurun.runner.loaded import LoadedModel
-    from gpurun.runner.model_configs import bundled_config_name, materialize
-    from gpurun.runner.tiny import build_tiny_pipeline
+    from gpurun.runner.model.bundled import bundled_config_name, materialize
+    from gpurun.runner.model.loaded import LoadedModel
+    from gpurun.runner.model.tiny import build_tiny_pipeline
 
     if size == "tiny":
         pipe = build_tiny_pipeline(family)
@@ -78,9 +78,9 @@ def bench_one(family: str, size: str, batch: int, dtype_name: str, checkpointing
     from gpurun.config import TrainConfig
     from gpurun.dataset.types import ImageItem
     from gpurun.runner.data import TrainData, TrainImage
-    from gpurun.runner.loaded import Conditioning
     from gpurun.runner.lora import add_lora
     from gpurun.runner.loss import StepContext, batch_loss
+    from gpurun.runner.model.loaded import Conditioning
     from gpurun.runner.optim import make_optimizer
 
     cuda = torch.cuda.is_available()

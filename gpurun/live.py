@@ -10,34 +10,11 @@ from __future__ import annotations
 import json
 import sys
 import time
-from dataclasses import dataclass
-from typing import IO, Protocol
+from typing import IO
 
 from gpurun.events import Event, LogLine, Step
+from gpurun.job.view import Money, View
 from gpurun.render import human_seconds, printable, safe
-
-
-@dataclass
-class Money:
-    """What the run has cost so far, what it will cost at this pace, and the ceiling."""
-
-    spent: float = 0.0
-    projected: float = 0.0
-    budget: float | None = None
-
-    def line(self) -> str:
-        text = f"${self.spent:.3f} spent, ~${self.projected:.3f} projected"
-        if self.budget is not None:
-            text += f" / ${self.budget:.2f} budget"
-        return text
-
-
-class View(Protocol):
-    def phase(self, name: str, detail: str = "") -> None: ...
-    def event(self, event: Event) -> None: ...
-    def money(self, money: Money) -> None: ...
-    def message(self, text: str) -> None: ...
-    def close(self) -> None: ...
 
 
 def _step_summary(step: Step) -> str:

@@ -10,12 +10,15 @@ import json
 import math
 import sys
 import unicodedata
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.markup import escape
 
 from gpurun.errors import GpurunError
+
+if TYPE_CHECKING:
+    from gpurun.job.receipt import Receipt
 
 #: stdout: the data a command reports
 out = Console(soft_wrap=True)
@@ -85,3 +88,30 @@ def human_seconds(seconds: float) -> str:
         return f"{minutes}m{secs:02d}s"
     hours, minutes = divmod(minutes, 60)
     return f"{hours}h{minutes:02d}m"
+
+
+def render_receipt(receipt: Receipt) -> Any:
+    """A rich table of the receipt."""
+    from rich.table import Table  # (rich's tables load only when there is one to print)
+
+    table = Table(
+        title=f"receipt {receipt.run_id} — {receipt.offer} ({receipt.gpu}) at ${receipt.billed_per_hour:.3f}/h",
+        title_justify="left",
+    )
+    for column in ("phase", "est. time", "actual", "est. $", "actual $"):
+        table.add_column(column, justify="left" if column == "phase" else "right")
+    for line in receipt.lines:
+        table.add_row(
+            line.phase,
+            human_seconds(line.estimated_s),
+            "—" if line.actual_s is None else human_seconds(line.actual_s),
+            f"{line.estimated_usd:.4f}",
+            "—" if line.actual_usd is None else f"{line.actual_usd:.4f}",
+        )
+    budget = f" of ${receipt.budget:.2f} budget" if receipt.budget is not None else ""
+    table.caption = (
+        f"billed {human_seconds(receipt.billed_seconds)}: ${receipt.actual_total_usd:.4f}{budget} "
+        f"(estimated ${receipt.estimated_total_usd:.4f}, expected ${receipt.estimated_expected_usd:.4f}); "
+        f"instance {'destroyed' if receipt.destroyed else 'NOT confirmed destroyed — run `gpurun runs --all`'}"
+    )
+    return table

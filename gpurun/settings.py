@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 from gpurun.errors import ConfigError
 
@@ -50,13 +50,13 @@ class _Strict(BaseModel):
 
 
 class ProviderSettings(_Strict):
+    """One provider's table in the settings file (`[<provider>]`): which tables may exist is the registry's to say
+    (`gpurun.provision.registry.check_settings`)."""
+
     api_key: SecretStr | None = None
     #: API base URL override (the env var GPURUN_<PROVIDER>_URL wins)
     url: str | None = None
-
-
-class RunpodSettings(ProviderSettings):
-    #: GraphQL endpoint override (GPURUN_RUNPOD_GRAPHQL_URL wins); `url` is the REST v2 base
+    #: a second endpoint where the provider has one (a GraphQL API beside REST; GPURUN_<PROVIDER>_GRAPHQL_URL wins)
     graphql_url: str | None = None
 
 
@@ -90,19 +90,36 @@ class PricingSettings(_Strict):
         return value
 
 
+#: the tables of the settings file that are not a provider's
+_OWN_TABLES = ("ssh_hosts", "pricing")
+
+
 class Settings(_Strict):
-    vast: ProviderSettings = Field(default_factory=ProviderSettings)
-    runpod: RunpodSettings = Field(default_factory=RunpodSettings)
+    #: `[<provider>]` tables: API key, URL overrides
+    providers: dict[str, ProviderSettings] = Field(default_factory=dict)
     ssh_hosts: list[SshHostSettings] = Field(default_factory=list)
     pricing: PricingSettings = Field(default_factory=PricingSettings)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _provider_tables(cls, data: Any) -> Any:
+        """The file has one top-level table per provider; they are gathered under `providers`."""
+        if isinstance(data, dict) and "providers" not in data:
+            tables = {k: v for k, v in data.items() if k not in _OWN_TABLES}
+            data = {**{k: v for k, v in data.items() if k in _OWN_TABLES}, "providers": tables}
+        return data
+
+    def provider(self, name: str) -> ProviderSettings:
+        """The `[name]` table (empty when the file has none)."""
+        return self.providers.get(name) or ProviderSettings()
+
     def api_key(self, provider: str) -> str | None:
-        """The key for `provider`: environment first (VAST_API_KEY, RUNPOD_API_KEY), then the file."""
+        """The key for `provider`: environment first (<PROVIDER>_API_KEY), then the file."""
         env = os.environ.get(f"{provider.upper()}_API_KEY")
         if env:
             return env
-        section = getattr(self, provider, None)
-        if isinstance(section, ProviderSettings) and section.api_key is not None:
+        section = self.providers.get(provider)
+        if section is not None and section.api_key is not None:
             return section.api_key.get_secret_value()
         return None
 
@@ -111,26 +128,29 @@ class Settings(_Strict):
         env = f"{provider.upper()}_API_KEY"
         if os.environ.get(env):
             return env
-        section = getattr(self, provider, None)
-        if isinstance(section, ProviderSettings) and section.api_key is not None:
+        section = self.providers.get(provider)
+        if section is not None and section.api_key is not None:
             return "file"
         return None
+
+    def with_api_key(self, provider: str, key: str) -> Settings:
+        """These settings with `provider`'s key set (the other keys kept)."""
+        table = self.provider(provider).model_copy(update={"api_key": SecretStr(key)})
+        return self.model_copy(update={"providers": {**self.providers, provider: table}})
 
     def to_toml(self) -> str:
         """The settings as TOML, secrets included (for the 0600 settings file only); defaults left out."""
         data = self.model_dump(mode="python", exclude_defaults=True)
         lines: list[str] = []
-        for section in ("vast", "runpod", "pricing"):
-            values = data.get(section)
-            if not values:
-                continue
-            if section == "pricing":
-                lines += ["[pricing.efficiency]"] + [
-                    f"{_toml_value(name)} = {_toml_value(v)}" for name, v in values.get("efficiency", {}).items()
-                ]
-            else:
-                lines.append(f"[{section}]")
-                lines += [f"{key} = {_toml_value(value)}" for key, value in values.items() if value is not None]
+        for name, values in sorted(data.get("providers", {}).items()):
+            values = {key: value for key, value in values.items() if value is not None}
+            if values:
+                lines.append(f"[{name}]")
+                lines += [f"{key} = {_toml_value(value)}" for key, value in values.items()]
+                lines.append("")
+        efficiency = data.get("pricing", {}).get("efficiency", {})
+        if efficiency:
+            lines += ["[pricing.efficiency]"] + [f"{_toml_value(n)} = {_toml_value(v)}" for n, v in efficiency.items()]
             lines.append("")
         for host in data.get("ssh_hosts", []):
             lines.append("[[ssh_hosts]]")

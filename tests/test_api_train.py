@@ -10,10 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from gpurun.api import plan, train
+from gpurun.api import TrainRequest, plan, train
 from gpurun.live import JsonView
 from gpurun.lorafile import verify_lora_file
-from gpurun.trainplan import TrainRequest
 from tests.e2e import small_job
 
 pytest.importorskip("torch")
@@ -30,7 +29,7 @@ def test_plan_then_train_from_python(tmp_path: Path) -> None:
 
     stream = io.StringIO()
     seen = []
-    receipt = asyncio.run(train(the_plan, view=JsonView(stream), on_job=seen.append))
+    receipt = asyncio.run(train(the_plan, view=JsonView(stream), on_start=seen.append))
     assert receipt.outcome == "done" and receipt.destroyed
     (job,) = seen
     lora = Path(job.out_dir) / "lora.safetensors"

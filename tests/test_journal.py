@@ -16,7 +16,7 @@ import pytest
 
 from gpurun.errors import JournalError
 from gpurun.journal import PHASES, Journal, new_run_id
-from gpurun.journal_schema import SCHEMA_VERSION
+from gpurun.journal.schema import SCHEMA_VERSION
 from gpurun.models import SshEndpoint, Workload
 from gpurun.settings import state_dir
 from tests.conftest import subprocess_env
@@ -115,21 +115,20 @@ def test_prefix_lookup_and_ambiguity(journal: Journal) -> None:
 
 def test_phases_in_order_and_the_current_phase(journal: Journal) -> None:
     intent(journal, "r1")
-    for name in ("creating", "waiting", "watchdog", "bootstrap", "sync", "training"):
+    for name in ("boot", "setup", "upload", "training"):
         journal.phase("r1", name, detail=f"{name} detail")
     journal.phase("r1", "detached", "ctrl-c")
     run = journal.get("r1")
     assert (run.phase, run.state) == ("detached", "active")
     phases = journal.phases("r1")
-    assert [p.name for p in phases] == ["intent", "creating", "waiting", "watchdog", "bootstrap", "sync", "training",
-                                        "detached"]  # fmt: skip
-    assert phases[0].detail == "vast:9001" and phases[2].detail == "waiting detail"
+    assert [p.name for p in phases] == ["intent", "boot", "setup", "upload", "training", "detached"]
+    assert phases[0].detail == "vast:9001" and phases[2].detail == "setup detail"
     assert all(a.t <= b.t for a, b in itertools.pairwise(phases))
     with pytest.raises(ValueError, match="unknown phase 'trainnig'"):
         journal.phase("r1", "trainnig")
     with pytest.raises(JournalError, match="unknown run"):
         journal.phase("r-missing", "training")
-    assert len(journal.phases("r1")) == 8  # the refused writes left nothing behind
+    assert len(journal.phases("r1")) == 6  # the refused writes left nothing behind
     assert set(PHASES) >= {"intent", "destroyed", "done", "failed", "cancelled"}
 
 
@@ -145,7 +144,7 @@ def test_a_whole_run_lifecycle(journal: Journal) -> None:
     journal.record_artifact("r1", "lora-000002.safetensors", "ab" * 32, 37_748_736)
     journal.record_artifact("r1", "lora.safetensors", "cd" * 32, 37_748_736)
     journal.record_artifact("r1", "lora.safetensors", "ef" * 32, 37_748_737)  # re-fetched: replaced
-    journal.phase("r1", "terminating")
+    journal.phase("r1", "teardown")
     journal.mark_terminated("r1", confirmed=True)
     journal.mark_finished("r1", "done")
     run = journal.get("r1")
@@ -160,7 +159,7 @@ def test_a_whole_run_lifecycle(journal: Journal) -> None:
     assert [(c.phase, c.seconds) for c in journal.costs("r1")] == [("boot", 95.0), ("training", 1800.0)]
     artifacts = {a.path: a for a in journal.artifacts("r1")}
     assert artifacts["lora.safetensors"].sha256 == "ef" * 32 and len(artifacts) == 2
-    assert [p.name for p in journal.phases("r1")][-3:] == ["terminating", "destroyed", "done"]
+    assert [p.name for p in journal.phases("r1")][-3:] == ["teardown", "destroyed", "done"]
     assert journal.find_instance("vast", "12345") == run.instance
     assert journal.find_instance("runpod", "12345") is None
     assert journal.runs(active_only=True) == []
@@ -196,12 +195,12 @@ def test_alive_means_not_confirmed_gone(journal: Journal) -> None:
     ]
     assert [(i.run_id, i.attempt) for i in journal.alive_instances()] == [("r2", 2), ("r2", 3)]
     run = journal.get("r2")
-    assert (run.provider, run.instance_id, run.phase) == ("runpod", "pod-c", "creating")
+    assert (run.provider, run.instance_id, run.phase) == ("runpod", "pod-c", "boot")
     # a reconcile finds attempt 2's instance by its label, and destroys it: the run goes on on attempt 3
     journal.set_instance("r2", "vast-b", attempt=2)
     journal.mark_terminated("r2", confirmed=True, instance_id="vast-b")
     assert [(i.attempt, i.status) for i in journal.alive_instances()] == [(3, "created")]
-    assert journal.get("r2").phase == "creating"
+    assert journal.get("r2").phase == "boot"
     journal.mark_terminated("r2", confirmed=True, instance_id="pod-c")
     assert journal.get("r2").phase == "destroyed" and journal.alive_instances() == []
     with pytest.raises(JournalError, match="no attempt 4"):

@@ -8,8 +8,9 @@ from dataclasses import replace
 import pytest
 
 from gpurun.errors import DeadlineError, PriceError
+from gpurun.job.rent import RentPolicy, rent
+from gpurun.job.teardown import destroy_confirmed
 from gpurun.journal import Journal
-from gpurun.lifecycle import RentPolicy, destroy_confirmed, rent
 from gpurun.models import CostEstimate, GpuRequest, LaunchSpec, Offer
 from gpurun.provision.vast import VastProvider
 
@@ -90,6 +91,7 @@ async def test_billed_price_above_quote_destroys(fake_vast, vast_provider) -> No
 
     class Overbilling:
         name = "vast"
+        over_ssh = True
 
         async def create(self, offer, spec):
             return await vast_provider.create(offer, spec)
@@ -135,6 +137,7 @@ async def test_a_billed_price_of_zero_is_bad_data_and_the_quote_stands(fake_vast
 
     class FreeLunch:
         name = "vast"
+        over_ssh = True
 
         async def create(self, offer, spec):
             return await vast_provider.create(offer, spec)

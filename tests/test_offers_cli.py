@@ -10,11 +10,12 @@ import sys
 
 import pytest
 
-from gpurun.api import disk_needed_gb, offers
+from gpurun.api import offers
+from gpurun.job.offers import disk_needed_gb
 from gpurun.models import GpuRequest, Workload
-from gpurun.pricing import PHASES, rank
+from gpurun.pricing import DEFAULT, PHASES, rank
 from gpurun.provision.http import RetryPolicy
-from gpurun.provision.registry import make_provider, min_cuda_for
+from gpurun.provision.registry import boot_profiles, make_provider, min_cuda_for
 from tests.conftest import subprocess_env
 from tests.imaging import make_concept
 
@@ -38,7 +39,8 @@ async def _pure_ranking_keys(workload: Workload, names: tuple[str, ...]) -> list
             every += await provider.list_offers(query)
         finally:
             await provider.aclose()
-    return [e.offer.key for e in rank(workload, every).estimates]
+    assumptions = dataclasses.replace(DEFAULT, boot=boot_profiles())  # each provider's own boot profile
+    return [e.offer.key for e in rank(workload, every, assumptions=assumptions).estimates]
 
 
 def test_json_ranking_matches_the_pure_ranking(fake_vast, fake_runpod, gpurun_cli) -> None:

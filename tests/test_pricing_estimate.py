@@ -12,6 +12,7 @@ import pytest
 from gpurun.models import GpuSpec, Offer, Workload
 from gpurun.pricing import PHASES, TIME_PHASES, Assumptions, BootProfile, estimate
 from gpurun.pricing.throughput import table_efficiency
+from gpurun.provision.local import LocalProvider
 
 # Round numbers so every phase can be worked out by hand: advertised bandwidth reached in full, no caps.
 SIMPLE = Assumptions(
@@ -234,7 +235,8 @@ def test_multi_gpu_offer_trains_on_one_gpu_and_says_so() -> None:
 
 
 def test_local_machine_has_no_boot_image_or_install() -> None:
-    est = estimate(JOB, offer(provider="local", price_per_hour=0.0, reliability=1.0))
+    local = Assumptions(boot={"local": LocalProvider.boot_profile})
+    est = estimate(JOB, offer(provider="local", price_per_hour=0.0, reliability=1.0), assumptions=local)
     assert phase(est, "boot").seconds == 0 and phase(est, "install").seconds == 0
     assert est.dollars == 0.0 and est.expected_dollars == 0.0
 

@@ -12,7 +12,7 @@ from gpurun.provision.registry import PROVIDER_NAMES, available_providers, base_
 from gpurun.provision.runpod import RunpodProvider
 from gpurun.provision.ssh_hosts import SshHostsProvider
 from gpurun.provision.vast import VastProvider
-from gpurun.settings import ProviderSettings, RunpodSettings, Settings, SshHostSettings, settings_path
+from gpurun.settings import ProviderSettings, Settings, SshHostSettings, settings_path
 
 
 def test_nothing_configured() -> None:
@@ -25,7 +25,7 @@ def test_nothing_configured() -> None:
 
 
 def test_keys_from_env_or_file(monkeypatch: pytest.MonkeyPatch) -> None:
-    settings = Settings(runpod=RunpodSettings(api_key=SecretStr("from-file")))
+    settings = Settings(providers={"runpod": ProviderSettings(api_key=SecretStr("from-file"))})
     monkeypatch.setenv("VAST_API_KEY", "from-env")
     status = available_providers(settings)
     assert status["vast"] is None and status["runpod"] is None
@@ -37,7 +37,7 @@ def test_keys_from_env_or_file(monkeypatch: pytest.MonkeyPatch) -> None:
 async def test_make_provider_builds_each_adapter(monkeypatch: pytest.MonkeyPatch) -> None:
     settings = Settings(
         vast=ProviderSettings(api_key=SecretStr("v" * 20), url="https://vast.example/"),
-        runpod=RunpodSettings(api_key=SecretStr("r" * 20), graphql_url="https://gql.example/graphql"),
+        runpod=ProviderSettings(api_key=SecretStr("r" * 20), graphql_url="https://gql.example/graphql"),
         ssh_hosts=[SshHostSettings(name="box", host="10.0.0.2")],
     )
     vast = make_provider("vast", settings)
@@ -73,7 +73,7 @@ def test_settings_file_round_trip_keeps_everything(tmp_path) -> None:
     path = tmp_path / "config.toml"
     original = Settings(
         vast=ProviderSettings(api_key=SecretStr('we"ird\\key')),
-        runpod=RunpodSettings(url="http://127.0.0.1:1/v2"),
+        runpod=ProviderSettings(url="http://127.0.0.1:1/v2"),
         ssh_hosts=[SshHostSettings(name="a", host="h", port=2222, gpu="RTX 3090", vram_gb=24, price_per_hour=0.2)],
     )
     save_settings(original, path)

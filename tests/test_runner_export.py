@@ -38,7 +38,7 @@ def _config(**changes: Any) -> TrainConfig:
 
 def _lora_model(family: str, *, train_te: bool = True, perturb: bool = True, rank: int = DIM, alpha: float = ALPHA):
     from gpurun.runner.lora import add_lora
-    from gpurun.runner.model import load_base_model
+    from gpurun.runner.model.load import load_base_model
 
     model = load_base_model(TINY_NAME[family])
     params = add_lora(model, rank=rank, alpha=alpha, train_text_encoder=train_te, seed=0)
@@ -85,7 +85,7 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Any, P
 )
 def test_targets_are_kohyas_defaults(family: str, counts: dict[str, int]) -> None:
     from gpurun.runner.lora import kohya_target_names
-    from gpurun.runner.tiny import build_tiny_pipeline
+    from gpurun.runner.model.tiny import build_tiny_pipeline
 
     pipe = build_tiny_pipeline(family)
     encoders = [pipe.text_encoder] + ([pipe.text_encoder_2] if family == "sdxl" else [])
@@ -245,7 +245,7 @@ def test_verify_names_each_problem(exported: dict[str, tuple[Any, Path]], tmp_pa
 
 def test_add_lora_inits_like_kohya_and_keeps_lora_fp32_on_half_base() -> None:
     from gpurun.runner.lora import add_lora
-    from gpurun.runner.model import load_base_model
+    from gpurun.runner.model.load import load_base_model
 
     model = load_base_model("tiny-sd", weight_dtype=torch.bfloat16)
     lat, t = torch.randn(1, 4, 8, 8, dtype=torch.bfloat16), torch.tensor([500])
@@ -279,7 +279,7 @@ def test_add_lora_inits_like_kohya_and_keeps_lora_fp32_on_half_base() -> None:
 
 def test_lora_state_round_trips_and_refuses_a_different_network() -> None:
     from gpurun.runner.lora import add_lora, load_lora_state, lora_state
-    from gpurun.runner.model import load_base_model
+    from gpurun.runner.model.load import load_base_model
 
     model, _ = _lora_model("sd15")
     state = lora_state(model)

@@ -34,9 +34,9 @@ def test_full_size_original_layout_round_trips_through_diffusers_loaders(name: s
     )
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    from gpurun.runner.detect import check_config_matches, detect_single_file
-    from gpurun.runner.ldm_layout import clip_to_original, openclip_to_original, unet_to_original, vae_to_original
-    from gpurun.runner.model_configs import materialize
+    from gpurun.runner.model.bundled import materialize
+    from gpurun.runner.model.detect import check_config_matches, detect_single_file
+    from gpurun.runner.model.ldm_layout import clip_to_original, openclip_to_original, unet_to_original, vae_to_original
 
     family, te_prefix, cross_dim = CASES[name]
     folder = materialize(name)

@@ -177,7 +177,7 @@ def test_the_optional_features_train_together(tmp_path: Path) -> None:
     assert len(cached) == 2  # one file per image, holding the latent and its flipped twin
 
     from gpurun.runner.data import cache_latents, scan_training_data
-    from gpurun.runner.model import load_base_model
+    from gpurun.runner.model.load import load_base_model
 
     data = scan_training_data(config)
     reused = cache_latents(

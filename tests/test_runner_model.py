@@ -36,7 +36,7 @@ def _max_diff(a: torch.nn.Module, b: torch.nn.Module) -> float:
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_single_file_and_folder_load_the_same_weights(family: str, request: pytest.FixtureRequest) -> None:
-    from gpurun.runner.model import load_base_model
+    from gpurun.runner.model.load import load_base_model
 
     tiny = _tiny(request, family)
     from_file = load_base_model(str(tiny.single_file))
@@ -68,7 +68,7 @@ def test_single_file_and_folder_load_the_same_weights(family: str, request: pyte
 
 
 def test_magic_tiny_names_need_no_files() -> None:
-    from gpurun.runner.model import load_base_model
+    from gpurun.runner.model.load import load_base_model
 
     model = load_base_model("tiny-sdxl")
     assert model.family == "sdxl" and "tiny" in model.detected
@@ -79,7 +79,7 @@ def test_magic_tiny_names_need_no_files() -> None:
 def test_ckpt_single_file_is_detected_and_loaded(tiny_sd15: TinyModel, tmp_path: Path, zip_format: bool) -> None:
     from safetensors.torch import load_file
 
-    from gpurun.runner.model import load_base_model
+    from gpurun.runner.model.load import load_base_model
 
     ckpt = tmp_path / "model.ckpt"
     state = {"state_dict": load_file(str(tiny_sd15.single_file))}
@@ -92,7 +92,7 @@ def test_ckpt_single_file_is_detected_and_loaded(tiny_sd15: TinyModel, tmp_path:
 
 
 def test_flags_choose_the_prediction_type(tiny_sd15: TinyModel, tiny_sd2: TinyModel) -> None:
-    from gpurun.runner.model import load_base_model
+    from gpurun.runner.model.load import load_base_model
 
     eps = load_base_model(str(tiny_sd15.single_file))
     assert (eps.prediction_type, eps.noise_scheduler.config.prediction_type) == ("epsilon", "epsilon")
@@ -109,7 +109,7 @@ def test_flags_choose_the_prediction_type(tiny_sd15: TinyModel, tiny_sd2: TinyMo
 
 
 def test_flags_that_contradict_the_checkpoint_are_errors(tiny_sd15: TinyModel) -> None:
-    from gpurun.runner.model import load_base_model
+    from gpurun.runner.model.load import load_base_model
 
     with pytest.raises(ConfigError, match=re.escape("v2 = true but the model is SD 1.x")) as info:
         load_base_model(str(tiny_sd15.single_file), v2=True)
@@ -120,7 +120,7 @@ def test_flags_that_contradict_the_checkpoint_are_errors(tiny_sd15: TinyModel) -
 
 
 def test_missing_file_is_a_config_error_with_a_hint(tmp_path: Path) -> None:
-    from gpurun.runner.model import load_base_model
+    from gpurun.runner.model.load import load_base_model
 
     with pytest.raises(ConfigError, match="base model not found") as info:
         load_base_model(str(tmp_path / "v1-5-pruned.safetensors"))
@@ -129,7 +129,7 @@ def test_missing_file_is_a_config_error_with_a_hint(tmp_path: Path) -> None:
 
 
 def test_garbage_file_is_a_config_error(tmp_path: Path) -> None:
-    from gpurun.runner.model import load_base_model
+    from gpurun.runner.model.load import load_base_model
 
     for name, data in [("garbage.safetensors", b"\x00" * 5000), ("garbage.ckpt", b"not a pickle at all")]:
         path = tmp_path / name
@@ -140,7 +140,7 @@ def test_garbage_file_is_a_config_error(tmp_path: Path) -> None:
 
 
 def test_truncated_checkpoint_is_a_config_error(tiny_sd15: TinyModel, tmp_path: Path) -> None:
-    from gpurun.runner.model import load_base_model
+    from gpurun.runner.model.load import load_base_model
 
     cut = tmp_path / "cut.safetensors"
     cut.write_bytes(tiny_sd15.single_file.read_bytes()[: tiny_sd15.single_file.stat().st_size // 2])
@@ -153,7 +153,7 @@ def test_truncated_checkpoint_is_a_config_error(tiny_sd15: TinyModel, tmp_path: 
 def test_other_kinds_of_files_are_named(tmp_path: Path) -> None:
     from safetensors.torch import save_file
 
-    from gpurun.runner.model import load_base_model
+    from gpurun.runner.model.load import load_base_model
 
     cases = {
         "lora.safetensors": ({"lora_unet_x.lora_down.weight": torch.zeros(2, 2)}, "LoRA, not a base model"),
@@ -182,7 +182,7 @@ def test_other_kinds_of_files_are_named(tmp_path: Path) -> None:
 
 
 def test_hub_id_offline_is_a_config_error_with_a_hint() -> None:
-    from gpurun.runner.model import load_base_model
+    from gpurun.runner.model.load import load_base_model
 
     with pytest.raises(ConfigError, match=re.escape("cannot fetch 'stabilityai/stable-diffusion-xl-base-1.0'")) as info:
         load_base_model("stabilityai/stable-diffusion-xl-base-1.0")
@@ -190,7 +190,7 @@ def test_hub_id_offline_is_a_config_error_with_a_hint() -> None:
 
 
 def test_unknown_names_and_non_model_folders_are_config_errors(tmp_path: Path) -> None:
-    from gpurun.runner.model import load_base_model
+    from gpurun.runner.model.load import load_base_model
 
     with pytest.raises(ConfigError, match="unknown base model") as info:
         load_base_model("sd15")
@@ -203,7 +203,7 @@ def test_unknown_names_and_non_model_folders_are_config_errors(tmp_path: Path) -
 
 
 def test_checkpoint_that_does_not_fit_the_bundled_config_is_refused(tiny_sd15: TinyModel, tmp_path: Path) -> None:
-    from gpurun.runner.model import load_base_model
+    from gpurun.runner.model.load import load_base_model
 
     lone = tmp_path / "custom.safetensors"
     shutil.copy(tiny_sd15.single_file, lone)  # no custom.config/ next to it: the bundled SD 1.5 config is used
@@ -233,7 +233,7 @@ def test_bundled_configs_describe_the_real_models(name: str, counts: dict[str, i
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    from gpurun.runner.model_configs import materialize
+    from gpurun.runner.model.bundled import materialize
 
     folder = materialize(name)
     index = json.loads((folder / "model_index.json").read_text())
@@ -252,7 +252,7 @@ def test_bundled_configs_describe_the_real_models(name: str, counts: dict[str, i
 def test_bundled_tokenizers_use_the_real_clip_vocabulary(name: str) -> None:
     from transformers import CLIPTokenizer
 
-    from gpurun.runner.model_configs import materialize
+    from gpurun.runner.model.bundled import materialize
 
     folder = materialize(name)
     for sub in sorted(p.name for p in folder.glob("tokenizer*")):
@@ -266,7 +266,7 @@ def test_bundled_tokenizers_use_the_real_clip_vocabulary(name: str) -> None:
 
 
 def test_encode_prompt_sd15_follows_kohyas_clip_skip() -> None:
-    from gpurun.runner.model import load_base_model
+    from gpurun.runner.model.load import load_base_model
 
     model = load_base_model("tiny-sd")
     ids = model.tokenize(["a photo of sks dog", "a cat"])
@@ -284,7 +284,7 @@ def test_encode_prompt_sd15_follows_kohyas_clip_skip() -> None:
 
 
 def test_encode_prompt_sdxl_concatenates_penultimate_states_and_pools() -> None:
-    from gpurun.runner.model import load_base_model
+    from gpurun.runner.model.load import load_base_model
 
     model = load_base_model("tiny-sdxl")
     ids = model.tokenize(["a photo of sks dog"])
@@ -308,7 +308,7 @@ def test_encode_prompt_sdxl_concatenates_penultimate_states_and_pools() -> None:
 
 @pytest.mark.parametrize("family", ["sd15", "sdxl"])
 def test_dtypes_sdxl_vae_stays_fp32(family: str) -> None:
-    from gpurun.runner.model import load_base_model
+    from gpurun.runner.model.load import load_base_model
 
     model = load_base_model("tiny-sd" if family == "sd15" else "tiny-sdxl", weight_dtype=torch.bfloat16)
     assert model.dtype == torch.bfloat16
@@ -321,14 +321,14 @@ def test_dtypes_sdxl_vae_stays_fp32(family: str) -> None:
 def test_models_use_sdpa_attention() -> None:
     from diffusers.models.attention_processor import AttnProcessor2_0
 
-    from gpurun.runner.model import load_base_model
+    from gpurun.runner.model.load import load_base_model
 
     model = load_base_model("tiny-sd")
     assert {type(p) for p in model.unet.attn_processors.values()} == {AttnProcessor2_0}
 
 
 def test_pipeline_shares_components_and_knows_kohyas_samplers() -> None:
-    from gpurun.runner.model import load_base_model
+    from gpurun.runner.model.load import load_base_model
 
     model = load_base_model("tiny-sd", v_parameterization=True)
     pipe = model.pipeline("euler_a")
@@ -343,7 +343,7 @@ def test_pipeline_shares_components_and_knows_kohyas_samplers() -> None:
 def test_vae_override_from_folder_or_single_file(tiny_sd15: TinyModel, tmp_path: Path) -> None:
     from safetensors.torch import load_file, save_file
 
-    from gpurun.runner.model import load_base_model
+    from gpurun.runner.model.load import load_base_model
 
     reference = load_base_model(str(tiny_sd15.diffusers_dir))
     from_folder = load_base_model(str(tiny_sd15.single_file), vae=str(tiny_sd15.diffusers_dir / "vae"))
@@ -364,7 +364,7 @@ def test_vae_override_from_folder_or_single_file(tiny_sd15: TinyModel, tmp_path:
 @pytest.mark.parametrize("name", ["tiny-sd", "tiny-sdxl"])
 def test_conditioning_carries_gradients_to_text_encoder_lora(name: str) -> None:
     from gpurun.runner.lora import add_lora
-    from gpurun.runner.model import load_base_model
+    from gpurun.runner.model.load import load_base_model
 
     model = load_base_model(name)
     params = add_lora(model, rank=4, alpha=4.0, train_text_encoder=True, seed=0)

@@ -29,7 +29,7 @@ def test_default_prompts_use_training_captions_with_the_trigger() -> None:
 
 def _base_render(family: str, prompt: str, seeds: list[int], steps: int, size: int):
     """The same cells rendered by a plain pipeline of a fresh base model, no LoRA anywhere."""
-    from gpurun.runner.model import load_base_model
+    from gpurun.runner.model.load import load_base_model
     from gpurun.runner.sample import _decode
 
     base = load_base_model("tiny-sd" if family == "sd15" else "tiny-sdxl")

@@ -27,7 +27,7 @@ def _components(family: str) -> list[str]:
 
 
 def test_same_seed_same_weights_other_seed_other_weights() -> None:
-    from gpurun.runner.tiny import build_tiny_pipeline
+    from gpurun.runner.model.tiny import build_tiny_pipeline
 
     a, b, c = (build_tiny_pipeline("sd15", seed=s) for s in (0, 0, 1))
     assert _state_equal(a.unet, b.unet) == 0.0
@@ -43,7 +43,7 @@ def test_tiny_topology_is_the_real_one(family: str, transformers: int, blocks: i
     from diffusers.models.attention import BasicTransformerBlock
     from diffusers.models.transformers.transformer_2d import Transformer2DModel
 
-    from gpurun.runner.tiny import build_tiny_pipeline
+    from gpurun.runner.model.tiny import build_tiny_pipeline
 
     pipe = build_tiny_pipeline(family)
     modules = list(pipe.unet.modules())

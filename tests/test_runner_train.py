@@ -146,7 +146,7 @@ def test_diffusers_loads_the_runner_output_and_reproduces_the_trained_state(
     from safetensors.torch import load_file
 
     from gpurun.runner.lora import add_lora, load_lora_state
-    from gpurun.runner.model import load_base_model
+    from gpurun.runner.model.load import load_base_model
 
     run = trained[family]
     tiny: TinyModel = run["tiny"]

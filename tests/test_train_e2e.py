@@ -129,14 +129,14 @@ def test_a_crashing_runner_is_reported_with_its_last_lines_and_the_machine_destr
     assert [r.by for r in vast_on_box.destroyed] == ["instance"]
 
 
-@pytest.mark.parametrize("moment", ["sync", "training"])
+@pytest.mark.parametrize("moment", ["upload", "training"])
 def test_client_killed_the_watchdog_destroys_the_instance(moment: str, vast_on_box: Any, tmp_path: Path) -> None:
     """SIGKILL leaves no finally and no teardown: the lease lapses on the box. During sync nothing trains, so the
     watchdog destroys at once; during training it lets the runner finish (the LoRA is worth the minutes), then
     the artifact grace (0 here) ends, and it destroys. Either way with the instance's own scoped key."""
     dataset, config = small_job(tmp_path, epochs=4)
     env = subprocess_env(**{**FAST, "GPURUN_LEASE_TTL_S": "3", "GPURUN_LEASE_INTERVAL_S": "1"})
-    marker = '"name":"sync"' if moment == "sync" else '"type":"step"'
+    marker = '"name":"upload"' if moment == "upload" else '"type":"step"'
     with subprocess.Popen(
         [sys.executable, "-m", "gpurun", "train", str(dataset), "--config", str(config), "--base", "tiny-sd",
          "--provider", "vast", "--budget", "5", "--yes", "--json", "--output", str(tmp_path / "runs"),

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from gpurun import watchdog_client as wc
 from gpurun.errors import ConfigError
+from gpurun.job import machine
+from gpurun.job import watchdog as wc
 from tests.test_watchdog import process_gone, wait_for
 
 VAST = {"kind": "vast", "url": "https://console.vast.ai", "instance_id": "123", "token": "instance-key"}
@@ -71,8 +72,8 @@ def test_arm_renew_and_launch_lines_work_together(tmp_path: Path) -> None:
         "import subprocess, sys, time; c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']);"
     )
     runner += " open('child.pid', 'w').write(str(c.pid)); print('{\"type\": \"start\"}', flush=True); time.sleep(60)"
-    sh(wc.runner_launch_command(str(remote), [sys.executable, "-c", runner], python=sys.executable))
-    pid = int(wait_for(lambda: (remote / wc.PID_NAME).exists() and (remote / wc.PID_NAME).read_text(), what="pid"))
+    sh(machine.runner_launch_command(str(remote), [sys.executable, "-c", runner], python=sys.executable))
+    pid = int(wait_for(lambda: (remote / machine.PID).exists() and (remote / machine.PID).read_text(), what="pid"))
     child = int(wait_for(lambda: (remote / "child.pid").exists() and (remote / "child.pid").read_text()))
     try:
         assert os.getpgid(pid) == pid and os.getsid(pid) == pid  # leads its own session and group
@@ -90,7 +91,7 @@ def test_arm_renew_and_launch_lines_work_together(tmp_path: Path) -> None:
         assert status["runner"] == {"state": "running", "pid": pid, "exit_code": None}
 
         # the deadline: SIGTERM to the runner, SIGKILL to its group, the launcher records the exit code
-        done = wait_for(lambda: (remote / wc.DONE_NAME).exists() and (remote / wc.DONE_NAME).read_text(), timeout=15)
+        done = wait_for(lambda: (remote / "runner.exit").exists() and (remote / "runner.exit").read_text(), timeout=15)
         assert done.strip() == str(128 + signal.SIGTERM)
         wait_for(lambda: process_gone(child), what="the runner's child to be killed")
         wait_for(lambda: '"exit"' in log.read_text(), what="the watchdog to exit")

@@ -23,7 +23,7 @@ class TinyModel:
 
 
 def build_tiny_model(root: Path, family: str) -> TinyModel:
-    from gpurun.runner.tiny import save_tiny
+    from gpurun.runner.model.tiny import save_tiny
 
     single = root / f"tiny-{family}.safetensors"
     model = TinyModel(family, root / "diffusers", single, root / f"tiny-{family}.config")

@@ -13,8 +13,8 @@ from gpurun.render import err, human_bytes, human_seconds, out, print_json, prin
 
 if TYPE_CHECKING:
     from gpurun.api import OffersResult
+    from gpurun.job.workload import WorkloadSource
     from gpurun.models import CostEstimate
-    from gpurun.workload import WorkloadSource
 
 HELP = """\
 Live GPU offers ranked by what YOUR job will cost in total, not by $/h.
@@ -73,11 +73,11 @@ def offers_command(
     from gpurun.api import offers
     from gpurun.config import TrainConfig
     from gpurun.errors import ConfigError
+    from gpurun.job.workload import build_workload
     from gpurun.models import GpuRequest
     from gpurun.pricing import DEFAULT
     from gpurun.provision.registry import min_cuda_for
     from gpurun.settings import load_settings
-    from gpurun.workload import build_workload
 
     source = build_workload(
         model=model,
@@ -252,8 +252,8 @@ def _footer(result: OffersResult, source: WorkloadSource) -> list[str]:
 
 
 def _explain(result: OffersResult, source: WorkloadSource, ref: str, as_json: bool) -> None:
-    from gpurun.api import estimate_dict
     from gpurun.models import to_dict
+    from gpurun.pricing.serial import estimate_to_dict
 
     estimate, rejected = result.explain(ref)
     if as_json:
@@ -261,7 +261,7 @@ def _explain(result: OffersResult, source: WorkloadSource, ref: str, as_json: bo
             {
                 "version": 1,
                 "ok": True,
-                "explain": {**estimate_dict(estimate), "left_out_because": list(rejected)},
+                "explain": {**estimate_to_dict(estimate), "left_out_because": list(rejected)},
                 "workload": {**to_dict(result.workload), "samples": result.workload.samples},
                 "workload_source": {"source": source.source, "notes": list(source.notes)},
                 "assumptions": to_dict(result.assumptions),

@@ -48,10 +48,8 @@ def _overview() -> list[dict[str, Any]]:
             row["urls"] = base_urls(name, settings)
             row["key_source"] = None if source is None else (str(settings_path()) if source == "file" else source)
             row["key"] = mask_secret(key) if key else None
-        elif name == "ssh":
-            row["hosts"] = [f"{h.name} ({h.user}@{h.host}:{h.port}, {h.gpu})" for h in settings.ssh_hosts]
         else:
-            row["hosts"] = ["this machine"]
+            row["hosts"] = list(base_urls(name, settings).values())
         rows.append(row)
     return rows
 
@@ -99,20 +97,14 @@ def set_key(
     The key is read from a hidden prompt, or from stdin when piped; never from the command line, where
     other users could read it in the process list.
     """
-    from pydantic import SecretStr
-
     from gpurun.provision.http import mask_secret
     from gpurun.provision.registry import KEY_ENV
-    from gpurun.settings import ProviderSettings, load_settings, save_settings
+    from gpurun.settings import load_settings, save_settings
 
     if name not in KEY_ENV:
         raise ConfigError(f"{name!r} takes no API key", hint=f"one of: {', '.join(KEY_ENV)}")
     key = _read_key(name)
-    settings = load_settings()
-    section = getattr(settings, name)
-    assert isinstance(section, ProviderSettings)
-    section.api_key = SecretStr(key)
-    path = save_settings(settings)
+    path = save_settings(load_settings().with_api_key(name, key))
     err.print(f"saved the {name} API key ({mask_secret(key)}) to {path} (readable only by you)", highlight=False)
     if os.environ.get(KEY_ENV[name]):
         warn(f"{KEY_ENV[name]} is set in the environment and takes precedence over the file")

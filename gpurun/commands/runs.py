@@ -27,17 +27,17 @@ def runs(
     With --all, every gpurun-labelled instance on every provider account is listed too, and any instance the
     journal does not know, or believes destroyed, is flagged as a STRAY (`gpurun down --strays` ends them).
     """
-    from gpurun.journal import Journal
+    from gpurun import api
 
-    with Journal.open() as journal:
-        records = journal.runs(limit=limit or None)
-        problems = list(journal.problems)
+    listing = api.runs(limit=limit or None)
+    records, problems = listing.runs, listing.problems
     for problem in problems:
         err.print(f"[yellow]warning:[/] {safe(problem)}", highlight=False)
     strays: list[dict[str, Any]] = []
     provider_errors: dict[str, str] = {}
     if all_:
-        strays, provider_errors = asyncio.run(_find_strays())
+        found, provider_errors = asyncio.run(api.find_strays())
+        strays = [stray.to_dict() for stray in found]
     if as_json:
         print_json(
             {
@@ -97,49 +97,6 @@ def _run_dict(record: Any) -> dict[str, Any]:
     }  # fmt: skip
 
 
-async def _find_strays() -> tuple[list[dict[str, Any]], dict[str, str]]:
-    """gpurun-labelled instances the journal does not know, or believes destroyed."""
-    from gpurun.errors import GpurunError
-    from gpurun.journal import Journal
-    from gpurun.provision.registry import available_providers, make_provider
-
-    strays: list[dict[str, Any]] = []
-    errors: dict[str, str] = {}
-    with Journal.open() as journal:
-        for name, why in available_providers().items():
-            if why is not None or name in ("local", "ssh"):
-                continue
-            provider = make_provider(name)
-            try:
-                listed = await provider.list_instances()
-            except GpurunError as exc:
-                errors[name] = exc.one_line()
-                continue
-            finally:
-                await provider.aclose()
-            for instance in listed:
-                if not instance.state.is_alive:
-                    continue
-                known = journal.find_instance(name, instance.instance_id)
-                if known is None:
-                    why_stray = "the journal does not know it"
-                elif known.status == "destroyed":
-                    why_stray = "the journal believes it destroyed"
-                else:
-                    continue
-                strays.append(
-                    {
-                        "provider": name,
-                        "instance_id": instance.instance_id,
-                        "label": instance.label,
-                        "state": instance.state.value,
-                        "price_per_hour": instance.price_per_hour,
-                        "why": why_stray,
-                    }
-                )
-    return strays, errors
-
-
 def attach(
     run: str = typer.Argument(..., help="Run id (or a unique prefix) from `gpurun runs`."),
     as_json: bool = typer.Option(False, "--json", help="Stream events and the receipt as JSON lines."),
@@ -161,26 +118,17 @@ def cancel(
 
 
 def _control(run: str, as_json: bool, action: str) -> None:
+    from gpurun import api
     from gpurun.commands.train import install_ctrl_c
-    from gpurun.journal import Journal
     from gpurun.live import make_view
-    from gpurun.receipt import render_receipt
-    from gpurun.runctl import JobOptions, RunControl
+    from gpurun.render import render_receipt
 
     async def main() -> Any:
         view = make_view(as_json=as_json)
-        with Journal.open() as journal:
-            control = await RunControl.reopen(run, view, journal, JobOptions.from_env())
-            if action == "attach":
-                install_ctrl_c(control, asyncio.current_task(), view)
-                try:
-                    return await control.attach()
-                finally:
-                    view.close()
-            try:
-                return await control.cancel()
-            finally:
-                view.close()
+        if action == "attach":
+            task = asyncio.current_task()
+            return await api.attach(run, view=view, on_start=lambda ctx: install_ctrl_c(ctx, task, view))
+        return await api.cancel(run, view=view)
 
     receipt = asyncio.run(main())
     if as_json:
@@ -195,12 +143,11 @@ def logs(
     stderr: bool = typer.Option(False, "--stderr", help="Also show the runner's stderr (fetched from the machine)."),
 ) -> None:
     """Show a run's events (kept locally in DIR/<run>/events.jsonl, so they survive the machine)."""
+    from gpurun import api
     from gpurun.events import parse_line
-    from gpurun.journal import Journal
     from gpurun.live import PlainView
 
-    with Journal.open() as journal:
-        record = journal.get(run)
+    record = api.run_record(run)
     path = Path(record.output_dir or ".") / "events.jsonl"
     if not path.exists():
         err.print(
@@ -219,17 +166,10 @@ def logs(
 
 
 async def _print_stderr(run_id: str) -> None:
-    from gpurun import onbox
-    from gpurun.journal import Journal
-    from gpurun.live import PlainView
-    from gpurun.runctl import JobOptions, RunControl
+    from gpurun import api
 
-    with Journal.open() as journal:
-        control = await RunControl.reopen(run_id, PlainView(), journal, JobOptions.from_env())
-        assert control.transport is not None and control.layout is not None
-        for line in await onbox.stderr_tail(control.transport, control.layout, lines=200):
-            out.print(printable(line), markup=False, highlight=False)  # the box's words: no escape sequences
-        await control.transport.close()
+    for line in await api.runner_stderr(run_id, lines=200):
+        out.print(printable(line), markup=False, highlight=False)  # the box's words: no escape sequences
 
 
 def down(
@@ -242,12 +182,13 @@ def down(
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Destroy machines through the provider API, confirmed by polling (never stopped: stopped ones bill disk)."""
+    from gpurun import api
     from gpurun.errors import ConfigError
 
     if not run and not strays and not all_:
         raise ConfigError("nothing to destroy", where="gpurun down", hint="name a RUN, or pass --strays or --all")
-    targets = asyncio.run(_down_targets(run, strays or all_, all_))
-    keys = asyncio.run(_forget_stray_keys()) if strays or all_ else []
+    targets = asyncio.run(api.down_targets(run, strays=strays or all_, every_alive=all_))
+    keys = asyncio.run(api.forget_stray_keys(_warn)) if strays or all_ else []
     if keys and not as_json:
         out.print(f"removed {len(keys)} SSH key(s) of finished runs from the provider accounts")
     if not targets:
@@ -258,10 +199,10 @@ def down(
         return
     if not yes:
         for target in targets:
-            out.print(safe(f"{target['provider']}:{target['instance_id']} ({target['why']})"))
+            out.print(safe(f"{target.provider}:{target.instance_id} ({target.why})"))
         if not typer.confirm(f"Destroy {len(targets)} machine(s)?"):
             raise typer.Exit(1)
-    destroyed, unconfirmed = asyncio.run(_destroy(targets))
+    destroyed, unconfirmed = asyncio.run(api.destroy(targets))
     if as_json:
         print_json({"version": 1, "destroyed": destroyed, "unconfirmed": unconfirmed, "keys_removed": keys})
     else:
@@ -273,91 +214,8 @@ def down(
         raise typer.Exit(1)
 
 
-async def _down_targets(run: str | None, strays: bool, every_alive: bool) -> list[dict[str, Any]]:
-    from gpurun.journal import Journal
-
-    targets: list[dict[str, Any]] = []
-    with Journal.open() as journal:
-        if run:
-            record = journal.get(run)
-            for instance in journal.instances(record.run_id):
-                if instance.instance_id and instance.status != "destroyed" and instance.status != "not_created":
-                    targets.append(
-                        {
-                            "provider": instance.provider,
-                            "instance_id": instance.instance_id,
-                            "run_id": record.run_id,
-                            "why": f"run {record.run_id}",
-                        }
-                    )
-        if every_alive:
-            for instance in journal.alive_instances():
-                if instance.instance_id:
-                    targets.append(
-                        {
-                            "provider": instance.provider,
-                            "instance_id": instance.instance_id,
-                            "run_id": instance.run_id,
-                            "why": f"run {instance.run_id}, {instance.status}",
-                        }
-                    )
-    if strays:
-        found, _ = await _find_strays()
-        targets += [
-            {"provider": s["provider"], "instance_id": s["instance_id"], "run_id": None, "why": s["why"]} for s in found
-        ]
-    unique = {(t["provider"], t["instance_id"]): t for t in targets}
-    return list(unique.values())
-
-
-async def _forget_stray_keys() -> list[str]:
-    """Run keys (comment `gpurun-<run id>`) left on provider accounts by runs that are over: removed, since an
-    account key goes onto every later machine. Returns `provider:run id` of each key removed."""
-    from gpurun.errors import GpurunError
-    from gpurun.journal import Journal
-    from gpurun.journal_records import is_run_id
-    from gpurun.provision.registry import available_providers, make_provider
-
-    removed: list[str] = []
-    with Journal.open() as journal:
-        alive = {record.run_id for record in journal.runs() if record.alive}
-        for name, why in available_providers().items():
-            if why is not None or name in ("local", "ssh"):
-                continue
-            provider = make_provider(name)
-            try:
-                for key in await provider.run_ssh_keys():
-                    run_id = key.split()[-1].removeprefix("gpurun-")
-                    # only keys whose comment is exactly gpurun-<a run id>: a user's own "gpurun-laptop" key stays
-                    if is_run_id(run_id) and run_id not in alive:
-                        await provider.forget_ssh_key(key)
-                        removed.append(f"{name}:{run_id}")
-            except GpurunError as exc:
-                err.print(f"[yellow]warning:[/] could not clean {safe(name)}'s SSH keys: {safe(exc.one_line())}")
-            finally:
-                await provider.aclose()
-    return removed
-
-
-async def _destroy(targets: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
-    from gpurun.journal import Journal
-    from gpurun.lifecycle import destroy_confirmed
-    from gpurun.provision.registry import make_provider
-
-    destroyed: list[str] = []
-    unconfirmed: list[str] = []
-    with Journal.open() as journal:
-        for target in targets:
-            provider = make_provider(target["provider"])
-            try:
-                confirmed = await destroy_confirmed(provider, target["instance_id"], timeout_s=300, poll_s=3)
-            finally:
-                await provider.aclose()
-            name = f"{target['provider']}:{target['instance_id']}"
-            (destroyed if confirmed else unconfirmed).append(name)
-            if target["run_id"]:
-                journal.mark_terminated(target["run_id"], confirmed, instance_id=target["instance_id"])
-    return destroyed, unconfirmed
+def _warn(text: str) -> None:
+    err.print(f"[yellow]warning:[/] {safe(text)}")
 
 
 def register(app: typer.Typer) -> None:

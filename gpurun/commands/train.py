@@ -77,7 +77,7 @@ def train(
     trigger: str | None = typer.Option(None, "--trigger", help="The trigger word (default: from the folder name)."),
     as_json: bool = typer.Option(False, "--json", help="Stream events and the receipt as JSON lines."),
 ) -> None:
-    from gpurun.trainplan import TrainRequest
+    from gpurun.api import TrainRequest
 
     request = TrainRequest(
         dataset=dataset, config=config, base=base, budget=budget, providers=tuple(provider), gpus=tuple(gpu),
@@ -108,7 +108,7 @@ def train(
     if as_json:
         print_json({"type": "receipt", **receipt.to_dict()})
     else:
-        from gpurun.receipt import render_receipt
+        from gpurun.render import render_receipt
 
         out.print(render_receipt(receipt))
 
@@ -135,7 +135,7 @@ def _run(plan: Any, *, as_json: bool, detach: bool) -> Any:
     async def main() -> Any:
         task = asyncio.current_task()
         view = make_view(as_json=as_json)
-        return await run_plan(plan, view=view, detach=detach, on_job=lambda job: install_ctrl_c(job, task, view))
+        return await run_plan(plan, view=view, detach=detach, on_start=lambda ctx: install_ctrl_c(ctx, task, view))
 
     return asyncio.run(main())
 

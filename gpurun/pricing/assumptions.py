@@ -24,23 +24,14 @@ class BootProfile:
     bandwidth_mbps: float | None = None
 
 
-#: Per provider. Vast and RunPod: scheduling + container start (the tutorial's 5–15 min / 2–5 min setups are
-#: mostly the image pull and pip install, which are priced separately from the offer's own bandwidth).
-#: Declared SSH hosts are already running (a connect); this machine needs nothing. RunPod publishes no per-offer
-#: bandwidth; its pods run in datacenters, assumed at 500 Mbit/s (its create API can demand a minimum).
-DEFAULT_BOOT: dict[str, BootProfile] = {
-    "vast": BootProfile(60.0),
-    "runpod": BootProfile(45.0, bandwidth_mbps=500.0),
-    "ssh": BootProfile(5.0, pulls_image=False),
-    "local": BootProfile(0.0, pulls_image=False, installs_env=False),
-}
-
-
 @dataclass(frozen=True, slots=True)
 class Assumptions:
     """Inputs of the cost model that no offer states."""
 
-    boot: Mapping[str, BootProfile] = field(default_factory=lambda: dict(DEFAULT_BOOT))
+    #: per provider (each states its own: `Provider.boot_profile`; `gpurun.provision.registry.boot_profiles()`).
+    #: The tutorial's 5–15 min / 2–5 min setups are mostly the image pull and the install, which are priced
+    #: separately from the offer's own bandwidth.
+    boot: Mapping[str, BootProfile] = field(default_factory=dict)
     #: providers not in `boot`
     default_boot: BootProfile = BootProfile(90.0)
 

@@ -12,11 +12,15 @@ import time
 from pathlib import Path
 from typing import Any, ClassVar
 
+import httpx
+
 from gpurun.errors import ProviderError
 from gpurun.models import GpuRequest, GpuSpec, Instance, InstanceState, LaunchSpec, Offer
+from gpurun.pricing.assumptions import BootProfile
 from gpurun.provision.gpu_probe import local_gpus, memory_gb
+from gpurun.provision.http import RetryPolicy
 from gpurun.provision.leases import LeaseBook
-from gpurun.settings import state_dir
+from gpurun.settings import Settings, state_dir
 
 OFFER_ID = "local"
 
@@ -29,9 +33,28 @@ class LocalProvider:
     """The machine gpurun runs on."""
 
     name: ClassVar[str] = "local"
-    #: nothing is rented: no container start to hook, no image; the client arms the watchdog over SSH
+    #: nothing to start, pull or install: the environment is the one running gpurun
+    boot_profile: ClassVar[BootProfile] = BootProfile(0.0, pulls_image=False, installs_env=False)
+    rents_machines: ClassVar[bool] = False
+    over_ssh: ClassVar[bool] = False
+    key_env: ClassVar[str | None] = None
+    #: nothing is rented: no container start to hook, no image; the client arms the watchdog on this machine
     runs_boot_script: ClassVar[bool] = False
     default_image: ClassVar[str | None] = None
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, *, client: httpx.AsyncClient | None = None, retry: RetryPolicy | None = None
+    ) -> LocalProvider:
+        return cls()
+
+    @classmethod
+    def endpoints(cls, settings: Settings) -> dict[str, str]:
+        return {"machine": "this machine"}
+
+    @classmethod
+    def unusable_reason(cls, settings: Settings) -> str | None:
+        return None
 
     def __init__(self, *, state_root: Path | None = None) -> None:
         self._root = state_root

@@ -28,10 +28,11 @@ from gpurun.errors import (
     ProviderError,
     TransientProviderError,
 )
-from gpurun.images import cuda_text
 from gpurun.models import GpuRequest, Instance, InstanceState, LaunchSpec, Offer
-from gpurun.provision.base import LABEL_PREFIX
+from gpurun.pricing.assumptions import BootProfile
+from gpurun.provision.base import LABEL_PREFIX, account_key, endpoint, no_key_reason
 from gpurun.provision.http import ApiKey, ProviderHttp, RetryPolicy, TransientNotProcessed, is_capacity_message
+from gpurun.provision.images import cuda_text
 from gpurun.provision.runpod_parse import (
     CLOUDS,
     GPU_TYPES_QUERY,
@@ -40,6 +41,7 @@ from gpurun.provision.runpod_parse import (
     parse_offer_id,
     parse_pod,
 )
+from gpurun.settings import Settings
 
 DEFAULT_REST_URL = "https://api.runpod.io/v2"
 DEFAULT_GRAPHQL_URL = "https://api.runpod.io/graphql"
@@ -67,9 +69,34 @@ class RunpodProvider:
     """RunPod through REST v2 (pods) and GraphQL (prices, stock, interruptible pods)."""
 
     name: ClassVar[str] = "runpod"
+    #: RunPod publishes no per-offer bandwidth; its pods run in datacenters, assumed at 500 Mbit/s
+    boot_profile: ClassVar[BootProfile] = BootProfile(45.0, bandwidth_mbps=500.0)
+    rents_machines: ClassVar[bool] = True
+    over_ssh: ClassVar[bool] = True
+    key_env: ClassVar[str | None] = KEY_ENV
     #: the start command runs the boot script before handing over to the image's /start.sh
     runs_boot_script: ClassVar[bool] = True
     default_image: ClassVar[str | None] = DEFAULT_IMAGE
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, *, client: httpx.AsyncClient | None = None, retry: RetryPolicy | None = None
+    ) -> RunpodProvider:
+        key = account_key(cls.name, KEY_ENV, settings)
+        urls = cls.endpoints(settings)
+        return cls(key, base_url=urls["rest"], graphql_url=urls["graphql"], client=client, retry=retry)
+
+    @classmethod
+    def endpoints(cls, settings: Settings) -> dict[str, str]:
+        table = settings.provider(cls.name)
+        return {
+            "rest": endpoint(cls.name, table.url, DEFAULT_REST_URL),
+            "graphql": endpoint(cls.name, table.graphql_url, DEFAULT_GRAPHQL_URL, kind="GRAPHQL_URL"),
+        }
+
+    @classmethod
+    def unusable_reason(cls, settings: Settings) -> str | None:
+        return None if settings.api_key(cls.name) else no_key_reason(cls.name, KEY_ENV)
 
     def __init__(
         self,

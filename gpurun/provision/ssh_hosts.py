@@ -16,12 +16,15 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import asyncssh
+import httpx
 
-from gpurun.errors import NotFoundError, ProviderError
+from gpurun.errors import ConfigError, NotFoundError, ProviderError
 from gpurun.models import GpuRequest, GpuSpec, Instance, InstanceState, LaunchSpec, Offer, SshEndpoint
+from gpurun.pricing.assumptions import BootProfile
 from gpurun.provision.gpu_probe import NVIDIA_SMI_QUERY, GpuFacts, parse_nvidia_smi
+from gpurun.provision.http import RetryPolicy
 from gpurun.provision.leases import LeaseBook
-from gpurun.settings import SshHostSettings
+from gpurun.settings import Settings, SshHostSettings, settings_path
 
 #: a probe slower than this falls back to the declared facts (offers must come back quickly)
 PROBE_TIMEOUT_S = 8.0
@@ -75,9 +78,34 @@ class SshHostsProvider:
     """The user's own SSH hosts, one offer each at the declared $/h."""
 
     name: ClassVar[str] = "ssh"
+    #: already running: a connect, no image to pull
+    boot_profile: ClassVar[BootProfile] = BootProfile(5.0, pulls_image=False)
+    #: the user's own machines: gpurun stops its runner and watchdog there, never destroys them
+    rents_machines: ClassVar[bool] = False
+    over_ssh: ClassVar[bool] = True
+    key_env: ClassVar[str | None] = None
     #: nothing is rented: no container start to hook, no image; the client arms the watchdog over SSH
     runs_boot_script: ClassVar[bool] = False
     default_image: ClassVar[str | None] = None
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, *, client: httpx.AsyncClient | None = None, retry: RetryPolicy | None = None
+    ) -> SshHostsProvider:
+        if not settings.ssh_hosts:
+            raise ConfigError(
+                f"no ssh_hosts declared in {settings_path()}",
+                hint="add a [[ssh_hosts]] table with name, host, gpu and price_per_hour",
+            )
+        return cls(settings.ssh_hosts)
+
+    @classmethod
+    def endpoints(cls, settings: Settings) -> dict[str, str]:
+        return {h.name: f"{h.name} ({h.user}@{h.host}:{h.port}, {h.gpu})" for h in settings.ssh_hosts}
+
+    @classmethod
+    def unusable_reason(cls, settings: Settings) -> str | None:
+        return None if settings.ssh_hosts else f"no ssh_hosts declared in {settings_path()}"
 
     def __init__(
         self,

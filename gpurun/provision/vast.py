@@ -16,9 +16,11 @@ import httpx
 
 from gpurun.errors import CapacityError, NotFoundError, PriceError, ProviderError, TransientProviderError
 from gpurun.models import GpuRequest, GpuSpec, Instance, InstanceState, LaunchSpec, Offer, SshEndpoint
-from gpurun.provision.base import LABEL_PREFIX
+from gpurun.pricing.assumptions import BootProfile
+from gpurun.provision.base import LABEL_PREFIX, account_key, endpoint, no_key_reason
 from gpurun.provision.http import ApiKey, ProviderHttp, RetryPolicy, TransientNotProcessed
 from gpurun.provision.plausible import checked_offer
+from gpurun.settings import Settings
 
 DEFAULT_URL = "https://console.vast.ai"
 KEY_ENV = "VAST_API_KEY"
@@ -233,9 +235,29 @@ class VastProvider:
     """Vast.ai through its REST API. Adapters never sleep or poll: the orchestrator does, with deadlines."""
 
     name: ClassVar[str] = "vast"
+    #: scheduling + container start; the image pull and the install are priced from the offer's own bandwidth
+    boot_profile: ClassVar[BootProfile] = BootProfile(60.0)
+    rents_machines: ClassVar[bool] = True
+    over_ssh: ClassVar[bool] = True
+    key_env: ClassVar[str | None] = KEY_ENV
     #: `onstart` runs when the container starts, in the SSH launch modes gpurun uses
     runs_boot_script: ClassVar[bool] = True
     default_image: ClassVar[str | None] = DEFAULT_IMAGE
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, *, client: httpx.AsyncClient | None = None, retry: RetryPolicy | None = None
+    ) -> VastProvider:
+        key = account_key(cls.name, KEY_ENV, settings)
+        return cls(key, base_url=cls.endpoints(settings)["api"], client=client, retry=retry)
+
+    @classmethod
+    def endpoints(cls, settings: Settings) -> dict[str, str]:
+        return {"api": endpoint(cls.name, settings.provider(cls.name).url, DEFAULT_URL)}
+
+    @classmethod
+    def unusable_reason(cls, settings: Settings) -> str | None:
+        return None if settings.api_key(cls.name) else no_key_reason(cls.name, KEY_ENV)
 
     def __init__(
         self,

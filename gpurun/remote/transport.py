@@ -87,6 +87,10 @@ class Transport(Protocol):
     #: where errors happen, for messages: `root@1.2.3.4:22` or `local`
     where: str
 
+    async def reconnect(self, *, deadline: float | None = None) -> Transport:
+        """A fresh connection to the same machine (after a drop), retried until `deadline` (monotonic)."""
+        ...
+
     async def run(
         self,
         cmd: str,

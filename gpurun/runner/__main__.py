@@ -50,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _quiet_libraries()
     try:
+        # imported inside the try: a training stack that fails to import still ends as an error event on stdout
+        # (the client reads nothing else), and a bad invocation is refused before the slow imports
         from gpurun.config import TrainConfig
         from gpurun.runner.train import Trainer
 

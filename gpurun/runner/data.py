@@ -23,13 +23,12 @@ from gpurun.dataset.images import load_image
 from gpurun.dataset.scan import scan_dataset
 from gpurun.dataset.types import DatasetScan, ImageItem
 from gpurun.errors import ConfigError, DatasetError
-from gpurun.runner.loaded import Conditioning
+from gpurun.runner.model.loaded import Conditioning, LoadedModel
 
 if TYPE_CHECKING:
     import torch
 
     from gpurun.config import TrainConfig
-    from gpurun.runner.loaded import LoadedModel
 
 #: encode this many images per VAE call (same bucket only)
 VAE_BATCH = 4

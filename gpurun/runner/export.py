@@ -20,6 +20,7 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from gpurun import __version__
 from gpurun.lorafile import verify_lora_file
 from gpurun.runner.lora import ADAPTER, TEXT_ENCODER_NAMES
 
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
     import torch
 
     from gpurun.config import TrainConfig
-    from gpurun.runner.model import LoadedModel
+    from gpurun.runner.model.loaded import LoadedModel
 
 Precision = Literal["fp16", "bf16", "float"]
 TE_PREFIXES = {"sd15": ("lora_te",), "sd2": ("lora_te",), "sdxl": ("lora_te1", "lora_te2")}
@@ -131,8 +132,6 @@ def build_metadata(
     "session_id". `extra` overrides or adds keys last (e.g. the resolved "ss_mixed_precision", or
     "ss_gradient_checkpointing" after an out-of-memory fallback); non-string values are JSON-encoded.
     """
-    from gpurun import __version__
-
     v_pred = model.prediction_type == "v_prediction"
     width, height = config.resolution
     trigger = dataset.get("trigger")

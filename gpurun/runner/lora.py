@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import torch
 
-    from gpurun.runner.model import LoadedModel
+    from gpurun.runner.model.loaded import LoadedModel
 
 ADAPTER = "default"
 UNET_TARGET_BLOCKS = ("Transformer2DModel",)

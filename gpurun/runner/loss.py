@@ -11,13 +11,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from gpurun.runner.data import TrainData, batch_latents, caption_for_step
-from gpurun.runner.loaded import Conditioning
+from gpurun.runner.model.loaded import Conditioning, LoadedModel
 
 if TYPE_CHECKING:
     import torch
 
     from gpurun.config import TrainConfig
-    from gpurun.runner.loaded import LoadedModel
 
 
 @dataclass

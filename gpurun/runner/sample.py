@@ -17,11 +17,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gpurun.errors import ConfigError
+from gpurun.runner.lora import ADAPTER
 
 if TYPE_CHECKING:
     from PIL import Image
 
-    from gpurun.runner.model import LoadedModel
+    from gpurun.runner.model.loaded import LoadedModel
 
 GRID_ADAPTER = "gpurun_grid"
 LABEL_WIDTH = 240  # px, the row-label column
@@ -257,16 +258,12 @@ class _TrainingState:
 
     @property
     def has_training_adapter(self) -> bool:
-        from gpurun.runner.lora import ADAPTER
-
         return any(
             ADAPTER in (getattr(m, "peft_config", None) or {}) for m in (self.model.unet, *self.model.text_encoders)
         )
 
     def reactivate_training_adapter(self) -> None:
         """Make the training adapter the active one again, at scale 1 (set_adapters changed both)."""
-        from gpurun.runner.lora import ADAPTER
-
         for module in (self.model.unet, *self.model.text_encoders):
             if ADAPTER in (getattr(module, "peft_config", None) or {}):
                 for layer in module.modules():

@@ -45,8 +45,9 @@ def _step() -> dict[str, object]:
         import torch
         import transformers  # noqa: F401
 
+        # inside the try, like the stack above: whatever fails to import is reported as this stage's failure
         from gpurun.runner.lora import add_lora
-        from gpurun.runner.model import load_base_model
+        from gpurun.runner.model.load import load_base_model
         from gpurun.runner.optim import make_optimizer
 
         device = "cuda" if torch.cuda.is_available() else "cpu"

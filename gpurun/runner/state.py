@@ -7,15 +7,22 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
+import time
+import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from gpurun.dataset.check import plan_steps
 from gpurun.errors import ConfigError
 
 if TYPE_CHECKING:
     import torch
+
+    from gpurun.config import TrainConfig
+    from gpurun.runner.data import TrainData
 
 STATE_DIR = "state"
 PROGRESS_FILE = "progress.json"
@@ -43,6 +50,48 @@ class Progress:
     loss_window: list[float] = field(default_factory=list)
     started_at: float = 0.0
     session_id: str = ""
+
+
+def initial_progress(config: TrainConfig, data: TrainData, family: str) -> Progress:
+    """A fresh run's progress: the planned steps (the count the client priced), the seed, and the fingerprint."""
+    batch_size = config.batch_size
+    _, epochs, total = plan_steps(
+        data.batches_per_epoch(batch_size),
+        config.gradient_accumulation_steps,
+        config.epochs,
+        config.max_train_steps,
+    )
+    seed = config.seed if config.seed is not None else random.SystemRandom().randrange(2**31)
+    fingerprint = {
+        "family": family,
+        "network_dim": config.network_dim,
+        "network_alpha": float(config.network_alpha),
+        "trains_text_encoder": config.trains_text_encoder,
+        "samples_per_epoch": data.samples_per_epoch,
+        "images": len(data.images),
+    }
+    return Progress(
+        total_steps=total,
+        epochs=epochs,
+        batch_size=batch_size,
+        gradient_checkpointing=config.gradient_checkpointing,
+        seed=seed,
+        fingerprint=fingerprint,
+        started_at=time.time(),
+        session_id=str(uuid.uuid4().int % 2**31),
+    )
+
+
+def plain_python_rng(state: tuple) -> list:
+    """random.Random's state as plain lists: what a weights_only torch.load reads back."""
+    version, internal, gauss = state
+    return [version, list(internal), gauss]
+
+
+def python_rng_from_plain(raw: Any) -> tuple:
+    """The inverse of plain_python_rng: the tuple random.Random.setstate takes."""
+    version, internal, gauss = raw
+    return (int(version), tuple(int(x) for x in internal), gauss)
 
 
 def state_dir(output_dir: str | Path) -> Path:

@@ -11,73 +11,30 @@ from __future__ import annotations
 import random
 import signal
 import time
-import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gpurun import events
-from gpurun.dataset.check import plan_steps
+from gpurun.runner import oom
 from gpurun.runner import state as st
 from gpurun.runner.data import TrainData, cache_conditioning, cache_latents, can_cache_conditioning, scan_training_data
+from gpurun.runner.export import build_metadata, file_sha256, save_lora
+from gpurun.runner.lora import LoraParams, add_lora, load_lora_state, lora_state
 from gpurun.runner.loss import StepContext, batch_loss
+from gpurun.runner.model.load import load_base_model
 from gpurun.runner.optim import Schedule, make_optimizer, schedule_for
-from gpurun.runner.sample import grid_prompts
+from gpurun.runner.precision import Precision, choose_precision, gpu_name
+from gpurun.runner.sample import grid_prompts, render_grid
+from gpurun.runner.stop import STOPPED_EXIT, StopRequest
 
 if TYPE_CHECKING:
     from gpurun.config import TrainConfig
-    from gpurun.runner.loaded import LoadedModel
-    from gpurun.runner.lora import LoraParams
+    from gpurun.runner.model.loaded import LoadedModel
 
 Emit = Callable[[events.Event], None]
-STOPPED_EXIT = 143
 LOSS_WINDOW = 25
 STEP_EVENT_EVERY_S = 0.5
-
-
-@dataclass
-class Precision:
-    device: str
-    weight_dtype: Any
-    label: str
-    scaler: Any = None
-    notes: list[str] = field(default_factory=list)
-
-
-def choose_precision(mixed_precision: str) -> Precision:
-    """bf16 where the GPU supports it, else fp16 (with gradient scaling); CPU trains in fp32."""
-    import torch
-
-    if not torch.cuda.is_available():
-        notes = (
-            [] if mixed_precision == "no" else [f"CPU: training in fp32 (mixed_precision={mixed_precision} ignored)"]
-        )
-        return Precision("cpu", torch.float32, "float32", notes=notes)
-    torch.backends.cuda.matmul.allow_tf32 = True
-    torch.backends.cudnn.allow_tf32 = True
-    if mixed_precision == "no":
-        return Precision("cuda", torch.float32, "float32 (TF32 matmuls)")
-    bf16_ok = torch.cuda.is_bf16_supported()
-    if mixed_precision == "bf16" and not bf16_ok:
-        mixed_precision = "fp16"
-    if mixed_precision == "bf16" or (mixed_precision == "auto" and bf16_ok):
-        return Precision("cuda", torch.bfloat16, "bfloat16")
-    return Precision("cuda", torch.float16, "float16 (fp32 LoRA weights, gradient scaling)", torch.amp.GradScaler())
-
-
-class StopRequest:
-    """SIGTERM/SIGINT set a flag the loop checks between optimizer steps."""
-
-    def __init__(self) -> None:
-        self.requested = False
-
-    def install(self) -> dict[int, Any]:
-        """Take over SIGTERM/SIGINT; returns the previous handlers."""
-        return {sig: signal.signal(sig, self._handle) for sig in (signal.SIGTERM, signal.SIGINT)}
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        self.requested = True
 
 
 class Trainer:
@@ -108,9 +65,6 @@ class Trainer:
     def _run(self) -> int:
         import torch
 
-        from gpurun.runner.lora import add_lora, load_lora_state
-        from gpurun.runner.model import load_base_model
-
         config = self.config
         self.out.mkdir(parents=True, exist_ok=True)
         data = scan_training_data(config)  # before the model: a bad dataset fails in a second, not a minute
@@ -133,7 +87,7 @@ class Trainer:
         if use_cond_cache:
             data.cond_cache = cache_conditioning(model, [i.caption for i in data.images], config.clip_skip)
 
-        progress = self._initial_progress(data, model)
+        progress = st.initial_progress(config, data, model.family)
         saved = None
         if self.resume:
             folder = Path(self.resume) if isinstance(self.resume, str) else st.state_dir(self.out)
@@ -149,7 +103,7 @@ class Trainer:
             seed=progress.seed,
         )
         if progress.gradient_checkpointing:
-            self._enable_checkpointing(model)
+            model.enable_gradient_checkpointing(text_encoders=config.trains_text_encoder)
         optimizer = make_optimizer(
             config.optimizer_type,
             lora.param_groups(config.effective_unet_lr, config.effective_text_encoder_lr),
@@ -164,7 +118,7 @@ class Trainer:
             load_lora_state(model, lora_weights)
             optimizer.load_state_dict(optimizer_state)
             generator.set_state(rng_state["generator"])
-            rng.setstate(_python_rng_state(rng_state["python"]))
+            rng.setstate(st.python_rng_from_plain(rng_state["python"]))
         for group in optimizer.param_groups:
             group.setdefault("initial_lr", group["lr"])  # a resumed optimizer brings its own (the base lr)
         lr_scheduler = schedule.attach(optimizer)  # LambdaLR counts optimizer steps in last_epoch
@@ -180,41 +134,6 @@ class Trainer:
             return STOPPED_EXIT
         return _Loop(self, ctx, lora, optimizer, lr_scheduler, schedule, precision, progress, prompts).run()
 
-    def _initial_progress(self, data: TrainData, model: LoadedModel) -> st.Progress:
-        config = self.config
-        batch_size = config.batch_size
-        _, epochs, total = plan_steps(
-            data.batches_per_epoch(batch_size),
-            config.gradient_accumulation_steps,
-            config.epochs,
-            config.max_train_steps,
-        )
-        seed = config.seed if config.seed is not None else random.SystemRandom().randrange(2**31)
-        fingerprint = {
-            "family": model.family,
-            "network_dim": config.network_dim,
-            "network_alpha": float(config.network_alpha),
-            "trains_text_encoder": config.trains_text_encoder,
-            "samples_per_epoch": data.samples_per_epoch,
-            "images": len(data.images),
-        }
-        return st.Progress(
-            total_steps=total,
-            epochs=epochs,
-            batch_size=batch_size,
-            gradient_checkpointing=config.gradient_checkpointing,
-            seed=seed,
-            fingerprint=fingerprint,
-            started_at=time.time(),
-            session_id=str(uuid.uuid4().int % 2**31),
-        )
-
-    def _enable_checkpointing(self, model: LoadedModel) -> None:
-        model.unet.enable_gradient_checkpointing()
-        if self.config.trains_text_encoder:
-            for encoder in model.text_encoders:
-                encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-
     def _start_event(
         self, model: LoadedModel, data: TrainData, precision: Precision, progress: st.Progress, lora: LoraParams
     ) -> events.Start:
@@ -222,7 +141,7 @@ class Trainer:
         if data.cond_cache:
             notes.append(f"text-encoder outputs cached for {len(data.cond_cache)} captions (text encoders frozen)")
         return events.Start(
-            device=f"{precision.device}" + (f" ({_gpu_name()})" if precision.device == "cuda" else ""),
+            device=f"{precision.device}" + (f" ({gpu_name()})" if precision.device == "cuda" else ""),
             dtype=precision.label,
             family=model.family,
             detected=model.detected,
@@ -234,17 +153,6 @@ class Trainer:
             dataset={**data.facts(), "lora": lora.counts},
             notes=notes,
         )
-
-
-def _gpu_name() -> str:
-    import torch
-
-    return torch.cuda.get_device_name(0)
-
-
-def _python_rng_state(raw: Any) -> tuple:
-    version, internal, gauss = raw
-    return (int(version), tuple(int(x) for x in internal), gauss)
 
 
 class _Loop:
@@ -271,10 +179,7 @@ class _Loop:
         self.step_seconds: list[float] = []
 
     def run(self) -> int:
-        from gpurun.runner.oom import OomFallback, is_out_of_memory
-
         p, accum = self.p, self.config.gradient_accumulation_steps
-        oom = OomFallback(self, self.t._enable_checkpointing)
         self.emit(events.Phase(name="training", detail=f"{p.total_steps} steps"))
         while p.step < p.total_steps:
             batches = self.ctx.data.epoch_batches(p.epoch, p.batch_size, p.seed)
@@ -286,10 +191,10 @@ class _Loop:
                     losses = [self._backward(b, len(group)) for b in group]
                     self._optimizer_step()
                 except Exception as exc:
-                    if not is_out_of_memory(exc):
+                    if not oom.is_out_of_memory(exc):
                         raise
                     self.optimizer.zero_grad(set_to_none=True)
-                    batches = oom.recover(exc, batches)
+                    batches = self._out_of_memory(exc, batches)
                     continue
                 p.batch_in_epoch = group_end
                 p.step += 1
@@ -299,6 +204,40 @@ class _Loop:
             if p.batch_in_epoch >= len(batches):
                 self._end_of_epoch()
         return self._finish()
+
+    def _out_of_memory(self, exc: BaseException, batches: list[list[int]]) -> list[list[int]]:
+        """Free memory and apply the policy's next change (gradient checkpointing, then half the batch, else give
+        up); returns this epoch's batches, re-cut when the batch size changed."""
+        oom.free_memory()
+        p, config = self.p, self.config
+        action = oom.next_action(
+            oom.OomState(
+                step=p.step,
+                gradient_checkpointing=p.gradient_checkpointing,
+                batch_size=p.batch_size,
+                remaining_batches=tuple(len(b) for b in batches[p.batch_in_epoch :]),
+                epoch=p.epoch,
+                epochs=p.epochs,
+                total_steps=p.total_steps,
+                gradient_accumulation_steps=config.gradient_accumulation_steps,
+                steps_fixed=bool(config.max_train_steps),
+                batches_per_epoch_at_half=self.ctx.data.batches_per_epoch(oom.half_batch(p.batch_size)),
+                error=str(exc),
+            )
+        )
+        if isinstance(action, oom.GiveUp):
+            raise action.error()
+        if isinstance(action, oom.EnableCheckpointing):
+            self.ctx.model.enable_gradient_checkpointing(text_encoders=config.trains_text_encoder)
+            p.gradient_checkpointing = True
+        else:  # oom.HalveBatch
+            p.batch_size = action.batch_size
+            batches = oom.split_batches(batches, p.batch_in_epoch, action.batch_size)
+            # the policy keeps the total when max_train_steps fixes it; the schedule stretches with it otherwise
+            p.total_steps = self.schedule.total = action.total_steps
+        p.changes.append(action.message)
+        self.emit(events.WarningEvent(message=action.message, code="out-of-memory"))
+        return batches
 
     def _backward(self, indices: list[int], group_size: int) -> float:
         loss = batch_loss(self.ctx, indices)
@@ -411,8 +350,6 @@ class _Loop:
         return self.t.out
 
     def _save_lora(self, name: str, epoch: int, *, final: bool = False, announce: bool = True) -> tuple[str, int]:
-        from gpurun.runner.export import build_metadata, save_lora
-
         data, p, config = self.ctx.data, self.p, self.config
         facts = data.facts()
         dataset = {
@@ -447,15 +384,10 @@ class _Loop:
         return sha, size
 
     def _save_state(self) -> None:
-        from gpurun.runner.lora import lora_state
-
-        rng = {"generator": self.ctx.generator.get_state(), "python": _plain_rng(self.ctx.rng.getstate())}
+        rng = {"generator": self.ctx.generator.get_state(), "python": st.plain_python_rng(self.ctx.rng.getstate())}
         st.save_state(st.state_dir(self.out), self.p, lora_state(self.ctx.model), self.optimizer.state_dict(), rng)
 
     def _grid(self, lora_path: Path, name: str, epoch: int) -> None:
-        from gpurun.runner.export import file_sha256
-        from gpurun.runner.sample import render_grid
-
         config = self.config
         detail = f"{len(self.prompts)} prompts x {len(config.sample_weights)} weights"
         self.emit(events.Phase(name="sampling", detail=detail))
@@ -472,8 +404,3 @@ class _Loop:
         )
         sha, size = file_sha256(path)
         self.emit(events.Sample(path=name, sha256=sha, bytes=size, epoch=epoch))
-
-
-def _plain_rng(state: tuple) -> list:
-    version, internal, gauss = state
-    return [version, list(internal), gauss]

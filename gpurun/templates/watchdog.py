@@ -10,7 +10,7 @@ command writes it and a boot config from the instance's environment; gpurun/watc
 a lease bound and a relative deadline. When the client connects it ADOPTS the running watchdog: it rewrites the
 config file (the exact deadline, the run's lease timing) and renews the lease; the watchdog notices the changed
 file within a second and reloads it. Where nothing ran at boot (SSH hosts, this machine), the client starts it
-over SSH the same way. It calls setsid itself; gpurun/watchdog_client.py builds the start line, the config and
+over SSH the same way. It calls setsid itself; gpurun/job/watchdog.py builds the start line, the config and
 the runner's launch line.
 
 STDLIB ONLY, Python 3.8+: it runs on whatever python3 the image has, before anything is installed. It never

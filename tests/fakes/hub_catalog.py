@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from gpurun.bases import SHORTCUTS
+from gpurun.job.bases import SHORTCUTS
 
 _INDEX = {
     "sd15": {"_class_name": "StableDiffusionPipeline", "_diffusers_version": "0.6.0"},

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gpurun.errors import ConfigError
-from gpurun.runner.detect import (
+from gpurun.runner.model.bundled import bundled_config_name, materialize
+from gpurun.runner.model.detect import (
     FAMILY_NAMES,
     Detection,
     check_config_matches,
@@ -21,27 +22,11 @@ from gpurun.runner.detect import (
     detect_folder,
     detect_single_file,
 )
-from gpurun.runner.loaded import (
-    SAMPLERS,
-    Conditioning,
-    Family,
-    LoadedModel,
-    PredictionType,
-    assemble_pipeline,
-)
+from gpurun.runner.model.loaded import LoadedModel, PredictionType
+from gpurun.runner.model.tiny import build_tiny_pipeline, tiny_family
 
 if TYPE_CHECKING:
     import torch
-
-__all__ = [
-    "SAMPLERS",
-    "Conditioning",
-    "Family",
-    "LoadedModel",
-    "PredictionType",
-    "assemble_pipeline",
-    "load_base_model",
-]
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -71,8 +56,6 @@ def load_base_model(
     with a hint.
     """
     import torch
-
-    from gpurun.runner.tiny import build_tiny_pipeline, tiny_family
 
     weight_dtype = weight_dtype or torch.float32
     source = name_or_path.strip()
@@ -161,8 +144,6 @@ def _check_flags(detection: Detection, *, v2: bool, family: str | None, where: s
 def _single_file_config(
     path: Path, shapes: dict, detection: Detection, v_parameterization: bool, config_dir: str | Path | None
 ) -> Path:
-    from gpurun.runner.model_configs import bundled_config_name, materialize
-
     sidecar = path.parent / f"{path.stem}.config"
     if config_dir is not None:
         folder, label = Path(config_dir), f"given ({config_dir})"
@@ -215,7 +196,7 @@ def _load_pretrained(source: str, family: str, weight_dtype, vae: str | None, va
             )
         kwargs = {"vae": vae_model, "local_files_only": local, **_dtype_kw(weight_dtype), **_no_safety_checker(family)}
         if local and _only_fp16_weights(Path(source)):
-            # a hub repo fetched by bootstrap.sh where only half-precision files exist (gpurun.basecheck chose them)
+            # a hub repo fetched by bootstrap.sh where only half-precision files exist (gpurun.job.basecheck chose them)
             return cls.from_pretrained(source, variant="fp16", **kwargs)
         if not local and str(weight_dtype) != "torch.float32":
             # hub repos often carry half-precision copies: half the download on a billed box

@@ -1,6 +1,6 @@
-"""Planning a training run before any money is spent: check the dataset, settle the config, rank live offers
-under the budget, and pick the offer to rent (with runners-up for failover). `gpurun train --dry-run` prints
-exactly this plan; `gpurun train` executes it.
+"""Planning a training run before any money is spent: check the dataset (scanned once), settle the config, rank
+live offers under the budget with this machine's measured speeds, and pick the offer to rent (with runners-up
+for failover). `gpurun train --dry-run` prints exactly this plan; `gpurun train` executes it (run.py).
 """
 
 from __future__ import annotations
@@ -12,12 +12,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gpurun.basecheck import BaseChecker
-from gpurun.bases import BaseSpec, resolve_base
 from gpurun.config import TrainConfig
+from gpurun.dataset import DatasetReport, check_dataset
 from gpurun.errors import BudgetError, ConfigError, DatasetError
+from gpurun.job.basecheck import BaseChecker
+from gpurun.job.bases import BaseSpec, resolve_base
+from gpurun.job.bundle import bundle_plan
+from gpurun.job.offers import offers
+from gpurun.job.workload import build_workload
+from gpurun.journal import Journal
 from gpurun.models import CostEstimate, GpuRequest, Workload, to_dict
-from gpurun.provision.registry import PROVIDER_CLASSES, image_for, min_cuda_for
+from gpurun.pricing import Calibration, calibration_key
+from gpurun.pricing.serial import estimate_to_dict
+from gpurun.provision.registry import image_for, min_cuda_for, provider_class
+from gpurun.remote.excludes import plan_upload, upload_excludes
 from gpurun.safenames import component_problem
 
 #: how many offers `gpurun train` may try in turn when one is gone or never comes up
@@ -65,8 +73,8 @@ class TrainPlan:
     config: TrainConfig
     base: BaseSpec
     dataset: Path
-    #: the dataset check's JSON document (facts and warnings)
-    dataset_report: dict[str, Any]
+    #: the dataset check (facts, warnings, the scan the upload and the runner's folder follow)
+    report: DatasetReport
     workload: Workload
     #: offers to try, best first (the chosen one first); all within budget
     candidates: tuple[CostEstimate, ...]
@@ -90,22 +98,20 @@ class TrainPlan:
         return deadline_seconds(self.request.budget, self.chosen.offer.price_per_hour)
 
     def to_dict(self) -> dict[str, Any]:
-        from gpurun.api import estimate_dict
-
         return {
             "version": 1,
             "dataset": str(self.dataset),
             "base": dataclasses.asdict(self.base),
             "budget": self.request.budget,
             "workload": to_dict(self.workload),
-            "chosen": estimate_dict(self.chosen),
-            "runner_up": estimate_dict(self.runner_up) if self.runner_up else None,
+            "chosen": estimate_to_dict(self.chosen),
+            "runner_up": estimate_to_dict(self.runner_up) if self.runner_up else None,
             "candidates": [c.offer.key for c in self.candidates],
             "hard_deadline_s": self.hard_deadline_s,
             "image": image_for(self.chosen.offer.provider, self.request.image),
             "upload": dataclasses.asdict(self.upload),
             "config": self.config.model_dump(mode="json"),
-            "dataset_warnings": [i for i in self.dataset_report.get("issues", []) if i.get("severity") == "warning"],
+            "dataset_warnings": [i for i in self.report.to_dict()["issues"] if i.get("severity") == "warning"],
             "notes": list(self.notes),
             "offers_considered": self.offers_considered,
             "provider_errors": self.provider_errors,
@@ -174,34 +180,28 @@ async def check_base(base: BaseSpec) -> BaseSpec:
         await checker.aclose()
 
 
-def check_training_data(config: TrainConfig, base: BaseSpec, dataset: Path, request: TrainRequest) -> dict[str, Any]:
+def check_training_data(config: TrainConfig, base: BaseSpec, dataset: Path, request: TrainRequest) -> DatasetReport:
     """The local dataset check; errors stop the run before anything is rented."""
-    from gpurun.dataset import check_dataset
-
     report = check_dataset(
         dataset, model=base.family, caption_ext=config.caption_extension, repeats=request.repeats,
         trigger=request.trigger, epochs=config.epochs, batch_size=config.batch_size, resolution=config.resolution,
         enable_bucket=config.enable_bucket, min_bucket_reso=config.min_bucket_reso,
         max_bucket_reso=config.max_bucket_reso, bucket_reso_steps=config.bucket_reso_steps,
     )  # fmt: skip
-    document = report.to_dict()
     if not report.ok:
-        errors = [i for i in document["issues"] if i["severity"] == "error"]
+        errors = report.errors
         first = errors[0]
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
         raise DatasetError(
-            f"{first['message']}{more}",
-            where=first.get("path") or str(dataset),
+            f"{first.message}{more}",
+            where=str(first.path) if first.path else str(dataset),
             hint=f"run `gpurun dataset check {dataset}` for every problem; nothing was rented",
         )
-    return document
+    return report
 
 
 def summarise_upload(dataset: Path, base: BaseSpec) -> UploadSummary:
     """What goes up to the instance: the dataset (after excludes), the gpurun bundle, a local base model."""
-    from gpurun.bundle import bundle_plan
-    from gpurun.remote.excludes import plan_upload, upload_excludes
-
     data = plan_upload(dataset, upload_excludes(dataset))
     bundle = bundle_plan()
     parts = {"dataset": data.bytes, "gpurun": bundle.bytes}
@@ -243,18 +243,26 @@ def validate_request(request: TrainRequest) -> None:
         raise ConfigError("is a file, not a folder", where=f"--output {output}", hint="pass a folder for the runs")
 
 
-async def plan_train(request: TrainRequest, *, calibration: dict[str, float] | None = None) -> TrainPlan:
-    """Everything `gpurun train` decides before renting. Raises the user's mistakes as GpurunErrors."""
-    from gpurun.api import offers
-    from gpurun.workload import build_workload
+def measured_calibration() -> Calibration | None:
+    """The samples/s this user's earlier runs measured, per GPU and workload shape (from the journal)."""
+    with Journal.open() as journal:
+        measured = journal.calibration()
+    calibration = {
+        calibration_key(gpu, family, res, batch): value for (gpu, family, res, batch), value in measured.items()
+    }
+    return calibration or None
 
+
+async def plan_train(request: TrainRequest, *, calibration: Calibration | None = None) -> TrainPlan:
+    """Everything `gpurun train` decides before renting. Raises the user's mistakes as GpurunErrors."""
     validate_request(request)
     config, base, dataset, notes = settle_config(request)
     report = check_training_data(config, base, dataset, request)
     base = await check_base(base)
     source = build_workload(
-        model=base.family, dataset=dataset, config=config, repeats=request.repeats, epochs=request.epochs
-    )
+        model=base.family, dataset=dataset, config=config, repeats=request.repeats, epochs=request.epochs,
+        scan=report.scan,
+    )  # fmt: skip
     workload = dataclasses.replace(source.workload, base_model_bytes=base.bytes, tiny=base.kind == "builtin")
     notes += list(source.notes)
     budget = request.budget if request.budget else None  # $0 = "free providers only", checked below
@@ -285,7 +293,7 @@ async def plan_train(request: TrainRequest, *, calibration: dict[str, float] | N
     if not affordable:
         raise _budget_error(pool, request)
     return TrainPlan(
-        request=request, config=config, base=base, dataset=dataset, dataset_report=report, workload=workload,
+        request=request, config=config, base=base, dataset=dataset, report=report, workload=workload,
         candidates=tuple(affordable[: max(1, request.max_attempts)]), upload=summarise_upload(dataset, base),
         notes=tuple(notes), offers_considered=ranking.considered,
         provider_errors={name: failure.message for name, failure in result.errors.items()},
@@ -302,7 +310,7 @@ def _usable_with_image(
     for estimate in pool:
         name = estimate.offer.provider
         try:
-            PROVIDER_CLASSES[name].check_image(image)
+            provider_class(name).check_image(image)
         except ConfigError as error:
             refused[name] = error
             continue

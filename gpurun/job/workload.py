@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gpurun.config import TrainConfig
+from gpurun.dataset import DatasetScan, scan_dataset
 from gpurun.errors import ConfigError, DatasetError
 from gpurun.models import MODEL_FAMILIES, NATIVE_RESOLUTION, ModelFamily, Workload
 from gpurun.pricing import BASE_MODEL_BYTES
@@ -54,8 +55,10 @@ def build_workload(
     images: int | None = None,
     repeats: int | None = None,
     epochs: int | None = None,
+    scan: DatasetScan | None = None,
 ) -> WorkloadSource:
-    """The Workload for `gpurun offers`/`plan`. Raises ConfigError/DatasetError naming the bad input."""
+    """The Workload for `gpurun offers`/`plan`. Raises ConfigError/DatasetError naming the bad input. `scan`: the
+    dataset already scanned (the plan's check did), so it is not walked twice."""
     notes: list[str] = []
     if model is not None and model not in MODEL_FAMILIES:
         raise ConfigError(f"unknown model {model!r}", where="--model", hint=f"one of {', '.join(MODEL_FAMILIES)}")
@@ -87,7 +90,8 @@ def build_workload(
     dataset_bytes: int | None = None
     scanned_images = scanned_repeats = None
     if dataset is not None:
-        scanned_images, scanned_repeats, dataset_bytes, scan_notes = _scan(dataset, repeats)
+        scanned = scan if scan is not None else scan_dataset(dataset, repeats=repeats)
+        scanned_images, scanned_repeats, dataset_bytes, scan_notes = _measure(scanned, dataset)
         notes += scan_notes
         source = "dataset"
     elif config is not None:
@@ -123,11 +127,8 @@ def build_workload(
     return WorkloadSource(workload, source, tuple(notes))
 
 
-def _scan(path: Path, repeats: int | None) -> tuple[int, int, int, list[str]]:
-    """(images, repeats, bytes, notes) of a kohya dataset folder; DatasetError when it cannot be priced."""
-    from gpurun.dataset import scan_dataset  # PIL, only when a dataset is given
-
-    scan = scan_dataset(path, repeats=repeats)
+def _measure(scan: DatasetScan, path: Path) -> tuple[int, int, int, list[str]]:
+    """(images, repeats, bytes, notes) of a scanned kohya dataset folder; DatasetError when it cannot be priced."""
     if scan.images == 0:
         raise DatasetError("no training images found", where=str(path), hint="see `gpurun dataset check`")
     samples = scan.samples_per_epoch

@@ -1,42 +1,35 @@
-"""What the orchestrator does ON the training machine, one function per step: arm (or adopt) the watchdog, renew
-its lease, ship the gpurun bundle and the data, launch the runner detached, list its outputs.
+"""What the orchestrator does ON the training machine, one function per step: lay out the run's folder, ship the
+gpurun bundle and the data, launch the runner detached, list its outputs. (The watchdog: `gpurun.job.watchdog`.)
 
 Every function takes a `Transport` (SSH or local) and a `BoxLayout` naming the run's files there, so `gpurun
-train`, `attach` and `cancel` drive the same steps. Nothing here knows which provider rented the machine;
-the watchdog's destroy recipe comes in ready-made from the provider (`Provider.self_destroy`).
+train`, `attach` and `cancel` drive the same steps. Nothing here knows which provider rented the machine.
 """
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
 import json
 import os
 import posixpath
 import shlex
 import sys
-import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
-from gpurun import watchdog_client as wd
-from gpurun.bases import BaseSpec
-from gpurun.bundle import BUNDLE_EXCLUDES, PACKAGE_DIR
 from gpurun.config import TrainConfig
-from gpurun.errors import RemoteError, RunnerError, SyncError
+from gpurun.errors import RunnerError, SyncError
+from gpurun.job.bases import BaseSpec
+from gpurun.job.bundle import BUNDLE_EXCLUDES, PACKAGE_DIR
+from gpurun.remote.sync import push
 from gpurun.remote.transport import Transport, exit_path_for
 
 #: the runner's files inside the run folder on the machine
 EVENTS = "events.jsonl"
 STDERR = "runner.stderr"
-PID = wd.PID_NAME
+PID = "runner.pid"
 JOB_TOML = "job.toml"
 #: how long the detached runner may take to write its pid file
 START_TIMEOUT_S = 30.0
-#: how long a watchdog may take to show it runs (or reloaded) our config: its first credential check may wait
-#: on a slow provider API
-WATCHDOG_CONFIRM_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -85,100 +78,6 @@ async def make_layout(transport: Transport, run_id: str, workdir: str | None) ->
     return BoxLayout(root=absolute_root, home=f"{absolute_base}/.gpurun")
 
 
-# ---- the watchdog ---------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class WatchdogArmed:
-    """What the watchdog on the box says once it runs our config."""
-
-    #: it was already running (armed at container start) and reloaded our config
-    adopted: bool
-    #: its check of the instance-scoped token: {"status": "ok" | "refused" | "unreachable" | "n/a", ...}
-    credential: dict[str, Any] = field(default_factory=dict)
-    status: dict[str, Any] = field(default_factory=dict)
-
-
-async def arm_watchdog(
-    transport: Transport,
-    layout: BoxLayout,
-    run_id: str,
-    destroy: dict[str, Any],
-    *,
-    deadline: float | None,
-    lease_ttl_s: float,
-    artifact_grace_s: float,
-    poll_s: float,
-    fallback: bool = True,
-) -> WatchdogArmed:
-    """Arm the dead-man switch, or adopt the one the provider started at container start: write our config and
-    a fresh lease, start it (a running one keeps its lock, and reloads the rewritten config instead), then wait
-    until its status shows our config. `fallback=False` drops the shutdown fallback (tests, shared hosts)."""
-    options: dict[str, Any] = {"lease_ttl_s": lease_ttl_s, "artifact_grace_s": artifact_grace_s, "poll_s": poll_s}
-    if not fallback:
-        options["fallback_command"] = None
-    config = wd.build_config(run_id, destroy, deadline=deadline, done_file=Path(layout.done).name, **options)
-    text = wd.config_json(config)
-    before = await watchdog_status(transport, layout)
-    await renew_lease(transport, layout, run_id, 0)
-    await transport.put_text(layout.path("watchdog.py"), wd.SOURCE.read_text(encoding="utf-8"), mode=0o755)
-    await transport.put_text(layout.path(wd.CONFIG_NAME), text, mode=0o600)
-    await transport.run(wd.start_command(layout.root, python="python3"))
-    status = await _await_config(transport, layout, hashlib.sha256(text.encode()).hexdigest())
-    if status is None and await _watchdog_alive(transport, layout):
-        # a watchdog that holds the lock but does not take the config (too old, or stuck): replace it
-        await stop_watchdog(transport, layout)
-        await asyncio.sleep(1.0)
-        await transport.run(wd.start_command(layout.root, python="python3"))
-        status = await _await_config(transport, layout, hashlib.sha256(text.encode()).hexdigest())
-    if status is None:
-        lines = await _tail(transport, layout.path("watchdog.stderr"))
-        raise RemoteError(
-            f"the watchdog did not start on the machine within {WATCHDOG_CONFIRM_S:.0f} s",
-            where=transport.where,
-            hint=("its stderr: " + " | ".join(lines[-3:])) if lines else "is python3 on the machine?",
-        )
-    adopted = before is not None and before.get("pid") == status.get("pid")
-    return WatchdogArmed(adopted=adopted, credential=dict(status.get("credential") or {}), status=status)
-
-
-async def watchdog_status(transport: Transport, layout: BoxLayout) -> dict[str, Any] | None:
-    """The watchdog's status file (see the template's docstring), or None when there is none or it is garbled."""
-    result = await transport.run(f"cat {shlex.quote(layout.path(wd.STATUS_NAME))} 2>/dev/null", check=False)
-    return wd.parse_status(result.stdout) if result.rc == 0 and result.stdout.strip() else None
-
-
-async def _await_config(transport: Transport, layout: BoxLayout, sha256: str) -> dict[str, Any] | None:
-    end = time.monotonic() + WATCHDOG_CONFIRM_S
-    while time.monotonic() < end:
-        status = await watchdog_status(transport, layout)
-        if status is not None and status.get("config_sha256") == sha256:
-            return status
-        await asyncio.sleep(0.25)
-    return None
-
-
-async def _watchdog_alive(transport: Transport, layout: BoxLayout) -> bool:
-    lock = shlex.quote(layout.path("watchdog.pid"))
-    result = await transport.run(f"[ -s {lock} ] && kill -0 $(cat {lock}) 2>/dev/null && echo alive", check=False)
-    return result.stdout.strip() == "alive"
-
-
-async def _tail(transport: Transport, path: str, lines: int = 20) -> list[str]:
-    result = await transport.run(f"tail -n {lines} {shlex.quote(path)} 2>/dev/null", check=False)
-    return [line for line in result.stdout.splitlines() if line.strip()]
-
-
-async def renew_lease(transport: Transport, layout: BoxLayout, run_id: str, seq: int) -> None:
-    await transport.run(wd.lease_command(layout.root, run_id, seq))
-
-
-async def stop_watchdog(transport: Transport, layout: BoxLayout) -> None:
-    """Disarm (SIGTERM stops it between checks): for runs on machines gpurun does not destroy."""
-    lock = shlex.quote(layout.path("watchdog.pid"))
-    await transport.run(f"if [ -s {lock} ]; then kill $(cat {lock}) 2>/dev/null || true; fi", check=False)
-
-
 async def remote_clock(transport: Transport) -> float:
     """The machine's unix time: the watchdog's deadline is on its clock, not ours."""
     result = await transport.run("date +%s")
@@ -218,11 +117,9 @@ def local_python_env() -> dict[str, str]:
     return {"GPURUN_PYTHON": sys.executable, **bootstrap_env()}
 
 
-def dataset_target(
-    layout: BoxLayout, dataset: Path, report: dict[str, Any], repeats: int | None, trigger: str | None
-) -> str:
-    """Where the dataset goes so the machine always sees a kohya root (`data/N_name/...`)."""
-    kind = report.get("layout", "kohya-root")
+def dataset_target(layout: BoxLayout, dataset: Path, kind: str, repeats: int | None, trigger: str | None) -> str:
+    """Where the dataset goes so the machine always sees a kohya root (`data/N_name/...`); `kind` is the scan's
+    layout: kohya-root, concept-folder or plain."""
     if kind == "concept-folder":
         return layout.path("data", dataset.name)
     if kind == "plain":
@@ -238,16 +135,12 @@ def bundle_dir(layout: BoxLayout) -> str:
 
 async def ship_bundle(transport: Transport, layout: BoxLayout) -> int:
     """rsync (or SFTP) this exact gpurun package to the machine; returns bytes sent."""
-    from gpurun.remote.sync import push
-
     stats = await push(transport, PACKAGE_DIR, posixpath.join(bundle_dir(layout), "gpurun"), excludes=BUNDLE_EXCLUDES)
     return stats.bytes_sent
 
 
 async def ship_dataset(transport: Transport, dataset: Path, dataset_dir: str, *, progress=None) -> int:
     """rsync (or SFTP) the dataset; returns bytes sent."""
-    from gpurun.remote.sync import push
-
     stats = await push(transport, dataset, dataset_dir, progress=progress)
     return stats.bytes_sent
 
@@ -257,8 +150,6 @@ async def upload_base_model(transport: Transport, layout: BoxLayout, base: BaseS
     source = Path(base.ref)
     target_dir = posixpath.join(layout.home, "models")
     if source.is_dir():
-        from gpurun.remote.sync import push
-
         target = posixpath.join(target_dir, source.name)
         await push(transport, source, target)
         return target
@@ -298,7 +189,7 @@ async def launch_runner(
     # the bundle first (this exact gpurun), then the locked stack; the image's own site-packages come after
     pythonpath = ":".join(part for part in (bundle_dir(layout), layout.pythonpath) if part)
     run_env = {"PYTHONPATH": pythonpath, "PYTHONUNBUFFERED": "1", "PYTHONNOUSERSITE": "1", **(env or {})}
-    command = wd.runner_launch_command(
+    command = runner_launch_command(
         layout.root, argv, python=layout.python, events=EVENTS, stderr=STDERR, env=run_env, done=Path(layout.done).name
     )
     await transport.run(command)
@@ -355,3 +246,40 @@ async def remote_outputs(transport: Transport, layout: BoxLayout) -> dict[str, t
         return {k: (int(v[0]), str(v[1])) for k, v in json.loads(result.stdout or "{}").items()}
     except (ValueError, TypeError, IndexError):
         raise SyncError("could not list the run's outputs on the machine", where=transport.where) from None
+
+
+# Runs the runner as the leader of its own session and process group (so the watchdog may kill the whole group),
+# writes its pid first, then execs it: the pid in the file IS the runner, which is what receives SIGTERM.
+_SESSION_EXEC = (
+    "import os, sys\n"
+    "try:\n    os.setsid()\nexcept OSError:\n    pass\n"
+    "open(sys.argv[1], 'w').write(str(os.getpid()))\n"
+    "os.execvp(sys.argv[2], sys.argv[2:])\n"
+)
+
+
+def runner_launch_command(
+    remote_dir: str,
+    argv: Sequence[str],
+    *,
+    python: str = "python3",
+    events: str = "events.jsonl",
+    stderr: str = "runner.stderr",
+    env: dict[str, str] | None = None,
+    done: str = "runner.exit",
+) -> str:
+    """Launch `argv` detached as the watchdog expects: session leader, pid in runner.pid, exit code in `done`.
+
+    stdout (the event stream) goes to `events`; SIGTERM to the pid means "checkpoint and exit" (the runner's job).
+    """
+    exports = "".join(f"{k}={shlex.quote(v)} " for k, v in (env or {}).items())
+    inner = (
+        f"{exports}{shlex.quote(python)} -c {shlex.quote(_SESSION_EXEC)} {PID} "
+        f"{' '.join(shlex.quote(a) for a in argv)} >{shlex.quote(events)} 2>{shlex.quote(stderr)} </dev/null; "
+        f"echo $? > {shlex.quote(done)}.tmp && mv -f {shlex.quote(done)}.tmp {shlex.quote(done)}"
+    )
+    # the outer sh waits for the runner to write runner.exit; it is a plain child, not part of the runner's group
+    return (
+        f"cd {shlex.quote(remote_dir)} && rm -f {PID} {shlex.quote(done)} && "
+        f"nohup sh -c {shlex.quote(inner)} >/dev/null 2>&1 </dev/null &"
+    )

@@ -8,11 +8,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from gpurun.models import SshEndpoint
+from gpurun.phases import RUN_PHASES
 
-PHASES = (
-    "intent", "creating", "waiting", "watchdog", "bootstrap", "sync", "training", "fetching", "terminating",
-    "destroyed", "failed", "detached", "cancelled", "done",
-)  # fmt: skip
+#: every phase a run records: its intent, the run phases (gpurun.phases), and how it ended. Journals written before
+#: the run phases were unified hold older names (creating, waiting, watchdog, bootstrap, sync, fetching,
+#: terminating); they are read back as they are.
+PHASES = ("intent", *(phase.name for phase in RUN_PHASES), "destroyed", "failed", "detached", "cancelled", "done")
 #: phases that end a run; recording one sets the run's state to it
 FINAL_STATES = ("done", "failed", "cancelled")
 #: instance attempt statuses; the first three are alive (may be billing)

@@ -1,6 +1,6 @@
-"""The provider side of one run: rent an exact offer (failing over on capacity errors and hosts that never come
-up), check the billed price, and destroy with confirmation. Every wait has a deadline; every step is journalled
-before it happens, so a crash can never lose an instance.
+"""Renting for one run: the exact offer (failing over on capacity errors and hosts that never come up), the billed
+price checked against the quote. Every wait has a deadline; every step is journalled before it happens, so a
+crash can never lose an instance; an instance given up is destroyed (`gpurun.job.teardown`) before the next try.
 """
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ from gpurun.errors import (
     CapacityError,
     DeadlineError,
     GpurunError,
-    NotFoundError,
     PriceError,
-    ProviderError,
     TransientProviderError,
 )
+from gpurun.job.record import RunRecord
+from gpurun.job.teardown import destroy_confirmed
 from gpurun.journal import Journal
 from gpurun.models import CostEstimate, Instance, InstanceState, LaunchSpec
 from gpurun.provision.base import Provider
@@ -38,6 +38,15 @@ class Rented:
     created_at: float
     #: the $/h the provider bills (read back after create), or the quote where it does not say
     price_per_hour: float
+
+    def apply_to(self, record: RunRecord) -> None:
+        """What the run's record learns from the rental."""
+        record.estimate = self.choice
+        record.instance_id = self.instance.instance_id
+        record.price_per_hour = self.price_per_hour
+        record.created_at = self.created_at
+        record.workdir = self.instance.workdir
+        record.boot_armed = self.provider.runs_boot_script
 
 
 @dataclass(frozen=True)
@@ -92,29 +101,6 @@ async def wait_until_ready(
         await asyncio.sleep(poll_s)
 
 
-async def destroy_confirmed(
-    provider: Provider, instance_id: str, *, timeout_s: float = 300.0, poll_s: float = 5.0
-) -> bool:
-    """Terminate and poll until the provider no longer lists the instance as alive. Unknown counts as alive.
-
-    Returns True when confirmed, False when the deadline passed with the instance still (possibly) alive.
-    """
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            await provider.terminate(instance_id)
-            instance = await provider.get(instance_id)
-        except NotFoundError:
-            return True
-        except ProviderError:
-            instance = None  # unknown: keep trying until the deadline
-        if instance is not None and not instance.state.is_alive:
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        await asyncio.sleep(poll_s)
-
-
 async def rent(
     candidates: Sequence[CostEstimate],
     providers: Mapping[str, Provider],
@@ -123,7 +109,6 @@ async def rent(
     run_id: str,
     *,
     policy: RentPolicy = RentPolicy(),
-    needs_ssh: Callable[[str], bool] = lambda provider: provider != "local",
     notify: Notify = lambda text: None,
 ) -> Rented:
     """Rent the first candidate that comes up, in order; the journal's intent for candidates[0] must exist.
@@ -146,7 +131,7 @@ async def rent(
                 quoted_price=offer.price_per_hour,
             )
             notify(f"trying the next offer: {offer.key} ({offer.gpu.name}, ${offer.price_per_hour:.3f}/h)")
-        journal.phase(run_id, "creating", offer.key)
+        journal.phase(run_id, "boot", f"creating {offer.key}")
         try:
             instance = await provider.create(offer, spec_for(choice))
         except CapacityError as error:
@@ -156,14 +141,14 @@ async def rent(
             continue
         created_at = time.time()
         journal.set_instance(run_id, instance.instance_id, billed_price=instance.price_per_hour, ssh=instance.ssh)
-        journal.phase(run_id, "waiting", instance.instance_id)
+        journal.phase(run_id, "boot", f"waiting for {instance.instance_id}")
         try:
             ready = await wait_until_ready(
                 provider,
                 instance.instance_id,
                 timeout_s=policy.ready_timeout_s,
                 poll_s=policy.poll_s,
-                needs_ssh=needs_ssh(offer.provider),
+                needs_ssh=provider.over_ssh,
             )
             # a billed price of $0 or less from a marketplace is bad data: the quote stands
             billed = ready.price_per_hour if (ready.price_per_hour or 0) > 0 else offer.price_per_hour

@@ -18,8 +18,8 @@ from urllib.parse import quote
 
 import httpx
 
-from gpurun.bases import BaseSpec
 from gpurun.errors import AuthError, ConfigError, NotFoundError, ProviderError, TransientProviderError
+from gpurun.job.bases import BaseSpec
 from gpurun.provision.http import ApiKey, ProviderHttp, RetryPolicy
 
 DEFAULT_ENDPOINT = "https://huggingface.co"

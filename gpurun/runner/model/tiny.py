@@ -14,6 +14,10 @@ import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
+from gpurun.runner.model.clip_bpe import make_tokenizer, tiny_vocab
+from gpurun.runner.model.ldm_layout import pipeline_to_original_state_dict
+from gpurun.runner.model.loaded import assemble_pipeline
+
 TinyFamily = Literal["sd15", "sd2", "sdxl"]
 TINY_BASE_NAMES: dict[str, TinyFamily] = {"tiny-sd": "sd15", "tiny-sd2": "sd2", "tiny-sdxl": "sdxl"}
 
@@ -112,8 +116,6 @@ def build_tiny_pipeline(family: TinyFamily, seed: int = 0):  # -> StableDiffusio
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    from gpurun.runner.clip_bpe import make_tokenizer, tiny_vocab
-
     if family not in _SPECS:
         raise ValueError(f"unknown tiny family {family!r}; choose one of {', '.join(_SPECS)}")
     spec = _SPECS[family]
@@ -144,8 +146,6 @@ def build_tiny_pipeline(family: TinyFamily, seed: int = 0):  # -> StableDiffusio
         timestep_spacing="leading",
         steps_offset=1,
     )
-    from gpurun.runner.loaded import assemble_pipeline
-
     return assemble_pipeline(family, unet.eval(), vae.eval(), text_encoders, tokenizers, scheduler)
 
 
@@ -159,8 +159,6 @@ def save_tiny(
 ) -> None:
     """Save the tiny pipeline as a diffusers folder, and optionally as an original-layout single file
     (what A1111/ComfyUI users download) and as a config-only folder (what `from_single_file(config=)` needs)."""
-    from gpurun.runner.ldm_layout import pipeline_to_original_state_dict
-
     pipe = build_tiny_pipeline(family, seed=seed)
     folder = Path(folder)
     pipe.save_pretrained(folder, safe_serialization=True)

@@ -8,7 +8,7 @@ from pathlib import Path
 from gpurun.remote.excludes import UploadPlan, plan_upload
 
 #: the folder holding the `gpurun` package; it is synced to `<run>/bundle/gpurun` and put on PYTHONPATH
-PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGE_DIR = Path(__file__).resolve().parent.parent
 BUNDLE_EXCLUDES = ["__pycache__/", "*.pyc", "*.pyo", ".DS_Store"]
 
 

@@ -15,7 +15,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from gpurun.runner.clip_bpe import BPE_FILE, write_vocab_files
+from gpurun.runner.model.clip_bpe import BPE_FILE, write_vocab_files
 
 CONFIGS_DIR = Path(__file__).parent / "configs"
 BUNDLED = ("sd15", "sd2-512-base", "sd2-768-v", "sdxl-base")

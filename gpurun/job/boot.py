@@ -6,7 +6,7 @@ runs when the container starts (Vast's `onstart`, RunPod's start command), write
 starts it. The boot config cannot know the instance's id or the box's clock, so the provider's own variables name
 the instance (`instance_id_env`), the deadline counts from the watchdog's start (`deadline_in_s`), and the lease
 TTL bounds how long the client may take to connect and adopt it. When the client connects it rewrites the config
-(onbox.arm_watchdog) and the running watchdog reloads it: one watchdog program, armed early, adopted later.
+(watchdog.arm_watchdog) and the running watchdog reloads it: one watchdog program, armed early, adopted later.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import json
 import re
 from typing import Any
 
-from gpurun import watchdog_client as wd
+from gpurun.job import watchdog as wd
 
 #: environment variables that carry the watchdog (gzip + base64 of its source) and its boot config (base64 JSON)
 ENV_SOURCE = "GPURUN_WATCHDOG_PY"
@@ -76,7 +76,7 @@ def boot_env(config: dict[str, Any]) -> dict[str, str]:
 
 def boot_script(run_id: str) -> str:
     """Shell lines, run at container start, that write the watchdog into `$HOME/gpurun/<run_id>` (the folder
-    onbox.make_layout uses for a box without a workdir) and start it in the background. No single quotes, so a
+    machine.make_layout uses for a box without a workdir) and start it in the background. No single quotes, so a
     provider may wrap it in `bash -c '...'`; it returns at once."""
     if not _RUN_ID.match(run_id):
         raise ValueError(f"not a run id: {run_id!r}")

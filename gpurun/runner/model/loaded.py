@@ -1,6 +1,6 @@
 """The loaded base model: its components, and how captions become UNet conditioning the way kohya does it.
 
-LoadedModel is what load_base_model (gpurun.runner.model) returns; the trainer, exporter and sample grid use it.
+LoadedModel is what load_base_model (gpurun.runner.model.load) returns; the trainer, exporter and sample grid use it.
 """
 
 from __future__ import annotations
@@ -82,6 +82,13 @@ class LoadedModel:
         if self.family == "sd2" and self.v_parameterization:
             return 768
         return DEFAULT_RESOLUTION[self.family]
+
+    def enable_gradient_checkpointing(self, *, text_encoders: bool) -> None:
+        """Trade compute for memory: on the UNet always, on the text encoders when they train."""
+        self.unet.enable_gradient_checkpointing()
+        if text_encoders:
+            for encoder in self.text_encoders:
+                encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
     def tokenize(self, captions: list[str]) -> list[torch.Tensor]:
         """One [batch, 77] tensor of token ids per tokenizer (SDXL has two), padded and truncated like kohya."""

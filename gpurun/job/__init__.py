@@ -1,0 +1,1 @@
+"""The orchestrator: one training run from plan to receipt (see `gpurun.job.run` for the flow)."""

@@ -75,13 +75,13 @@ def bench_one(family: str, size: str, batch: int, dtype_name: str, checkpointing
     import torch
 
     from gpurun.buckets import BucketChoice
-    from gpurun.config import TrainConfig
     from gpurun.dataset.types import ImageItem
     from gpurun.runner.data import TrainData, TrainImage
     from gpurun.runner.lora import add_lora
     from gpurun.runner.loss import StepContext, batch_loss
     from gpurun.runner.model.loaded import Conditioning
     from gpurun.runner.optim import make_optimizer
+    from gpurun.trainconfig import TrainConfig
 
     cuda = torch.cuda.is_available()
     device = "cuda" if cuda else "cpu"

@@ -36,7 +36,7 @@ from gpurun.remote import sync  # noqa: E402
 from gpurun.remote.bootstrap import run_bootstrap  # noqa: E402
 from gpurun.remote.follow import EventFollower  # noqa: E402
 from gpurun.remote.keys import ensure_run_keys  # noqa: E402
-from gpurun.remote.local import LocalTransport  # noqa: E402
+from gpurun.remote.local_transport import LocalTransport  # noqa: E402
 from gpurun.remote.session import connect  # noqa: E402
 from tests.sshd import start_sshd  # noqa: E402
 

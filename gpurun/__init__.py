@@ -8,7 +8,6 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from gpurun.config import TrainConfig
 from gpurun.errors import (
     AuthError,
     BudgetError,
@@ -22,6 +21,7 @@ from gpurun.errors import (
     UserError,
 )
 from gpurun.models import CostEstimate, GpuRequest, GpuSpec, Instance, InstanceState, Offer, Workload
+from gpurun.trainconfig import TrainConfig
 
 __all__ = [
     "AuthError",

@@ -2,7 +2,7 @@
 
 These are frozen slotted dataclasses, not pydantic models: ranking builds tens of thousands of them per call,
 and vendor payloads are parsed leniently by the adapters before they get here. User input is validated by
-pydantic in `config.py` instead.
+pydantic in `trainconfig.py` (and `settings.py`) instead.
 """
 
 from __future__ import annotations

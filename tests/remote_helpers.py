@@ -10,7 +10,7 @@ import pytest
 
 from gpurun.models import SshEndpoint
 from gpurun.remote.keys import ensure_run_keys
-from gpurun.remote.local import LocalTransport
+from gpurun.remote.local_transport import LocalTransport
 from gpurun.remote.session import SshSession, connect
 from gpurun.remote.transport import Transport
 from tests.sshd import SshServer

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from gpurun.config import TrainConfig
 from gpurun.errors import ConfigError
+from gpurun.trainconfig import TrainConfig
 
 FIXTURE = Path(__file__).parent / "fixtures" / "training_config.toml"
 

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from gpurun.cli import main
-from gpurun.config import SECTION_OF
+from gpurun.trainconfig import SECTION_OF
 from tests.fakes.vast_catalog import vast_offer
 from tests.fakes.vast_query import priced
 from tests.imaging import make_image

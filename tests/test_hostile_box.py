@@ -21,7 +21,7 @@ from gpurun.job.record import RunRecord
 from gpurun.journal import Journal
 from gpurun.live import JsonView
 from gpurun.pricing.serial import estimate_from_dict
-from gpurun.remote.local import LocalTransport
+from gpurun.remote.local_transport import LocalTransport
 from gpurun.remote.sync import fetch_verified
 from tests.remote_helpers import ssh_session, transport_fixture  # noqa: F401  (the fixture)
 

@@ -13,7 +13,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-from gpurun.config import TrainConfig, tomllib
 from gpurun.dataset import check_dataset
 from gpurun.errors import ConfigError, JournalError
 from gpurun.journal import Journal
@@ -22,9 +21,10 @@ from gpurun.provision.http import ApiKey, ProviderHttp, vendor_message
 from gpurun.provision.registry import make_provider
 from gpurun.provision.vast import parse_offer
 from gpurun.remote.excludes import plan_upload
-from gpurun.remote.local import LocalTransport
+from gpurun.remote.local_transport import LocalTransport
 from gpurun.render import printable, safe
 from gpurun.settings import write_private_file
+from gpurun.trainconfig import TrainConfig, tomllib
 from tests.imaging import make_image
 
 # ---- names that become paths -----------------------------------------------------------------------------

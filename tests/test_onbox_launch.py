@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from gpurun.config import TrainConfig
 from gpurun.errors import RunnerError
 from gpurun.job import machine
-from gpurun.remote.local import LocalTransport
+from gpurun.remote.local_transport import LocalTransport
+from gpurun.trainconfig import TrainConfig
 
 
 async def _layout(tmp_path: Path, python: str) -> tuple[LocalTransport, machine.BoxLayout]:

@@ -15,7 +15,7 @@ import pytest
 from gpurun.errors import TransientSshError
 from gpurun.events import Done, ErrorEvent, LogLine, Step, parse_line
 from gpurun.remote.follow import READER, EventFollower, FollowedEvent
-from gpurun.remote.local import LocalTransport
+from gpurun.remote.local_transport import LocalTransport
 from gpurun.remote.transport import Transport
 from tests.remote_helpers import child_pids, ssh_session, transport_fixture  # noqa: F401  (the fixture)
 from tests.sshd import SshServer

@@ -222,7 +222,7 @@ async def test_sftp_fallback_is_chosen_when_the_instance_lacks_rsync(
 def test_remote_package_stays_light_and_independent_of_providers() -> None:
     """DESIGN's import rules: remote never imports provision, and nothing here loads the training stack."""
     code = (
-        "import sys, gpurun.remote.session, gpurun.remote.local, gpurun.remote.sync, gpurun.remote.follow, "
+        "import sys, gpurun.remote.session, gpurun.remote.local_transport, gpurun.remote.sync, gpurun.remote.follow, "
         "gpurun.remote.bootstrap, gpurun.remote.keys\n"
         "bad = sorted(m for m in sys.modules if m.startswith('gpurun.provision') or m.split('.')[0] in "
         "('torch', 'diffusers', 'transformers', 'peft', 'bitsandbytes'))\n"
@@ -233,7 +233,7 @@ def test_remote_package_stays_light_and_independent_of_providers() -> None:
 
 
 def test_both_transports_implement_the_protocol(tmp_path: Path) -> None:
-    from gpurun.remote.local import LocalTransport
+    from gpurun.remote.local_transport import LocalTransport
     from gpurun.remote.session import SshSession
     from gpurun.remote.transport import Transport
 

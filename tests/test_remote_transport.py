@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from gpurun.errors import SshError
-from gpurun.remote.local import LocalTransport
+from gpurun.remote.local_transport import LocalTransport
 from gpurun.remote.session import SshSession
 from gpurun.remote.transport import CommandError, Transport
 from tests.remote_helpers import process_alive, transport_fixture, wait_for  # noqa: F401  (the fixture)

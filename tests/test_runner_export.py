@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from gpurun.config import TrainConfig
 from gpurun.lorafile import read_header, read_scalar, text_encoder_module_names, unet_module_names
+from gpurun.trainconfig import TrainConfig
 from tests.conftest import REPO_ROOT
 from tests.tiny_models import TinyModel
 

@@ -12,7 +12,7 @@ HEAVY = {"torch", "diffusers", "transformers", "peft", "safetensors", "accelerat
 #: function-level imports of gpurun modules that stay, and why: both sit inside a try that turns an import failure
 #: into the script's own error report (the runner's error event, the smoke check's failed stage)
 DELIBERATE = {
-    "gpurun.runner.__main__": {"gpurun.config", "gpurun.runner.train"},
+    "gpurun.runner.__main__": {"gpurun.trainconfig", "gpurun.runner.train"},
     "gpurun.runner.smoke": {"gpurun.runner.lora", "gpurun.runner.model.load", "gpurun.runner.optim"},
 }
 

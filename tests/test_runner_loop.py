@@ -9,13 +9,13 @@ from typing import Any
 import pytest
 
 from gpurun import events
-from gpurun.config import TrainConfig
 from gpurun.dataset import check_dataset
 from gpurun.errors import ConfigError
 from gpurun.lorafile import read_header
 from gpurun.runner.data import scan_training_data
 from gpurun.runner.oom import split_batches
 from gpurun.runner.optim import lr_factor, parse_optimizer_args
+from gpurun.trainconfig import TrainConfig
 from tests.imaging import make_concept, make_image
 
 torch = pytest.importorskip("torch")

@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 
 from gpurun import events
-from gpurun.config import TrainConfig, tomllib
 from gpurun.lorafile import read_header, read_scalar, text_encoder_module_names, unet_module_names
+from gpurun.trainconfig import TrainConfig, tomllib
 from tests.conftest import REPO_ROOT, subprocess_env
 from tests.imaging import make_image
 from tests.tiny_models import TinyModel

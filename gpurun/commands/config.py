@@ -6,8 +6,8 @@ from pathlib import Path
 
 import typer
 
-from gpurun.config import IGNORED_KEYS, SECTION_OF, TrainConfig
 from gpurun.render import out, print_json, warn
+from gpurun.trainconfig import IGNORED_KEYS, SECTION_OF, TrainConfig
 
 config_app = typer.Typer(help="Training configuration: accepted keys and validation.", no_args_is_help=True)
 

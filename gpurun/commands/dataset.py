@@ -14,8 +14,8 @@ from gpurun.models import MIN_IMAGE_SIDE, MODEL_FAMILIES
 from gpurun.render import err, human_bytes, out, print_json, printable, safe
 
 if TYPE_CHECKING:
-    from gpurun.config import TrainConfig
     from gpurun.dataset import DatasetReport
+    from gpurun.trainconfig import TrainConfig
 
 dataset_app = typer.Typer(help="Check a training dataset locally, before any money is spent.", no_args_is_help=True)
 
@@ -75,9 +75,9 @@ def check(
         False, "--no-verify", help="Read image headers only (fast): skips the full decode and the duplicate search."
     ),
 ) -> None:
-    from gpurun.config import TrainConfig
     from gpurun.dataset import check_dataset
     from gpurun.errors import ConfigError
+    from gpurun.trainconfig import TrainConfig
 
     train_config = TrainConfig.from_toml(config) if config is not None else None
     family = model.value if model is not None else _family_from(train_config)

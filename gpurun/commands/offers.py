@@ -71,13 +71,13 @@ def offers_command(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON document instead of the table."),
 ) -> None:
     from gpurun.api import offers
-    from gpurun.config import TrainConfig
     from gpurun.errors import ConfigError
     from gpurun.job.workload import build_workload
     from gpurun.models import GpuRequest
     from gpurun.pricing import DEFAULT
     from gpurun.provision.registry import min_cuda_for
     from gpurun.settings import load_settings
+    from gpurun.trainconfig import TrainConfig
 
     source = build_workload(
         model=model,

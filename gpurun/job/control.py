@@ -21,7 +21,7 @@ from gpurun.models import SshEndpoint
 from gpurun.phases import TRAINING
 from gpurun.provision.registry import make_provider
 from gpurun.remote.keys import ensure_run_keys
-from gpurun.remote.local import LocalTransport
+from gpurun.remote.local_transport import LocalTransport
 from gpurun.remote.session import connect
 from gpurun.remote.transport import Transport
 

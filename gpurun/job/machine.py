@@ -16,12 +16,12 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from gpurun.config import TrainConfig
 from gpurun.errors import RunnerError, SyncError
 from gpurun.job.bases import BaseSpec
 from gpurun.job.bundle import BUNDLE_EXCLUDES, PACKAGE_DIR
 from gpurun.remote.sync import push
 from gpurun.remote.transport import Transport, exit_path_for
+from gpurun.trainconfig import TrainConfig
 
 #: the runner's files inside the run folder on the machine
 EVENTS = "events.jsonl"

@@ -19,7 +19,17 @@ import httpx
 
 from gpurun.errors import ConfigError, GpurunError, ProviderError
 from gpurun.models import CostEstimate, GpuRequest, Offer, Workload, to_dict
-from gpurun.pricing import DEFAULT, SORT_MODES, Assumptions, BootProfile, Calibration, Plan, Ranking, SortMode, rank
+from gpurun.pricing import (
+    DEFAULT,
+    SORT_MODES,
+    Assumptions,
+    BootProfile,
+    Calibration,
+    CostModel,
+    Ranking,
+    SortMode,
+    rank,
+)
 from gpurun.pricing.gpus import provider_spellings
 from gpurun.pricing.serial import estimate_to_dict, gpu_dict
 from gpurun.provision.http import RetryPolicy
@@ -82,7 +92,7 @@ class OffersResult:
     def explain(self, ref: str) -> tuple[CostEstimate, tuple[str, ...]]:
         """The estimate for one offer (ranked or not) and, when the ranking left it out, the reasons."""
         offer = self.find(ref)
-        estimate = Plan(self.workload, self.assumptions, self.calibration).estimate(offer)
+        estimate = CostModel(self.workload, self.assumptions, self.calibration).estimate(offer)
         rejected = next((r.reasons for r in self.ranking.rejected if r.offer is offer), ())
         return estimate, rejected
 
@@ -144,7 +154,7 @@ class OffersResult:
 
 def disk_needed_gb(workload: Workload, assumptions: Assumptions = DEFAULT) -> float:
     """Disk to ask the providers for: the job's files, the container image, slack; whole GB."""
-    return float(math.ceil(Plan(workload, assumptions).disk_needed_gb(BootProfile(0.0))))
+    return float(math.ceil(CostModel(workload, assumptions).disk_needed_gb(BootProfile(0.0))))
 
 
 async def offers(
@@ -183,7 +193,7 @@ async def offers(
     if not assumptions.boot:
         assumptions = dataclasses.replace(assumptions, boot=boot_profiles())  # each provider's own
     try:
-        Plan(workload, assumptions, calibration)  # a bad workload or calibration fails before any network call
+        CostModel(workload, assumptions, calibration)  # a bad workload or calibration fails before any network call
     except ValueError as exc:
         raise ConfigError(str(exc), where="workload") from None
 

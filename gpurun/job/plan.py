@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gpurun.config import TrainConfig
 from gpurun.dataset import DatasetReport, check_dataset
 from gpurun.errors import BudgetError, ConfigError, DatasetError
 from gpurun.job.basecheck import BaseChecker
@@ -27,6 +26,7 @@ from gpurun.pricing.serial import estimate_to_dict
 from gpurun.provision.registry import image_for, min_cuda_for, provider_class
 from gpurun.remote.excludes import plan_upload, upload_excludes
 from gpurun.safenames import component_problem
+from gpurun.trainconfig import TrainConfig
 
 #: how many offers `gpurun train` may try in turn when one is gone or never comes up
 MAX_ATTEMPTS = 3

@@ -42,7 +42,7 @@ from gpurun.provision.images import image_cuda
 from gpurun.provision.registry import make_provider
 from gpurun.remote.bootstrap import BootstrapLine, run_bootstrap
 from gpurun.remote.keys import RunKeys, ensure_run_keys
-from gpurun.remote.local import LocalTransport
+from gpurun.remote.local_transport import LocalTransport
 from gpurun.remote.session import connect
 from gpurun.remote.transport import Transport
 

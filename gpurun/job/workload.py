@@ -12,11 +12,11 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gpurun.config import TrainConfig
 from gpurun.dataset import DatasetScan, scan_dataset
 from gpurun.errors import ConfigError, DatasetError
 from gpurun.models import MODEL_FAMILIES, NATIVE_RESOLUTION, ModelFamily, Workload
 from gpurun.pricing import BASE_MODEL_BYTES
+from gpurun.trainconfig import TrainConfig
 
 #: the tutorial's example run
 DEFAULT_IMAGES, DEFAULT_REPEATS, DEFAULT_EPOCHS, DEFAULT_DIM = 20, 10, 10, 32

@@ -8,7 +8,7 @@ GPU figure in `gpus.py` (with sources).
 """
 
 from gpurun.pricing.assumptions import DEFAULT, Assumptions, BootProfile
-from gpurun.pricing.estimate import BASE_MODEL_BYTES, PHASES, TIME_PHASES, Plan, estimate
+from gpurun.pricing.estimate import BASE_MODEL_BYTES, PHASES, TIME_PHASES, CostModel, estimate
 from gpurun.pricing.gpus import GPUS, GpuInfo, gpu_matches, match_gpu
 from gpurun.pricing.rank import SORT_MODES, Ranking, Rejected, SortMode, rank, requirement_reasons
 from gpurun.pricing.throughput import Calibration, calibration_key
@@ -23,8 +23,8 @@ __all__ = [
     "Assumptions",
     "BootProfile",
     "Calibration",
+    "CostModel",
     "GpuInfo",
-    "Plan",
     "Ranking",
     "Rejected",
     "SortMode",

@@ -94,11 +94,11 @@ class ProviderPlan:
     install_note: str
 
 
-#: what `Plan.numbers` returns: (phase seconds, storage $, bandwidth $, seconds, $, expected $, reasons)
+#: what `CostModel.numbers` returns: (phase seconds, storage $, bandwidth $, seconds, $, expected $, reasons)
 Numbers = tuple[tuple[float, ...], float, float, float, float, float, tuple[str, ...]]
 
 
-class Plan:
+class CostModel:
     """Per-workload constants, computed once and shared by every offer an estimate or a ranking looks at."""
 
     def __init__(self, workload: Workload, assumptions: Assumptions = DEFAULT, calibration: Calibration | None = None):
@@ -424,4 +424,4 @@ def estimate(
     workload: Workload, offer: Offer, *, assumptions: Assumptions = DEFAULT, calibration: Calibration | None = None
 ) -> CostEstimate:
     """Time and money for `workload` on `offer`, per phase. Infeasible offers are marked with reasons."""
-    return Plan(workload, assumptions, calibration).estimate(offer)
+    return CostModel(workload, assumptions, calibration).estimate(offer)

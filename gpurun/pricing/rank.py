@@ -14,7 +14,7 @@ from typing import Literal
 
 from gpurun.models import CostEstimate, GpuRequest, Offer, Workload
 from gpurun.pricing.assumptions import DEFAULT, Assumptions
-from gpurun.pricing.estimate import Numbers, Plan
+from gpurun.pricing.estimate import CostModel, Numbers
 from gpurun.pricing.gpus import gpu_matches
 from gpurun.pricing.throughput import Calibration
 
@@ -122,7 +122,7 @@ def rank(
         raise ValueError(f"sort must be one of {', '.join(SORT_MODES)}, got {sort!r}")
     if limit is not None and limit < 0:
         raise ValueError(f"limit must not be negative, got {limit}")
-    plan = Plan(workload, assumptions, calibration)
+    plan = CostModel(workload, assumptions, calibration)
     numbers_of = plan.numbers
     rejected: list[Rejected] = []
     # rows are (primary, secondary, tertiary, provider, offer id, index): tuples that sort without a key

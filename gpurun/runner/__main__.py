@@ -52,8 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         # imported inside the try: a training stack that fails to import still ends as an error event on stdout
         # (the client reads nothing else), and a bad invocation is refused before the slow imports
-        from gpurun.config import TrainConfig
         from gpurun.runner.train import Trainer
+        from gpurun.trainconfig import TrainConfig
 
         config = TrainConfig.from_toml(args.config)
         return Trainer(config, resume=args.resume).run()

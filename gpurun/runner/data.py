@@ -28,7 +28,7 @@ from gpurun.runner.model.loaded import Conditioning, LoadedModel
 if TYPE_CHECKING:
     import torch
 
-    from gpurun.config import TrainConfig
+    from gpurun.trainconfig import TrainConfig
 
 #: encode this many images per VAE call (same bucket only)
 VAE_BATCH = 4

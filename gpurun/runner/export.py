@@ -27,8 +27,8 @@ from gpurun.runner.lora import ADAPTER, TEXT_ENCODER_NAMES
 if TYPE_CHECKING:
     import torch
 
-    from gpurun.config import TrainConfig
     from gpurun.runner.model.loaded import LoadedModel
+    from gpurun.trainconfig import TrainConfig
 
 Precision = Literal["fp16", "bf16", "float"]
 TE_PREFIXES = {"sd15": ("lora_te",), "sd2": ("lora_te",), "sdxl": ("lora_te1", "lora_te2")}

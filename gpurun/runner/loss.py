@@ -16,7 +16,7 @@ from gpurun.runner.model.loaded import Conditioning, LoadedModel
 if TYPE_CHECKING:
     import torch
 
-    from gpurun.config import TrainConfig
+    from gpurun.trainconfig import TrainConfig
 
 
 @dataclass

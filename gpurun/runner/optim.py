@@ -17,7 +17,7 @@ from gpurun.errors import ConfigError
 if TYPE_CHECKING:
     import torch
 
-    from gpurun.config import TrainConfig
+    from gpurun.trainconfig import TrainConfig
 
 
 def parse_optimizer_args(args: list[str]) -> dict[str, Any]:

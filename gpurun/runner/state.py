@@ -21,8 +21,8 @@ from gpurun.errors import ConfigError
 if TYPE_CHECKING:
     import torch
 
-    from gpurun.config import TrainConfig
     from gpurun.runner.data import TrainData
+    from gpurun.trainconfig import TrainConfig
 
 STATE_DIR = "state"
 PROGRESS_FILE = "progress.json"
@@ -94,7 +94,7 @@ def python_rng_from_plain(raw: Any) -> tuple:
     return (int(version), tuple(int(x) for x in internal), gauss)
 
 
-def state_dir(output_dir: str | Path) -> Path:
+def resume_dir(output_dir: str | Path) -> Path:
     return Path(output_dir) / STATE_DIR
 
 

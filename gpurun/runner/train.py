@@ -29,8 +29,8 @@ from gpurun.runner.sample import grid_prompts, render_grid
 from gpurun.runner.stop import STOPPED_EXIT, StopRequest
 
 if TYPE_CHECKING:
-    from gpurun.config import TrainConfig
     from gpurun.runner.model.loaded import LoadedModel
+    from gpurun.trainconfig import TrainConfig
 
 Emit = Callable[[events.Event], None]
 LOSS_WINDOW = 25
@@ -90,7 +90,7 @@ class Trainer:
         progress = st.initial_progress(config, data, model.family)
         saved = None
         if self.resume:
-            folder = Path(self.resume) if isinstance(self.resume, str) else st.state_dir(self.out)
+            folder = Path(self.resume) if isinstance(self.resume, str) else st.resume_dir(self.out)
             saved_progress, lora_weights, optimizer_state, rng_state = st.load_state(folder)
             st.check_fingerprint(saved_progress.fingerprint, progress.fingerprint, folder)
             progress, saved = saved_progress, (lora_weights, optimizer_state, rng_state)
@@ -385,7 +385,7 @@ class _Loop:
 
     def _save_state(self) -> None:
         rng = {"generator": self.ctx.generator.get_state(), "python": st.plain_python_rng(self.ctx.rng.getstate())}
-        st.save_state(st.state_dir(self.out), self.p, lora_state(self.ctx.model), self.optimizer.state_dict(), rng)
+        st.save_state(st.resume_dir(self.out), self.p, lora_state(self.ctx.model), self.optimizer.state_dict(), rng)
 
     def _grid(self, lora_path: Path, name: str, epoch: int) -> None:
         config = self.config

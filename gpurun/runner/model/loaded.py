@@ -9,8 +9,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from gpurun.config import SAMPLERS
 from gpurun.errors import ConfigError
+from gpurun.trainconfig import SAMPLERS
 
 if TYPE_CHECKING:
     import torch

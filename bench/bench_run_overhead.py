@@ -2,8 +2,8 @@
 
     python bench/bench_run_overhead.py [--repeat 3] [--network-dim 640] [--epochs 2]
 
-Runs the whole product path for real: a fake Vast (tests/fakes) rents an "instance" whose SSH endpoint is a real
-OpenSSH sshd on 127.0.0.1 (tests/sshd.py); gpurun connects with its per-run key, arms the watchdog, checks the
+Runs the whole product path for real: a fake Vast (tests/support/fakes) rents an "instance" whose SSH endpoint is a real
+OpenSSH sshd on 127.0.0.1 (tests/support/sshd.py); gpurun connects with its per-run key, arms the watchdog, checks the
 (warm) environment, rsyncs the dataset and bundle, launches the runner detached (tiny SD model, CPU), follows
 events, pulls checkpoints, fetches and verifies the final LoRA and grid, and destroys. `--network-dim 640` makes
 the tiny model's LoRA about 40 MB (a typical rank-32 SD 1.5 LoRA is 38 MB), so the fetch moves a real-sized file.
@@ -34,9 +34,9 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.e2e import small_job  # noqa: E402
-from tests.fakes.vast_server import FakeVast  # noqa: E402
-from tests.sshd import start_sshd  # noqa: E402
+from tests.support.e2e import small_job  # noqa: E402
+from tests.support.fakes.vast_server import FakeVast  # noqa: E402
+from tests.support.sshd import start_sshd  # noqa: E402
 
 
 def one_run(root: Path, vast: FakeVast, network_dim: int, epochs: int) -> dict[str, Any]:

@@ -38,7 +38,7 @@ from gpurun.remote.follow import EventFollower  # noqa: E402
 from gpurun.remote.keys import ensure_run_keys  # noqa: E402
 from gpurun.remote.local_transport import LocalTransport  # noqa: E402
 from gpurun.remote.session import connect  # noqa: E402
-from tests.sshd import start_sshd  # noqa: E402
+from tests.support.sshd import start_sshd  # noqa: E402
 
 # what the runner does first: import the event protocol from the bundle and announce itself
 FIRST_EVENT = "from gpurun.events import Phase, emit; emit(Phase(name='loading', detail='bench'))"
@@ -62,7 +62,7 @@ async def startup_once(server, root: Path, run_id: str, with_bootstrap: bool) ->
     marks["push_bundle"] = time.perf_counter() - t0
     events, pid = str(work / "run" / "events.jsonl"), str(work / "run" / "runner.pid")
     cmd = f"{shlex.quote(sys.executable)} -c {shlex.quote(FIRST_EVENT)}; sleep 5"
-    await session.start_detached(cmd, events, pid, env={"PYTHONPATH": str(work / "bundle")})
+    await session.start_detached(["sh", "-c", cmd], pid, stdout=events, env={"PYTHONPATH": str(work / "bundle")})
     marks["start_detached"] = time.perf_counter() - t0
     async for _item in EventFollower(session, events, pid, python=sys.executable, poll_interval=0.05):
         break

@@ -32,9 +32,14 @@ from gpurun.job.plan import TrainPlan, TrainRequest, measured_calibration, plan_
 from gpurun.job.receipt import Receipt
 from gpurun.job.teardown import Stray, Target
 from gpurun.job.view import Money, SilentView, View
+from gpurun.job.workload import WorkloadSource, build_workload
 from gpurun.journal import Journal, RunRecord
+from gpurun.provision import status
+from gpurun.provision.http import mask_secret
+from gpurun.provision.registry import PROVIDER_NAMES, min_cuda_for
 
 __all__ = [
+    "PROVIDER_NAMES",
     "Money",
     "OffersResult",
     "ProviderFailure",
@@ -46,18 +51,27 @@ __all__ = [
     "TrainPlan",
     "TrainRequest",
     "View",
+    "WorkloadSource",
     "attach",
+    "build_workload",
     "cancel",
+    "check_providers",
     "destroy",
     "down_targets",
     "find_strays",
     "forget_stray_keys",
+    "mask_secret",
+    "min_cuda_for",
     "offers",
     "plan",
+    "provider_key_env",
+    "providers_overview",
     "run_record",
     "runner_stderr",
     "runs",
+    "save_api_key",
     "train",
+    "usable_providers",
 ]
 
 #: sees a run's context before it starts (the CLI wires Ctrl-C to its stop requests)
@@ -174,3 +188,12 @@ async def forget_stray_keys(warn: Callable[[str], None] = lambda text: None) -> 
     """Take the SSH keys of runs that are over off the provider accounts; `provider:run id` of each removed."""
     with Journal.open() as journal:
         return await teardown.forget_stray_keys(journal, warn)
+
+
+# ---- the providers ------------------------------------------------------------------------------------------------
+
+providers_overview = status.overview
+provider_key_env = status.key_env
+save_api_key = status.save_api_key
+check_providers = status.check
+usable_providers = status.usable_names

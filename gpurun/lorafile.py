@@ -43,7 +43,7 @@ REQUIRED_METADATA = (
     "modelspec.title",
 )
 
-_TRANSFORMER_INNER = ("attn1_to_q", "attn1_to_k", "attn1_to_v", "attn1_to_out_0")
+_TRANSFORMER_INNER: tuple[str, ...] = ("attn1_to_q", "attn1_to_k", "attn1_to_v", "attn1_to_out_0")
 _TRANSFORMER_INNER += ("attn2_to_q", "attn2_to_k", "attn2_to_v", "attn2_to_out_0", "ff_net_0_proj", "ff_net_2")
 _CLIP_INNER = ("self_attn_q_proj", "self_attn_k_proj", "self_attn_v_proj", "self_attn_out_proj", "mlp_fc1", "mlp_fc2")
 _TE_LAYERS: dict[Family, dict[str, int]] = {
@@ -102,9 +102,8 @@ def read_header(path: str | Path) -> SafetensorsHeader:
     tensors: dict[str, TensorInfo] = {}
     for name, info in header.items():
         try:
-            tensors[name] = TensorInfo(
-                str(info["dtype"]), tuple(int(d) for d in info["shape"]), tuple(info["data_offsets"])
-            )  # type: ignore[arg-type]
+            start, end = (int(o) for o in info["data_offsets"])
+            tensors[name] = TensorInfo(str(info["dtype"]), tuple(int(d) for d in info["shape"]), (start, end))
         except (KeyError, TypeError, ValueError):
             raise SafetensorsError(f"{path.name}: malformed header entry for {name!r}") from None
     return SafetensorsHeader(path, tensors, {str(k): str(v) for k, v in metadata.items()}, 8 + length)

@@ -2,7 +2,7 @@
 """Re-lock the rented box's training stack: gpurun/templates/box/requirements.in becomes one lock of exact
 versions per supported Python (lock-py3.X.txt, shipped in the package), and the `[train]` extra in
 pyproject.toml is rewritten to pin the same direct versions. Upgrading the stack is a deliberate act: run this,
-read the diff, run the suite (tests/test_box_lock.py fails when the locks, the extra and the installed
+read the diff, run the suite (tests/templates/test_box_lock.py fails when the locks, the extra and the installed
 environment disagree).
 
     python scripts/lock_box.py                                   # resolve against the index as of now

@@ -6,18 +6,16 @@ import ipaddress
 import os
 import socket
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.sshd import SshServer, start_sshd
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from tests.support.env import run_gpurun
+from tests.support.sshd import SshServer, start_sshd
 
 # Fixture modules shared by many test files: the tiny SD models and the fake provider servers.
-pytest_plugins = ["tests.tiny_models", "tests.fakes.fixtures", "tests.e2e"]
+pytest_plugins = ["tests.support.tiny_models", "tests.support.fakes.fixtures", "tests.support.e2e"]
 
 _real_connect = socket.socket.connect
 _real_connect_ex = socket.socket.connect_ex
@@ -66,29 +64,6 @@ def gpurun_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.Mo
     for var in ("VAST_API_KEY", "RUNPOD_API_KEY", "GPURUN_VAST_URL", "GPURUN_RUNPOD_URL", "GPURUN_RUNPOD_GRAPHQL_URL"):
         monkeypatch.delenv(var, raising=False)
     return home
-
-
-def subprocess_env(**extra: str) -> dict[str, str]:
-    """Environment for child processes: the repo importable, offline hub, unbuffered output."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH", "")]))
-    env["PYTHONUNBUFFERED"] = "1"
-    env.update(extra)
-    return env
-
-
-def run_gpurun(
-    *args: str, cwd: Path | None = None, timeout: float = 120, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    """Run `python -m gpurun ARGS` in a fresh interpreter, as a user would."""
-    return subprocess.run(
-        [sys.executable, "-m", "gpurun", *args],
-        cwd=cwd or REPO_ROOT,
-        env=env or subprocess_env(),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO_ROOT, subprocess_env
+from tests.support.env import REPO_ROOT, subprocess_env
 
 pytest.importorskip("torch")
 

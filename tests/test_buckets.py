@@ -19,7 +19,7 @@ from gpurun.buckets import (
     resize_for_bucket,
     select_bucket,
 )
-from tests.conftest import subprocess_env
+from tests.support.env import subprocess_env
 
 # kohya, resolution 512, min_bucket_reso 256, max_bucket_reso 1024, steps 64: for each width w the tallest
 # height h with w*h <= 512*512 (capped at 1024), both orientations, plus the square

@@ -19,7 +19,7 @@ from gpurun.lorafile import (
     unet_module_names,
     verify_lora_file,
 )
-from tests.conftest import REPO_ROOT, subprocess_env
+from tests.support.env import REPO_ROOT, subprocess_env
 
 
 def _write(path: Path, tensors: dict[str, tuple[str, list[int], bytes]], metadata: dict[str, str]) -> Path:

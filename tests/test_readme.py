@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import subprocess_env
+from tests.support.env import REPO_ROOT, subprocess_env
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = REPO_ROOT
 #: what a fresh machine may lack; the README's main command must not need any of it
 ABSENT_TOOLS = {"ssh", "sshd", "rsync", "scp", "sftp", "ssh-keygen"}
 

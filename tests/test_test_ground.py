@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from tests.sshd import SshServer
+from tests.support.sshd import SshServer
 
 
 def test_non_loopback_connections_are_refused() -> None:

@@ -33,7 +33,7 @@ from gpurun.dataset.images import (
     probe,
     quiet_pil,
 )
-from gpurun.dataset.types import ConceptFolder, DatasetScan, ImageItem, IssueLog
+from gpurun.dataset.types import ConceptFolder, DatasetScan, ImageItem, IssueLog, Layout
 from gpurun.errors import ConfigError, DatasetError
 from gpurun.safenames import has_control_chars, link_leaves
 
@@ -91,6 +91,7 @@ def scan_dataset(
     direct_images = [entry for entry in entries if entry.is_file() and is_image_name(entry.name)]
     own_name = parse_folder_name(root.name)
 
+    layout: Layout
     with quiet_pil():
         if direct_images and own_name is not None:
             layout = "concept-folder"

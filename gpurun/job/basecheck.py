@@ -10,6 +10,7 @@ estimate's download size is the download, and bootstrap.sh fetches exactly those
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import re
@@ -20,6 +21,7 @@ import httpx
 
 from gpurun.errors import AuthError, ConfigError, NotFoundError, ProviderError, TransientProviderError
 from gpurun.job.bases import BaseSpec
+from gpurun.models import ModelFamily
 from gpurun.provision.http import ApiKey, ProviderHttp, RetryPolicy
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
@@ -141,14 +143,15 @@ class BaseChecker:
             if url is None:
                 break
             try:
-                response = await self._hub.call(lambda u=url: self._hub.request("GET", u))
+                response = await self._hub.call(functools.partial(self._hub.request, "GET", url))
             except (AuthError, NotFoundError):
                 raise ConfigError(f"{repo} is not on the Hugging Face hub (or it is private)", where="--base") from None
             except ProviderError as error:
                 raise _unreachable(error, hub_endpoint()) from None
             for entry in self._hub.decode(response) or []:
                 if isinstance(entry, dict) and entry.get("type") == "file" and isinstance(entry.get("path"), str):
-                    lfs = entry.get("lfs") if isinstance(entry.get("lfs"), dict) else {}
+                    found = entry.get("lfs")
+                    lfs: dict[str, Any] = found if isinstance(found, dict) else {}
                     size = lfs.get("size", entry.get("size", 0))
                     sizes[entry["path"]] = int(size) if isinstance(size, (int, float)) and size >= 0 else 0
             url = response.links.get("next", {}).get("url")
@@ -175,7 +178,7 @@ class BaseChecker:
         except ProviderError as error:
             raise _unreachable(error, hub_endpoint()) from None
 
-    async def _family_from_index(self, repo: str) -> str | None:
+    async def _family_from_index(self, repo: str) -> ModelFamily | None:
         """SDXL or not, from the pipeline class in model_index.json (a name can say anything)."""
         try:
             response = await self._hub.call(lambda: self._hub.request("GET", f"/{repo}/resolve/main/model_index.json"))

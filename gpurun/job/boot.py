@@ -1,17 +1,17 @@
 """Arming the dead-man switch when the container starts, before any SSH.
 
 A client can die while a host pulls the image (minutes, billed). So the watchdog does not wait for SSH: its
-source and a boot config travel in the instance's environment, and a short shell script, which the provider
-runs when the container starts (Vast's `onstart`, RunPod's start command), writes both into the run's folder and
-starts it. The boot config cannot know the instance's id or the box's clock, so the provider's own variables name
-the instance (`instance_id_env`), the deadline counts from the watchdog's start (`deadline_in_s`), and the lease
-TTL bounds how long the client may take to connect and adopt it. When the client connects it rewrites the config
-(watchdog.arm_watchdog) and the running watchdog reloads it: one watchdog program, armed early, adopted later.
+source, its box process helper and a boot config travel in the instance's environment, and a short shell script,
+which the provider runs when the container starts (Vast's `onstart`, RunPod's start command), writes them into the
+run's folder and starts it. The boot config cannot know the instance's id or the box's clock, so the provider's own
+variables name the instance (`instance_id_env`, `token_env` in the provider's `self_destroy(None)` recipe), the
+deadline counts from the watchdog's start (`deadline_in_s`), and the lease TTL bounds how long the client may take
+to connect and adopt it. When the client connects it rewrites the config (watchdog.arm_watchdog) and the running
+watchdog reloads it: one watchdog program, armed early, adopted later.
 """
 
 from __future__ import annotations
 
-import ast
 import base64
 import functools
 import gzip
@@ -20,33 +20,30 @@ import re
 from typing import Any
 
 from gpurun.job import watchdog as wd
+from gpurun.remote.transport import compact_source
 
-#: environment variables that carry the watchdog (gzip + base64 of its source) and its boot config (base64 JSON)
+#: environment variables that carry the watchdog and its helper (gzip + base64 of their sources, see
+#: `packed_source`) and its boot config (base64 JSON)
 ENV_SOURCE = "GPURUN_WATCHDOG_PY"
+ENV_HELPER = "GPURUN_BOXPROC_PY"
 ENV_CONFIG = "GPURUN_WATCHDOG_CONFIG"
+#: each file of the watchdog's, by its name in the run folder -> the variable that carries it
+PACKED_FILES = {"watchdog.py": ENV_SOURCE, "boxproc.py": ENV_HELPER}
 _RUN_ID = re.compile(r"^[a-z0-9]{4,40}$")
 
 
-@functools.lru_cache(maxsize=1)
-def packed_source() -> str:
-    """The watchdog without its docstrings (it travels in an environment variable), gzipped, base64.
-
-    About 10 kB: the source is 40 kB, most of it documentation that stays in the package."""
-    tree = ast.parse(wd.SOURCE.read_text(encoding="utf-8"))
-    for node in ast.walk(tree):
-        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and _docstring(node):
-            node.body = node.body[1:] or [ast.Pass()]
-    header = "#!/usr/bin/env python3\n# gpurun's dead-man switch (see gpurun/templates/watchdog.py)\n"
-    source = header + ast.unparse(tree)
+@functools.lru_cache(maxsize=4)
+def packed_source(name: str = "watchdog.py") -> str:
+    """One of the watchdog's files without docstrings and comments (it travels in an environment variable),
+    gzipped, base64: about 10 kB for the watchdog and 4 kB for its helper, whose text is mostly documentation
+    that stays in the package."""
+    header = f"#!/usr/bin/env python3\n# gpurun's {name} (see gpurun/templates/{name})\n"
+    source = header + compact_source(wd.PROGRAM_FILES[name].read_text(encoding="utf-8"))
     return base64.b64encode(gzip.compress(source.encode("utf-8"), 9, mtime=0)).decode("ascii")
 
 
-def _docstring(node: ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
-    first = node.body[0] if node.body else None
-    return isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str)
-
-
 def unpack_source(packed: str) -> str:
+    """The text `packed_source` packed."""
     return gzip.decompress(base64.b64decode(packed)).decode("utf-8")
 
 
@@ -67,27 +64,29 @@ def boot_config(
 
 
 def boot_env(config: dict[str, Any]) -> dict[str, str]:
-    """The two environment variables the boot script reads."""
-    return {
-        ENV_SOURCE: packed_source(),
-        ENV_CONFIG: base64.b64encode(wd.config_json(config).encode("utf-8")).decode("ascii"),
-    }
+    """The environment variables the boot script reads: the watchdog's files and its config."""
+    env = {variable: packed_source(name) for name, variable in PACKED_FILES.items()}
+    env[ENV_CONFIG] = base64.b64encode(wd.config_json(config).encode("utf-8")).decode("ascii")
+    return env
 
 
 def boot_script(run_id: str) -> str:
-    """Shell lines, run at container start, that write the watchdog into `$HOME/gpurun/<run_id>` (the folder
-    machine.make_layout uses for a box without a workdir) and start it in the background. No single quotes, so a
-    provider may wrap it in `bash -c '...'`; it returns at once."""
+    """Shell lines, run at container start, that write the watchdog and its helper into `$HOME/gpurun/<run_id>`
+    (the folder machine.make_layout uses for a box without a workdir) and start it in the background. No single
+    quotes, so a provider may wrap it in `bash -c '...'`; it returns at once."""
     if not _RUN_ID.match(run_id):
         raise ValueError(f"not a run id: {run_id!r}")
     # python's string quotes are escaped double quotes inside the shell's double-quoted -c argument
+    files = "".join(
+        f'open(\\"{name}\\",\\"wb\\").write(gzip.decompress(base64.b64decode(os.environ[\\"{variable}\\"])));'
+        for name, variable in PACKED_FILES.items()
+    )
     unpack = (
-        "import base64,gzip,os;os.umask(0o077);"
-        f'open(\\"watchdog.py\\",\\"wb\\").write(gzip.decompress(base64.b64decode(os.environ[\\"{ENV_SOURCE}\\"])));'
+        f"import base64,gzip,os;os.umask(0o077);{files}"
         f'open(\\"{wd.CONFIG_NAME}\\",\\"wb\\").write(base64.b64decode(os.environ[\\"{ENV_CONFIG}\\"]))'
     )
     return (
-        "# gpurun: arm the dead-man switch first, before anything slow (gpurun/watchdog_boot.py)\n"
+        "# gpurun: arm the dead-man switch first, before anything slow (gpurun/job/boot.py)\n"
         f'gpurun_dir="${{HOME:-/root}}/gpurun/{run_id}"; '
         'gpurun_py="$(command -v python3 || command -v python)"; '
         f'mkdir -p "$gpurun_dir" && cd "$gpurun_dir" && "$gpurun_py" -c "{unpack}" && '

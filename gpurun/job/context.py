@@ -91,7 +91,7 @@ class RunContext:
                 if task is not None and hasattr(task, "uncancel"):
                     task.uncancel()  # (3.11+) the cancel was ours, and it is answered by the DeadlineError
                 raise DeadlineError(
-                    f"the {phase.name} phase ran past its deadline of {limit:.0f} s",
+                    f"the {phase.name} phase ran past its deadline of {limit:g} s",
                     where=self.run_id,
                     hint=f"GPURUN_{(phase.deadline or '').upper()} raises it",
                 ) from None

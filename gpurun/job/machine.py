@@ -12,7 +12,6 @@ import os
 import posixpath
 import shlex
 import sys
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from gpurun.errors import RunnerError, SyncError
 from gpurun.job.bases import BaseSpec
 from gpurun.job.bundle import BUNDLE_EXCLUDES, PACKAGE_DIR
 from gpurun.remote.sync import push
-from gpurun.remote.transport import Transport, exit_path_for
+from gpurun.remote.transport import CommandError, StartFailed, Transport, exit_path_for
 from gpurun.trainconfig import TrainConfig
 
 #: the runner's files inside the run folder on the machine
@@ -28,8 +27,6 @@ EVENTS = "events.jsonl"
 STDERR = "runner.stderr"
 PID = "runner.pid"
 JOB_TOML = "job.toml"
-#: how long the detached runner may take to write its pid file
-START_TIMEOUT_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -180,8 +177,12 @@ async def launch_runner(
     *,
     resume: bool = False,
     env: dict[str, str] | None = None,
-) -> None:
-    """Write job.toml and start `python -m gpurun.runner` detached, as the watchdog expects (pid, exit file)."""
+) -> int:
+    """Write job.toml and start `python -m gpurun.runner` detached through the box helper, as the watchdog
+    expects: the runner leads its own session and process group (so the whole group may be killed), its pid is
+    in runner.pid, its exit code lands in runner.exit. stdout is the event stream; SIGTERM to the pid means
+    "checkpoint and exit" (the runner's job). Returns the pid, once written: a follower started at once must not
+    take the runner for dead."""
     await transport.put_text(layout.path(JOB_TOML), config.to_toml())
     argv = [layout.python, "-m", "gpurun.runner", "--config", JOB_TOML]
     if resume:
@@ -189,34 +190,22 @@ async def launch_runner(
     # the bundle first (this exact gpurun), then the locked stack; the image's own site-packages come after
     pythonpath = ":".join(part for part in (bundle_dir(layout), layout.pythonpath) if part)
     run_env = {"PYTHONPATH": pythonpath, "PYTHONUNBUFFERED": "1", "PYTHONNOUSERSITE": "1", **(env or {})}
-    command = runner_launch_command(
-        layout.root, argv, python=layout.python, events=EVENTS, stderr=STDERR, env=run_env, done=Path(layout.done).name
+    try:
+        return await transport.start_detached(
+            argv, layout.pid, stdout=layout.events, stderr=layout.path(STDERR), append=False, env=run_env,
+            cwd=layout.root,
+        )  # fmt: skip
+    except StartFailed as exc:
+        what = f"the runner could not start (exit {exc.rc})"
+    except CommandError as exc:
+        what = f"the runner did not start: {exc.message}"
+    lines = await stderr_tail(transport, layout)
+    raise RunnerError(
+        what,
+        where=transport.where,
+        last_lines=lines,
+        hint=("its last lines: " + " | ".join(lines[-3:])) if lines else f"is {layout.python} on the machine?",
     )
-    await transport.run(command)
-    # The launch returns before the detached runner has written its pid; a follower started in that gap would
-    # take the runner for dead. Wait (on the machine, one round trip) for the pid file, or the exit file of a
-    # runner that died at once.
-    pid, done = shlex.quote(layout.pid), shlex.quote(layout.done)
-    started = await transport.run(
-        f"i=0; while [ ! -s {pid} ] && [ ! -e {done} ] && [ $i -lt {int(START_TIMEOUT_S * 10)} ]; do "
-        f"sleep 0.1; i=$((i+1)); done; if [ -s {pid} ]; then echo started; elif [ -e {done} ]; then "
-        f"echo exited $(cat {done}); fi",
-        check=False,
-    )
-    status = started.stdout.strip()
-    if status != "started":
-        lines = await stderr_tail(transport, layout)
-        what = (
-            f"the runner could not start ({status.replace('exited', 'exit')})"
-            if status.startswith("exited")
-            else f"the runner did not start within {START_TIMEOUT_S:.0f} s"
-        )
-        raise RunnerError(
-            what,
-            where=transport.where,
-            last_lines=lines,
-            hint=("its last lines: " + " | ".join(lines[-3:])) if lines else f"is {layout.python} on the machine?",
-        )
 
 
 async def stderr_tail(transport: Transport, layout: BoxLayout, lines: int = 20) -> list[str]:
@@ -246,40 +235,3 @@ async def remote_outputs(transport: Transport, layout: BoxLayout) -> dict[str, t
         return {k: (int(v[0]), str(v[1])) for k, v in json.loads(result.stdout or "{}").items()}
     except (ValueError, TypeError, IndexError):
         raise SyncError("could not list the run's outputs on the machine", where=transport.where) from None
-
-
-# Runs the runner as the leader of its own session and process group (so the watchdog may kill the whole group),
-# writes its pid first, then execs it: the pid in the file IS the runner, which is what receives SIGTERM.
-_SESSION_EXEC = (
-    "import os, sys\n"
-    "try:\n    os.setsid()\nexcept OSError:\n    pass\n"
-    "open(sys.argv[1], 'w').write(str(os.getpid()))\n"
-    "os.execvp(sys.argv[2], sys.argv[2:])\n"
-)
-
-
-def runner_launch_command(
-    remote_dir: str,
-    argv: Sequence[str],
-    *,
-    python: str = "python3",
-    events: str = "events.jsonl",
-    stderr: str = "runner.stderr",
-    env: dict[str, str] | None = None,
-    done: str = "runner.exit",
-) -> str:
-    """Launch `argv` detached as the watchdog expects: session leader, pid in runner.pid, exit code in `done`.
-
-    stdout (the event stream) goes to `events`; SIGTERM to the pid means "checkpoint and exit" (the runner's job).
-    """
-    exports = "".join(f"{k}={shlex.quote(v)} " for k, v in (env or {}).items())
-    inner = (
-        f"{exports}{shlex.quote(python)} -c {shlex.quote(_SESSION_EXEC)} {PID} "
-        f"{' '.join(shlex.quote(a) for a in argv)} >{shlex.quote(events)} 2>{shlex.quote(stderr)} </dev/null; "
-        f"echo $? > {shlex.quote(done)}.tmp && mv -f {shlex.quote(done)}.tmp {shlex.quote(done)}"
-    )
-    # the outer sh waits for the runner to write runner.exit; it is a plain child, not part of the runner's group
-    return (
-        f"cd {shlex.quote(remote_dir)} && rm -f {PID} {shlex.quote(done)} && "
-        f"nohup sh -c {shlex.quote(inner)} >/dev/null 2>&1 </dev/null &"
-    )

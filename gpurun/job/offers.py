@@ -152,6 +152,13 @@ class OffersResult:
         }
 
 
+def check_budget(budget: float | None) -> None:
+    """The one check of a budget, wherever it is given (`offers`, `train`): a finite amount of dollars, 0 or more
+    ($0 = free machines only)."""
+    if budget is not None and not (math.isfinite(budget) and budget >= 0):
+        raise ConfigError(f"must be a non-negative amount of dollars, got {budget}", where="--budget")
+
+
 def disk_needed_gb(workload: Workload, assumptions: Assumptions = DEFAULT) -> float:
     """Disk to ask the providers for: the job's files, the container image, slack; whole GB."""
     return float(math.ceil(CostModel(workload, assumptions).disk_needed_gb(BootProfile(0.0))))
@@ -183,8 +190,7 @@ async def offers(
     requirements = requirements or GpuRequest()
     if sort not in SORT_MODES:
         raise ConfigError(f"unknown sort {sort!r}", where="--sort", hint=f"one of {', '.join(SORT_MODES)}")
-    if budget is not None and not budget > 0:
-        raise ConfigError(f"must be a positive amount of dollars, got {budget}", where="--budget")
+    check_budget(budget)
     if limit is not None and limit < 0:
         raise ConfigError(f"must not be negative, got {limit}", where="--limit")
     settings = settings if settings is not None else load_settings()

@@ -17,7 +17,7 @@ from gpurun.errors import BudgetError, ConfigError, DatasetError
 from gpurun.job.basecheck import BaseChecker
 from gpurun.job.bases import BaseSpec, resolve_base
 from gpurun.job.bundle import bundle_plan
-from gpurun.job.offers import offers
+from gpurun.job.offers import check_budget, offers
 from gpurun.job.workload import build_workload
 from gpurun.journal import Journal
 from gpurun.models import CostEstimate, GpuRequest, Workload, to_dict
@@ -215,8 +215,7 @@ def summarise_upload(dataset: Path, base: BaseSpec) -> UploadSummary:
 def validate_request(request: TrainRequest) -> None:
     """The options' ranges, checked before anything else: every failure-time wait is finite and bounded, names
     that become folders are plain names, the output folder can be a folder."""
-    if request.budget is not None and not (request.budget >= 0 and math.isfinite(request.budget)):
-        raise ConfigError(f"must be a non-negative amount of dollars, got {request.budget}", where="--budget")
+    check_budget(request.budget)
     for option, minutes in (("--keep-on-failure", request.keep_on_failure_min),
                             ("--artifact-grace", request.artifact_grace_min)):  # fmt: skip
         if not (math.isfinite(minutes) and 0 <= minutes <= MAX_WAIT_MIN):

@@ -76,7 +76,7 @@ def build_receipt(
         est_usd = sum(by_name[n].dollars for n in phase.covers if n in by_name)
         actual = actual_seconds.get(phase.name)
         lines.append(ReceiptLine(phase.name, est_s, actual, est_usd, None if actual is None else actual * per_second))
-    extra = {name: by_name[name].dollars for name in ("storage", "bandwidth") if name in by_name}
+    extra: dict[str, float] = {name: by_name[name].dollars for name in ("storage", "bandwidth") if name in by_name}
     offer = estimate.offer
     return Receipt(
         run_id=run_id,

@@ -151,7 +151,7 @@ async def rent(
                 needs_ssh=provider.over_ssh,
             )
             # a billed price of $0 or less from a marketplace is bad data: the quote stands
-            billed = ready.price_per_hour if (ready.price_per_hour or 0) > 0 else offer.price_per_hour
+            billed = ready.price_per_hour if ready.price_per_hour and ready.price_per_hour > 0 else offer.price_per_hour
             if billed > offer.price_per_hour * (1 + policy.price_tolerance) + 1e-9:
                 raise PriceError(
                     f"{offer.key} bills ${billed:.4f}/h, above the quoted ${offer.price_per_hour:.4f}/h",

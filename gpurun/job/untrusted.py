@@ -5,7 +5,7 @@ A marketplace host is a stranger's computer. File names in the runner's events a
 listing become paths on the user's laptop, so they must be plain relative names of the files the runner writes
 (LoRA `.safetensors`, sample `.png`), and the local file they map to must lie inside the run's folder. Sizes are
 bounded so a lying host cannot fill the disk; hashes must look like hashes. Text for the terminal is cleaned of
-control characters (see `gpurun.render.printable`).
+control characters (see `gpurun.cli.render.printable`).
 """
 
 from __future__ import annotations

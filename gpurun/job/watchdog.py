@@ -1,9 +1,11 @@
 """The client's side of the on-instance watchdog: its config, the shell lines that start it and renew its lease,
 and arming (or adopting) it on the machine.
 
-The watchdog itself is `gpurun/templates/watchdog.py` (stdlib only, shipped as-is); its module docstring is the
-config schema and the rules. This module validates configs with that same parser, so there is one schema.
-Every command here is a single POSIX-sh line meant for `session.run(...)` in the remote folder of the run.
+The watchdog itself is `gpurun/templates/watchdog.py` (stdlib only, shipped as-is, with the box process helper
+`templates/boxproc.py` beside it); its module docstring is the config schema and the rules. This module validates
+configs with that same parser, so there is one schema, and the destroy recipe in it comes from the provider
+(`Provider.self_destroy`). Every command here is a single POSIX-sh line meant for `session.run(...)` in the remote
+folder of the run.
 """
 
 from __future__ import annotations
@@ -23,10 +25,12 @@ from typing import Any
 
 from gpurun.errors import ConfigError, RemoteError
 from gpurun.job.machine import BoxLayout
-from gpurun.remote.transport import Transport
+from gpurun.remote.transport import BOXPROC_PATH, Transport
 
 #: the file to upload next to the config
 SOURCE = Path(__file__).resolve().parent.parent / "templates" / "watchdog.py"
+#: the files the watchdog runs from, by their names in the run folder (it imports the helper from its own folder)
+PROGRAM_FILES = {"watchdog.py": SOURCE, BOXPROC_PATH.name: BOXPROC_PATH}
 CONFIG_NAME = "watchdog.json"
 LEASE_NAME = "lease"
 LOG_NAME = "watchdog.log"
@@ -131,11 +135,12 @@ async def arm_watchdog(
     options: dict[str, Any] = {"lease_ttl_s": lease_ttl_s, "artifact_grace_s": artifact_grace_s, "poll_s": poll_s}
     if not fallback:
         options["fallback_command"] = None
-    config = build_config(run_id, destroy, deadline=deadline, done_file=Path(layout.done).name, **options)
+    config = build_config(run_id, destroy, deadline=deadline, runner_pid_file=Path(layout.pid).name, **options)
     text = config_json(config)
     before = await watchdog_status(transport, layout)
     await renew_lease(transport, layout, run_id, 0)
-    await transport.put_text(layout.path("watchdog.py"), SOURCE.read_text(encoding="utf-8"), mode=0o755)
+    for name, path in PROGRAM_FILES.items():
+        await transport.put_text(layout.path(name), path.read_text(encoding="utf-8"), mode=0o755)
     await transport.put_text(layout.path(CONFIG_NAME), text, mode=0o600)
     await transport.run(start_command(layout.root, python="python3"))
     status = await _await_config(transport, layout, hashlib.sha256(text.encode()).hexdigest())

@@ -65,7 +65,8 @@ def build_workload(
     for name, value in (("--images", images), ("--repeats", repeats), ("--epochs", epochs)):
         if value is not None and value < 1:
             raise ConfigError(f"must be at least 1, got {value}", where=name)
-    family: ModelFamily = model or (family_of(config) if config else "sd15")  # type: ignore[assignment]
+    # (the check above narrows --model to a ModelFamily)
+    family: ModelFamily = model or (family_of(config) if config else "sd15")
     if config is not None and model is not None and config.model_family and config.model_family != model:
         notes.append(f"--model {model} overrides the config's model_family {config.model_family}")
 

@@ -90,9 +90,10 @@ class JournalReads:
             instance = self._instance(row)
             if instance is not None:
                 attempts.setdefault(row["run_id"], []).append(instance)
-        spent = dict(
-            self._read(f"SELECT run_id, SUM(dollars) FROM costs WHERE run_id IN ({marks}) GROUP BY run_id", tuple(ids))
+        rows_spent = self._read(
+            f"SELECT run_id, SUM(dollars) FROM costs WHERE run_id IN ({marks}) GROUP BY run_id", tuple(ids)
         )
+        spent: dict[str, float | None] = {row[0]: row[1] for row in rows_spent}
         records = []
         for row in rows:
             try:

@@ -289,6 +289,7 @@ class Journal(JournalReads):
         now = time.time()
         with self._write() as conn:
             current = self._current_attempt(conn, run_id)
+            args: tuple[int | str, ...]
             if instance_id is None:
                 where, args = "attempt = ?", (current,)
             else:

@@ -55,7 +55,8 @@ def estimate_from_dict(data: dict[str, Any]) -> CostEstimate:
     """The estimate `estimate_to_dict` wrote (ValueError when it is not one)."""
     if not isinstance(data, dict) or not data.get("provider") or data.get("offer_id") is None:
         raise ValueError("not a saved cost estimate")
-    gpu = data.get("gpu") if isinstance(data.get("gpu"), dict) else {}
+    found = data.get("gpu")
+    gpu: dict[str, Any] = found if isinstance(found, dict) else {}
     offer = Offer(
         provider=str(data["provider"]),
         offer_id=str(data["offer_id"]),

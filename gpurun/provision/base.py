@@ -72,9 +72,11 @@ class Provider(Protocol):
         ...
 
     def self_destroy(self, instance: Instance | None) -> dict[str, Any]:
-        """How the watchdog on the box ends this instance (its `destroy` config): the provider's DELETE with an
-        INSTANCE-SCOPED token, or {"kind": "kill"} where nothing bills. With `instance` None (a boot config,
-        written before the id is known) the id and the token come from the container's own environment."""
+        """How the watchdog on the box ends this instance (its `destroy` config, which knows no provider): a recipe
+        of the provider's own HTTP requests, {"kind": "http", "instance_id", "token", "check", "attempts"}, sent
+        with an INSTANCE-SCOPED token (schema: the docstring of gpurun/templates/watchdog.py), or {"kind": "kill"}
+        where nothing bills. With `instance` None (a boot config, written before the id is known) the id and the
+        token come from the container's own environment ("instance_id_env", "token_env")."""
         ...
 
     async def forget_ssh_key(self, public_key: str) -> None:

@@ -57,6 +57,8 @@ IMAGE_START = "/start.sh"
 #: what RunPod puts into every pod: its id and a pod-scoped key
 INSTANCE_ID_ENV = "RUNPOD_POD_ID"
 INSTANCE_KEY_ENV = "RUNPOD_API_KEY"
+#: the pod's self-destroy over GraphQL; the watchdog puts the pod id in, JSON-quoted (a GraphQL string literal)
+POD_TERMINATE = "mutation { podTerminate(input: {podId: {instance_id_json}}) }"
 
 RENT_INTERRUPTIBLE = """
 mutation Rent($input: PodRentInterruptableInput!) {
@@ -111,9 +113,11 @@ class RunpodProvider:
         key = api_key if isinstance(api_key, ApiKey) else ApiKey(api_key)
         shared = client or httpx.AsyncClient(timeout=timeout)
         self._owns_client = client is None
-        common = {"key_env": KEY_ENV, "client": shared, "retry": retry, "timeout": timeout}
-        self._rest = ProviderHttp("runpod", base_url, key, **common)
-        self._gql = ProviderHttp("runpod", graphql_url, key, **common)
+        # REST and GraphQL share one connection pool, one retry policy and one key mask
+        self._rest, self._gql = (
+            ProviderHttp("runpod", url, key, key_env=KEY_ENV, client=shared, retry=retry, timeout=timeout)
+            for url in (base_url, graphql_url)
+        )
         self._client = shared
 
     def __repr__(self) -> str:
@@ -168,9 +172,18 @@ class RunpodProvider:
             )
 
     def self_destroy(self, instance: Instance | None) -> dict[str, Any]:
-        """DELETE /pods/{id} (REST v2), GraphQL podTerminate if that is refused, with the pod-scoped
-        RUNPOD_API_KEY RunPod gives every pod; the user's key never goes to the pod."""
-        recipe: dict[str, Any] = {"kind": "runpod", "url": self.base_url, "graphql_url": self.graphql_url}
+        """DELETE /pods/{id} (REST), GraphQL podTerminate if that is refused, with the pod-scoped RUNPOD_API_KEY
+        RunPod gives every pod; the user's key never goes to the pod. The credential check reads the pod."""
+        pod = f"{self.base_url}/pods/{{instance_id}}"
+        recipe: dict[str, Any] = {
+            "kind": "http",
+            "check": {"method": "GET", "url": pod},
+            "attempts": [
+                {"method": "DELETE", "url": pod},
+                # a pod key the REST API refuses may still be allowed podTerminate on its own pod over GraphQL
+                {"method": "POST", "url": self.graphql_url, "body": {"query": POD_TERMINATE}, "when": "refused"},
+            ],
+        }
         if instance is None:
             recipe.update(instance_id_env=INSTANCE_ID_ENV, token_env=INSTANCE_KEY_ENV)
             return recipe

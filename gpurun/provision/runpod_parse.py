@@ -107,7 +107,8 @@ def offers_from_gpu_types(items: list[Any], req: GpuRequest, cloud: str, disk_gb
             continue
         if item.get("communityCloud" if cloud == "COMMUNITY" else "secureCloud") is False:
             continue
-        lowest = item.get("lowestPrice") if isinstance(item.get("lowestPrice"), dict) else {}
+        found = item.get("lowestPrice")
+        lowest: dict[str, Any] = found if isinstance(found, dict) else {}
         if lowest.get("stockStatus") in (None, "None", "NONE", ""):
             continue  # null/None stock means no capacity at all
         counts = lowest.get("availableGpuCounts")

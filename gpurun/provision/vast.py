@@ -288,8 +288,14 @@ class VastProvider:
 
     def self_destroy(self, instance: Instance | None) -> dict[str, Any]:
         """DELETE /api/v0/instances/{id}/ with the instance-scoped key Vast gives the container; the user's
-        master key never goes to the box."""
-        recipe: dict[str, Any] = {"kind": "vast", "url": self.base_url}
+        master key never goes to the box. The credential check reads the same URL."""
+        url = f"{self.base_url}/api/v0/instances/{{instance_id}}/"
+        recipe: dict[str, Any] = {
+            "kind": "http",
+            "check": {"method": "GET", "url": url},
+            # Vast wants a JSON body on the DELETE, even an empty object
+            "attempts": [{"method": "DELETE", "url": url, "body": {}}],
+        }
         if instance is None:
             recipe.update(instance_id_env=INSTANCE_ID_ENV, token_env=INSTANCE_KEY_ENV)
             return recipe

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,45 +21,25 @@ from gpurun.events import Done, ErrorEvent, Event, parse_line
 from gpurun.remote import transport as tp
 from gpurun.remote.transport import CommandError, Transport
 
-# Runs as `python3 -c READER FILE OFFSET PID_PATH EXIT_PATH POLL HEARTBEAT`. Frames: {"o": end, "l": text}
-# per line ("partial": true for an unterminated last line of a dead runner), {"hb": offset} while idle,
-# {"end": true, "o": offset, "exit": code} when the runner is gone and everything was sent.
+# Runs as `python3 -c READER BOXPROC_SOURCE FILE OFFSET PID_PATH POLL HEARTBEAT`: the box helper's source comes
+# along (no file of gpurun's may exist on the box yet) and decides whether the runner still runs, and where its
+# exit code is. Frames: {"o": end, "l": text} per line ("partial": true for an unterminated last line of a dead
+# runner), {"hb": offset} while idle, {"end": true, "o": offset, "exit": code} when the runner is gone and
+# everything was sent.
 READER = r"""
-import json, os, sys, time
-path, offset, pid_path, exit_path = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+import json, os, sys, time, types
+boxproc = types.ModuleType("gpurun_boxproc")
+exec(compile(sys.argv[1], "boxproc.py", "exec"), boxproc.__dict__)
+path, offset, pid_path = sys.argv[2], int(sys.argv[3]), sys.argv[4]
 poll, heartbeat = float(sys.argv[5]), float(sys.argv[6])
+exit_path = boxproc.exit_path(pid_path)
 def send(frame):
     sys.stdout.write(json.dumps(frame, separators=(",", ":")) + "\n")
     sys.stdout.flush()
 def alive():
-    if os.path.exists(exit_path):
-        return False
-    try:
-        group = open(pid_path).read().split()[0]
-    except (OSError, IndexError):
-        return False
-    if os.path.exists("/proc/self/stat"):
-        for name in os.listdir("/proc"):
-            if name.isdigit():
-                try:
-                    fields = open("/proc/%s/stat" % name).read().rsplit(")", 1)[1].split()
-                except (OSError, IndexError):
-                    continue
-                if fields[2] == group and fields[0] != "Z":
-                    return True
-        return False
-    try:
-        os.killpg(int(group), 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, ValueError):
-        return True
-    return True
+    return boxproc.running(pid_path)
 def exit_code():
-    try:
-        return int(open(exit_path).read().strip())
-    except (OSError, ValueError):
-        return None
+    return boxproc.read_exit_code(exit_path)
 buf, last = b"", time.time()
 while True:
     running = alive()  # sampled before reading: whatever a dead runner wrote is read below
@@ -85,7 +65,7 @@ while True:
         if buf:
             offset += len(buf)
             send({"o": offset, "l": buf.decode("utf-8", "replace"), "partial": True})
-        # the launcher writes the exit file just after the runner's group empties: give it a moment
+        # the helper's monitor writes the exit file just after the runner exits: give it a moment
         code, wait_until = exit_code(), time.time() + 3.0
         while code is None and time.time() < wait_until:
             time.sleep(0.05)
@@ -149,12 +129,12 @@ class EventFollower:
 
     def _command(self) -> str:
         args = [
-            self.python, "-c", READER, self.events_path, str(self.offset), self.pid_path,
-            tp.exit_path_for(self.pid_path), str(self.poll_interval), str(self.heartbeat_s),
+            self.python, "-c", READER, tp.boxproc_source(), self.events_path, str(self.offset), self.pid_path,
+            str(self.poll_interval), str(self.heartbeat_s),
         ]  # fmt: skip
         return " ".join(tp.q(a) for a in args)
 
-    async def _frames(self) -> AsyncIterator[dict[str, Any]]:
+    async def _frames(self) -> AsyncGenerator[dict[str, Any], None]:
         """Frames of one reader run; any sign of a broken stream is a TransientSshError."""
         stream = self.transport.stream_lines(self._command())
         async with contextlib.aclosing(stream):  # type: ignore[type-var]

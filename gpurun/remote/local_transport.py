@@ -1,8 +1,8 @@
 """The `Transport` interface on this machine, for `--provider local`: subprocesses and plain files, no SSH.
 
 Same semantics as `SshSession`: commands run under `sh -c` with PYTHONUNBUFFERED=1, relative paths are
-relative to the transport's root, detached processes lead their own session (start_new_session) and use the
-same pid/exit-file convention, so `job.py` has one code path and the follower one reader.
+relative to the transport's root, detached processes go through the same box helper (templates/boxproc.py: run as
+a script to launch, imported to check and stop), so the job has one code path and the follower one reader.
 """
 
 from __future__ import annotations
@@ -14,9 +14,10 @@ import os
 import shutil
 import signal
 import subprocess
-import time
-from collections.abc import AsyncIterator, Mapping
+import sys
+from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from gpurun.errors import SyncError
 from gpurun.remote import transport as tp
@@ -60,7 +61,7 @@ class LocalTransport:
 
     # -- commands ---------------------------------------------------------------------------------------------
 
-    async def _spawn(self, cmd: str, env: Mapping[str, str] | None, cwd: str | None, **kwargs: object):
+    async def _spawn(self, cmd: str, env: Mapping[str, str] | None, cwd: str | None, **kwargs: Any):
         # its own session, so a timeout or an abandoned stream can stop the whole tree, not just `sh`
         return await asyncio.create_subprocess_exec(
             "sh", "-c", tp.shell_command(cmd, env=env, cwd=str(self.path(cwd)) if cwd else None),
@@ -134,63 +135,36 @@ class LocalTransport:
     # -- detached processes ------------------------------------------------------------------------------------
 
     async def start_detached(
-        self, cmd: str, log_path: str, pid_path: str, *, env: Mapping[str, str] | None = None, cwd: str | None = None
+        self,
+        argv: Sequence[str],
+        pid_path: str,
+        *,
+        stdout: str,
+        stderr: str | None = None,
+        append: bool = True,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
     ) -> int:
-        log, pid_file = self.path(log_path), self.path(pid_path)
-        exit_file = self.path(tp.exit_path_for(pid_path))
-        for folder in {log.parent, pid_file.parent}:
-            folder.mkdir(parents=True, exist_ok=True)
-        pid_file.unlink(missing_ok=True)
-        exit_file.unlink(missing_ok=True)
-        body = tp.detached_body(cmd, str(log), str(pid_file), env=env, cwd=str(self.path(cwd)) if cwd else None)
-        # The session leader backgrounds the job and exits at once, so no child of ours is left to reap; the
-        # job, re-parented, outlives this process (that is what --detach relies on).
-        launcher = await asyncio.create_subprocess_exec(
-            "sh", "-c", body, cwd=self.root, start_new_session=True, env=child_environment(),
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        # The helper runs as a script, not in this process: it forks, which an asyncio process with threads
+        # must not do. Its monitor and the command are re-parented and outlive us (that is what --detach relies on).
+        args = tp.launch_args(
+            argv, str(self.path(pid_path)), stdout=str(self.path(stdout)),
+            stderr=str(self.path(stderr)) if stderr else None, append=append,
+            cwd=str(self.path(cwd)) if cwd else None,
         )  # fmt: skip
-        await launcher.wait()
-        text = pid_file.read_text().strip() if pid_file.exists() else ""
-        if launcher.returncode != 0 or not text.isdigit():
-            message = f"detached start of `{tp.short(cmd)}` failed"
-            raise CommandError(message, rc=launcher.returncode or 1, where=self.where)
-        return int(text)
-
-    def _group(self, pid_path: str) -> int | None:
-        try:
-            text = self.path(pid_path).read_text().strip()
-        except OSError:
-            return None
-        return int(text) if text.isdigit() else None
+        helper = " ".join(tp.q(word) for word in (sys.executable, "-I", str(tp.BOXPROC_PATH), *args))
+        result = await self.run(helper, env=env, check=False)
+        return tp.launched_pid(argv, result, self.where)
 
     async def is_running(self, pid_path: str) -> bool:
-        if self.path(tp.exit_path_for(pid_path)).exists():
-            return False
-        group = self._group(pid_path)
-        return group is not None and _group_alive(group)
+        return bool(tp.boxproc().running(str(self.path(pid_path))))
 
     async def exit_code(self, pid_path: str) -> int | None:
-        try:
-            return int(self.path(tp.exit_path_for(pid_path)).read_text().strip())
-        except (OSError, ValueError):
-            return None
+        code = tp.boxproc().read_exit_code(tp.exit_path_for(str(self.path(pid_path))))
+        return None if code is None else int(code)
 
     async def kill(self, pid_path: str, *, grace_s: float = 10.0) -> bool:
-        group = self._group(pid_path)
-        if group is None or not _group_alive(group):
-            return False
-        _kill_group(group, signal.SIGTERM)
-        code = 143
-        deadline = time.monotonic() + grace_s
-        while _group_alive(group) and time.monotonic() < deadline:
-            await asyncio.sleep(0.1)
-        if _group_alive(group):
-            _kill_group(group, signal.SIGKILL)
-            code = 137
-        exit_file = self.path(tp.exit_path_for(pid_path))
-        if not exit_file.exists():
-            exit_file.write_text(f"{code}\n")
-        return True
+        return bool(await asyncio.to_thread(tp.boxproc().stop, str(self.path(pid_path)), grace_s))
 
     # -- files -------------------------------------------------------------------------------------------------
 
@@ -257,29 +231,6 @@ class LocalTransport:
 
     def rsync_route(self) -> RsyncRoute:
         return RsyncRoute(None, "", base=str(self.root))
-
-
-def _group_alive(group: int) -> bool:
-    """Is any non-zombie process left in the group? Zombies count as gone (see transport.running_check)."""
-    proc = Path("/proc")
-    if (proc / "self" / "stat").exists():
-        for entry in proc.iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except (OSError, IndexError):
-                continue
-            if fields[2] == str(group) and fields[0] != "Z":
-                return True
-        return False
-    try:
-        os.killpg(group, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _kill_group(group: int, sig: signal.Signals) -> None:

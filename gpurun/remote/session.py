@@ -13,7 +13,7 @@ import collections
 import contextlib
 import posixpath
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 
 import asyncssh
@@ -196,25 +196,25 @@ class SshSession(SftpFiles):
     # -- detached processes ------------------------------------------------------------------------------------
 
     async def start_detached(
-        self, cmd: str, log_path: str, pid_path: str, *, env: Mapping[str, str] | None = None, cwd: str | None = None
+        self,
+        argv: Sequence[str],
+        pid_path: str,
+        *,
+        stdout: str,
+        stderr: str | None = None,
+        append: bool = True,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
     ) -> int:
-        """Start `cmd` in its own session on the instance, immune to this connection dropping; returns the pid
-        (= process group) once it is recorded in `pid_path`. Output is appended to `log_path`."""
-        launcher = tp.detached_launcher(cmd, log_path, pid_path, env=env, cwd=cwd)
-        result = await self.run(launcher)
-        try:
-            return int(result.stdout.strip().splitlines()[-1])
-        except (ValueError, IndexError):
-            raise CommandError(
-                f"detached start of `{tp.short(cmd)}` wrote no pid to {pid_path}",
-                rc=result.rc,
-                stdout=result.stdout,
-                stderr=result.stderr,
-                where=self.where,
-            ) from None
+        """Start `argv` in its own session on the instance (the box helper's `launch`), immune to this connection
+        dropping; returns the pid (= process group) once it is recorded in `pid_path`."""
+        args = tp.launch_args(argv, pid_path, stdout=stdout, stderr=stderr, append=append, cwd=cwd)
+        # `env` reaches the command through the helper's own environment (-I keeps it out of the helper itself)
+        result = await self.run(tp.boxproc_command(args), env=env, check=False)
+        return tp.launched_pid(argv, result, self.where)
 
     async def is_running(self, pid_path: str) -> bool:
-        rc, _, _ = await self.run(tp.running_check(pid_path), check=False)
+        rc, _, _ = await self.run(tp.boxproc_command(["running", pid_path]), check=False)
         return rc == 0
 
     async def exit_code(self, pid_path: str) -> int | None:
@@ -226,7 +226,8 @@ class SshSession(SftpFiles):
 
     async def kill(self, pid_path: str, *, grace_s: float = 10.0) -> bool:
         """Stop the detached group (TERM, then KILL after `grace_s`); True if it was running."""
-        result = await self.run(tp.kill_script(pid_path, grace_s), timeout=grace_s + 30)
+        args = ["stop", pid_path, "--grace", f"{grace_s:g}"]
+        result = await self.run(tp.boxproc_command(args), timeout=grace_s + 30)
         return result.stdout.strip().endswith("killed")
 
     # -- small files (shell, so they work without an SFTP server) ----------------------------------------------

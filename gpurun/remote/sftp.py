@@ -11,6 +11,7 @@ import contextlib
 import posixpath
 import stat as stat_mod
 from pathlib import Path
+from typing import cast
 
 import asyncssh
 
@@ -87,7 +88,8 @@ class SftpFiles:
             received = 0
             async with sftp.open(remote, "rb") as source:
                 with open(local, "wb") as sink:
-                    while chunk := await source.read(1 << 20):
+                    # opened "rb": asyncssh returns bytes (its signature says str | bytes for both modes)
+                    while chunk := cast(bytes, await source.read(1 << 20)):
                         received += len(chunk)
                         if max_bytes is not None and received > max_bytes:
                             raise SyncError(f"{remote} grew past {max_bytes} bytes while fetched", where=self.where)

@@ -1,21 +1,31 @@
 """One interface to the machine a run trains on: SSH to a rented instance, or subprocesses on this machine.
 
-`job.py` talks to a `Transport` and never knows which one it has: `SshSession` (session.py) for rented and
-declared hosts, `LocalTransport` (local.py) for `--provider local`. This module holds what both share: the
-protocol, result types, and the shell text for wrapped and detached commands, so the two cannot drift.
+The job talks to a `Transport` and never knows which one it has: `SshSession` (session.py) for rented and
+declared hosts, `LocalTransport` (local_transport.py) for `--provider local`. This module holds what both share:
+the protocol, result types, the shell text for wrapped commands and the box helper's command lines, so the two
+cannot drift.
 
-Detached processes follow one convention on both sides: the launcher becomes a session leader and writes
-its pid, which is also the process-group id of everything it starts, to `pid_path`; the command's exit code
-lands in `exit_path_for(pid_path)` when it ends; stdout and stderr are appended to `log_path`.
+Detached processes follow one convention on both sides, kept by one helper, templates/boxproc.py (run on the
+box as `python3 -I -c SOURCE ...`, imported here): the command leads its own session and process group, its
+pid (= the group's id) is in `pid_path`, and its exit code lands in `exit_path_for(pid_path)` when it ends.
 """
 
 from __future__ import annotations
 
+import ast
+import contextlib
+import functools
+import importlib.util
+import io
+import json
 import re
 import shlex
-from collections.abc import AsyncIterator, Mapping
+import sys
+import tokenize
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import NamedTuple, Protocol, runtime_checkable
 
 from gpurun.errors import SshError
@@ -24,6 +34,8 @@ from gpurun.errors import SshError
 BASE_ENV: dict[str, str] = {"PYTHONUNBUFFERED": "1"}
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+#: the box-side process helper: launch detached, pid and exit files, the group check, stop (stdlib only)
+BOXPROC_PATH = Path(__file__).resolve().parent.parent / "templates" / "boxproc.py"
 
 
 class CommandResult(NamedTuple):
@@ -51,6 +63,10 @@ class CommandError(SshError):
         self.rc = rc
         self.stdout = stdout
         self.stderr = stderr
+
+
+class StartFailed(CommandError):
+    """A detached command could not even start (not found, not executable); `rc` is its exit code (127, 126)."""
 
 
 class FileChannelUnavailable(SshError):
@@ -107,14 +123,32 @@ class Transport(Protocol):
     ) -> AsyncIterator[str]: ...
 
     async def start_detached(
-        self, cmd: str, log_path: str, pid_path: str, *, env: Mapping[str, str] | None = None, cwd: str | None = None
-    ) -> int: ...
+        self,
+        argv: Sequence[str],
+        pid_path: str,
+        *,
+        stdout: str,
+        stderr: str | None = None,
+        append: bool = True,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+    ) -> int:
+        """Start `argv` through the box helper as the leader of its own session and process group, immune to
+        this connection dropping; returns its pid once recorded in `pid_path`. Output goes to `stdout` (and
+        `stderr`, else the same file), appended or truncated; `env` adds to the environment. StartFailed when the
+        command could not start at all."""
+        ...
 
-    async def is_running(self, pid_path: str) -> bool: ...
+    async def is_running(self, pid_path: str) -> bool:
+        """No exit code recorded yet and the command's group alive (zombies count as dead)."""
+        ...
 
     async def exit_code(self, pid_path: str) -> int | None: ...
 
-    async def kill(self, pid_path: str, *, grace_s: float = 10.0) -> bool: ...
+    async def kill(self, pid_path: str, *, grace_s: float = 10.0) -> bool:
+        """SIGTERM the group, SIGKILL what is left after `grace_s`, make sure an exit code is recorded; True if
+        something ran."""
+        ...
 
     async def put_text(self, path: str, text: str, mode: int = 0o644) -> None: ...
 
@@ -167,80 +201,107 @@ def shell_command(cmd: str, *, env: Mapping[str, str] | None = None, cwd: str | 
     return f"cd {q(cwd)} && {text}" if cwd else text
 
 
+@functools.lru_cache(maxsize=1)
+def boxproc() -> ModuleType:
+    """The box process helper (templates/boxproc.py, stdlib only) loaded as a module, for this machine's side."""
+    name = "gpurun_boxproc"  # the watchdog template loads it under the same name: one module object
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, BOXPROC_PATH)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    sys.modules[name] = module
+    return module
+
+
+@functools.lru_cache(maxsize=1)
+def boxproc_source() -> str:
+    """The helper's source as it runs on the box inside a command line (`python3 -c`): without its comments."""
+    return compact_source(BOXPROC_PATH.read_text(encoding="utf-8"))
+
+
+def compact_source(source: str) -> str:
+    """`source` without docstrings, comments and blank lines; every other line exactly as written. (Not
+    ast.unparse: on Python 3.12+ it writes f-strings that reuse their own quotes, which Python 3.8 cannot read.)"""
+    tree = ast.parse(source)
+    dropped: set[int] = set()
+    stand_ins: dict[int, str] = {}  # a docstring that is the whole body becomes `pass`
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and _docstring(node):
+            doc = node.body[0]
+            dropped.update(range(doc.lineno, (doc.end_lineno or doc.lineno) + 1))
+            if len(node.body) == 1:
+                stand_ins[doc.lineno] = " " * doc.col_offset + "pass"
+    comments: dict[int, int] = {}
+    verbatim: set[int] = set()
+    for token in tokenize.generate_tokens(io.StringIO(source).readline):
+        if token.type == tokenize.COMMENT:
+            comments[token.start[0]] = token.start[1]
+        elif token.end[0] > token.start[0]:  # a string over several lines: its inner lines stay as they are
+            verbatim.update(range(token.start[0] + 1, token.end[0] + 1))
+    kept = []
+    for number, line in enumerate(source.splitlines(), 1):
+        if number in stand_ins:
+            kept.append(stand_ins[number])
+        elif number in verbatim and number not in dropped:
+            kept.append(line)
+        elif number not in dropped:
+            text = line[: comments[number]].rstrip() if number in comments else line.rstrip()
+            if text.strip():
+                kept.append(text)
+    return "\n".join(kept) + "\n"
+
+
+def _docstring(node: ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
+    first = node.body[0] if node.body else None
+    return isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str)
+
+
+def boxproc_command(args: Sequence[str], *, python: str = "python3") -> str:
+    """A shell line that runs the helper on the box without any file there: `python3 -I -c SOURCE ARGS...`
+    (-I: the caller's PYTHONPATH, meant for the launched command, must not reach the helper itself)."""
+    return " ".join(q(word) for word in (python, "-I", "-c", boxproc_source(), *args))
+
+
 def exit_path_for(pid_path: str) -> str:
-    """Where a detached command's exit code is written: `runner.pid` → `runner.exit`."""
-    stem = pid_path[: -len(".pid")] if pid_path.endswith(".pid") else pid_path
-    return f"{stem}.exit"
+    """Where a detached command's exit code is written (the helper owns the names): `runner.pid` → `runner.exit`."""
+    return str(boxproc().exit_path(pid_path))
 
 
-def detached_body(cmd: str, log_path: str, pid_path: str, *, env: Mapping[str, str] | None, cwd: str | None) -> str:
-    """The script a new session leader runs: record its pid (= process group), then start `cmd` in the
-    background with its output appended to `log_path` and its exit code written atomically when it ends.
-
-    The output is appended, not truncated, so a restarted runner keeps earlier byte offsets valid for a
-    follower. The leader exits at once; the background subshell is re-parented and survives SSH hang-ups
-    because it is in its own session, with no controlling terminal to send SIGHUP.
-    """
-    exit_path = exit_path_for(pid_path)
-    inner = shell_command(cmd, env=env, cwd=cwd)
-    return (
-        f"echo $$ > {q(pid_path)}; "
-        f"( {inner}; rc=$?; echo $rc > {q(exit_path + '.tmp')}; mv -f {q(exit_path + '.tmp')} {q(exit_path)} ) "
-        f">> {q(log_path)} 2>&1 < /dev/null &"
-    )
+def launch_args(
+    argv: Sequence[str], pid_path: str, *, stdout: str, stderr: str | None, append: bool, cwd: str | None
+) -> list[str]:
+    """The helper's `launch` arguments (see templates/boxproc.py)."""
+    if not argv:
+        raise ValueError("nothing to launch")
+    args = ["launch", "--pid-file", pid_path, "--stdout", stdout]
+    args += ["--stderr", stderr] if stderr else []
+    args += ["--append"] if append else []
+    args += ["--cwd", cwd] if cwd else []
+    return [*args, "--", *argv]
 
 
-def detached_launcher(cmd: str, log_path: str, pid_path: str, *, env: Mapping[str, str] | None, cwd: str | None) -> str:
-    """A shell line that starts `cmd` detached (new session via setsid, or python's os.setsid) and prints
-    the process-group id."""
-    body = detached_body(cmd, log_path, pid_path, env=env, cwd=cwd)
-    exit_path = exit_path_for(pid_path)
-    dirs = " ".join(q(str(Path(p).parent)) for p in (log_path, pid_path))
-    py_setsid = "import os,sys; os.setsid(); os.execvp('sh', ['sh', '-c', sys.argv[1]])"
-    return (
-        f"mkdir -p {dirs} && rm -f {q(pid_path)} {q(exit_path)} && "
-        f"if command -v setsid >/dev/null 2>&1; then setsid sh -c {q(body)}; "
-        f"elif command -v python3 >/dev/null 2>&1; then python3 -c {q(py_setsid)} {q(body)}; "
-        "else echo 'gpurun: cannot detach: neither setsid nor python3 is installed' >&2; exit 127; fi; "
-        f"i=0; while [ ! -s {q(pid_path)} ] && [ $i -lt 100 ]; do sleep 0.05; i=$((i+1)); done; "
-        f"cat {q(pid_path)}"
-    )
-
-
-def _group_alive_fn() -> str:
-    # $3 of the stat fields after the command name is the process group, $1 the state
-    return (
-        "group_alive() { pg=$1; if [ -r /proc/self/stat ]; then "
-        "for d in /proc/[0-9]*; do "
-        'read -r s < "$d/stat" 2>/dev/null || continue; s=${s##*) }; set -- $s; '
-        '[ "$3" = "$pg" ] && [ "$1" != Z ] && return 0; '
-        "done; return 1; "
-        'else kill -0 -"$pg" 2>/dev/null; fi; }; '
-    )
-
-
-def running_check(pid_path: str) -> str:
-    """Exit 0 when the detached group is alive and has not recorded an exit code."""
-    return (
-        _group_alive_fn() + f"[ -e {q(exit_path_for(pid_path))} ] && exit 1; "
-        f'pg=$(cat {q(pid_path)} 2>/dev/null) || exit 1; [ -n "$pg" ] || exit 1; '
-        'group_alive "$pg"'
-    )
-
-
-def kill_script(pid_path: str, grace_s: float) -> str:
-    """SIGTERM the whole group, wait up to `grace_s`, then SIGKILL; record the exit code; print `killed` or
-    `gone`. (dash's kill takes `-PGID` but not `--`.)"""
-    exit_path = exit_path_for(pid_path)
-    ticks = max(1, int(grace_s * 10))
-    return (
-        _group_alive_fn() + f"pg=$(cat {q(pid_path)} 2>/dev/null) || {{ echo gone; exit 0; }}; "
-        'group_alive "$pg" || { echo gone; exit 0; }; '
-        'kill -TERM -"$pg" 2>/dev/null; code=143; i=0; '
-        f'while group_alive "$pg" && [ $i -lt {ticks} ]; do sleep 0.1; i=$((i+1)); done; '
-        'if group_alive "$pg"; then kill -KILL -"$pg" 2>/dev/null; code=137; fi; '
-        f"[ -e {q(exit_path)} ] || echo $code > {q(exit_path)}; echo killed"
-    )
+def launched_pid(argv: Sequence[str], result: CommandResult, where: str) -> int:
+    """The pid the helper's `launch` reported; StartFailed when the command could not start, CommandError when
+    the launch itself failed."""
+    shown = short(" ".join(argv))
+    answer: object = None
+    lines = result.stdout.strip().splitlines()
+    with contextlib.suppress(ValueError, IndexError):
+        answer = json.loads(lines[-1])
+    if isinstance(answer, dict):
+        pid, code = answer.get("started"), answer.get("exited")
+        if isinstance(pid, int) and not isinstance(pid, bool) and pid > 1:
+            return pid
+        if isinstance(code, int) and not isinstance(code, bool):
+            detail = str(answer.get("error") or "")[:500]
+            raise StartFailed(f"`{shown}` could not start (exit {code}): {detail}", rc=code, stderr=detail, where=where)
+    detail = (str(answer.get("error") or "") if isinstance(answer, dict) else "") or tail(result.stderr) or "no output"
+    raise CommandError(
+        f"could not launch `{shown}`: {detail}", rc=result.rc or 1, stdout=result.stdout, stderr=result.stderr,
+        where=where,
+    )  # fmt: skip
 
 
 def short(cmd: str, limit: int = 80) -> str:

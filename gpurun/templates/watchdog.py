@@ -1,20 +1,21 @@
 #!/usr/bin/env python3
 """gpurun's dead-man switch: destroys its own instance when the client is gone, the budget runs out, or the GPU hangs.
 
-Started FIRST, detached, in the run's folder:
+Started FIRST, detached, in the run's folder, with the box process helper `boxproc.py` beside it:
 
     nohup python3 watchdog.py --config watchdog.json >/dev/null 2>>watchdog.stderr </dev/null &
 
-On Vast and RunPod it is started when the container starts, before any SSH (the provider's onstart / start
-command writes it and a boot config from the instance's environment; gpurun/watchdog_boot.py builds that), with
-a lease bound and a relative deadline. When the client connects it ADOPTS the running watchdog: it rewrites the
-config file (the exact deadline, the run's lease timing) and renews the lease; the watchdog notices the changed
-file within a second and reloads it. Where nothing ran at boot (SSH hosts, this machine), the client starts it
-over SSH the same way. It calls setsid itself; gpurun/job/watchdog.py builds the start line, the config and
-the runner's launch line.
+Where the provider runs a boot script it is started when the container starts, before any SSH (the provider's
+onstart / start command writes it, its helper and a boot config from the instance's environment; gpurun/job/boot.py
+builds that), with a lease bound and a relative deadline. When the client connects it ADOPTS the running watchdog:
+it rewrites the config file (the exact deadline, the run's lease timing) and renews the lease; the watchdog notices
+the changed file within a second and reloads it. Where nothing ran at boot (SSH hosts, this machine), the client
+starts it over SSH the same way. It calls setsid itself; gpurun/job/watchdog.py builds the start line and the config.
 
-STDLIB ONLY, Python 3.8+: it runs on whatever python3 the image has, before anything is installed. It never
-imports gpurun. `python3 watchdog.py --config FILE --check` validates a config and prints it normalised.
+It knows no provider: what "destroy" means comes with the config, as a recipe of HTTP requests that the provider's
+adapter in gpurun builds (`self_destroy`). STDLIB ONLY, Python 3.8+: it runs on whatever python3 the image has,
+before anything is installed. It never imports gpurun. `python3 watchdog.py --config FILE --check` validates a
+config and prints it normalised.
 
 Config file (JSON, "version": 1). Relative paths are relative to the config file's folder; times are seconds.
 
@@ -22,16 +23,23 @@ Config file (JSON, "version": 1). Relative paths are relative to the config file
     version             1                                                                 required
     run_id              the gpurun run id; a lease file that names another run is ignored  required
     destroy             what "destroy" means on this machine, one of:                     required
-        {"kind": "vast", "url": "https://console.vast.ai", "instance_id": "123", "token": "..."}
-              -> DELETE {url}/api/v0/instances/{instance_id}/ with body {}
-        {"kind": "runpod", "url": "https://api.runpod.io/v2", "instance_id": "abc", "token": "...",
-         "graphql_url": "https://api.runpod.io/graphql"}                 (graphql_url optional)
-              -> DELETE {url}/pods/{instance_id}; if that is refused, GraphQL podTerminate
-        {"kind": "kill"}    SSH hosts and local: stop the runner, destroy nothing
-        "token_env": "CONTAINER_API_KEY" may replace "token", and "instance_id_env": "CONTAINER_ID" may replace
-        "instance_id" (read from this process's environment, else from the container's, /proc/1/environ, since
-        SSH sessions do not inherit it): that is how a boot config names an instance it cannot know in advance.
-        The token must be INSTANCE-SCOPED (Vast's instance key, RunPod's pod key), never the user's master key.
+        {"kind": "kill"}    stop the runner, destroy nothing (where nothing bills: SSH hosts, this machine)
+        {"kind": "http", "instance_id": "i-123", "token": "...",
+         "check": {"method": "GET", "url": "https://api.example.com/v1/machines/{instance_id}"},
+         "attempts": [
+             {"method": "DELETE", "url": "https://api.example.com/v1/machines/{instance_id}", "body": {}},
+             {"method": "POST", "url": "https://api.example.com/graphql", "when": "refused",
+              "body": {"query": "mutation { end(id: {instance_id_json}) }"}}]}
+            One destroy attempt = the "attempts" in order: the first always, each later one only when the one
+            before ended with its "when" ("refused" or "retry"); the last one made decides (see Destroy below).
+            A request: "method"; "url", in which {instance_id} becomes the id (percent-encoded); "body", any JSON
+            value, sent as JSON with {instance_id} and {instance_id_json} (the id as a JSON string, quotes and
+            all) replaced inside its strings. Without "body" a GET sends none and other methods an empty one.
+            Every request carries "Authorization: Bearer <token>". "check" (optional) is the credential check.
+        "token_env": "NAME" may replace "token", and "instance_id_env": "NAME" may replace "instance_id" (read
+        from this process's environment, else from the container's, /proc/1/environ, since SSH sessions do not
+        inherit it): that is how a boot config names an instance it cannot know in advance.
+        The token must be INSTANCE-SCOPED (the key a provider gives the machine itself), never the user's own key.
     deadline            unix time (this machine's clock) when the budget is spent; null = none   null
     deadline_in_s       ... or seconds after this watchdog started (a boot config cannot know the     null
                         box's clock); with both, the earlier one counts
@@ -39,7 +47,7 @@ Config file (JSON, "version": 1). Relative paths are relative to the config file
                         (content, if JSON with "run_id", must name this run; other content is ignored)
     lease_ttl_s         the lease lapses this long after its last renewal (or after start)        300
     runner_pid_file     the runner's pid, a bare integer; the runner leads its own process group  "runner.pid"
-    done_file           written by the launcher when the runner exits (content: its exit code)    "runner.exit"
+                        (its exit code is in the exit file boxproc.py derives from it: runner.exit)
     artifact_grace_s    how long an ended run waits for `gpurun attach` once the client is gone   1800
     idle_after_s        GPU below idle_threshold_pct this long while the runner runs = hung       600
     idle_threshold_pct  utilisation (max over GPUs) below which the GPU counts as idle            5
@@ -66,31 +74,33 @@ Rules, checked every poll_s; the first that matches acts (the logged reason in b
        `gpurun attach` (a renewed lease cancels the countdown), then destroy [artifact_grace_expired]
 "Destroy" with kind "kill" means: stop the runner (SIGTERM to its pid, then SIGKILL to its process group).
 
-Runner protocol: the launcher starts the runner as the leader of its own session and process group (setsid),
-writes its pid to runner_pid_file, and writes done_file when it exits. SIGTERM to the runner's pid means "save a
-checkpoint and exit now"; after term_grace_s its whole process group gets SIGKILL. The group is killed only when
-the runner leads it, so a runner sharing a group with anything else (a user's shell) never takes that down.
+Runner protocol (boxproc.py keeps it): the runner leads its own session and process group, its pid is in
+runner_pid_file, and its exit code lands in the exit file when it exits. It runs while no exit code is recorded and
+it, or anything in its group, is alive (zombies do not count). SIGTERM to the runner's pid means "save a checkpoint
+and exit now"; after term_grace_s its whole process group gets SIGKILL. The group is killed only when the runner
+leads it, so a runner sharing a group with anything else (a user's shell) never takes that down.
 
 Config reload: the config file is watched (about once a second); a changed file that parses replaces the running
 config (timers and the runner's state carry over; the lease TTL, grace and deadline apply from then on), and is
 logged as config_reloaded; one that does not parse is logged as config_rejected and ignored.
 
-Credential check: at start and whenever the destroy target changes, one authenticated read of its own instance
-(Vast: GET /api/v0/instances/{id}/, RunPod: GET {url}/pods/{id}) proves the token is accepted, without
-destroying anything. The result ("ok", "refused", "unreachable", or "n/a" for kind kill) is logged as
-credential_checked and shown in the status file, which the client reads when it adopts the watchdog.
+Credential check: at start and whenever the destroy recipe changes, its "check" request (one authenticated read of
+its own instance) proves the token is accepted, without destroying anything. The result ("ok", "refused",
+"unreachable", or "n/a" for kind kill or a recipe without a check) is logged as credential_checked and shown in the
+status file, which the client reads when it adopts the watchdog.
 
-Destroy: HTTP DELETE with the instance token, retried with backoff on 5xx, 429 and network errors until the
-provider confirms (2xx, or 404 = already gone). If the fast attempts fail, or the provider refuses the token
-(other 4xx), the fallback runs: kill the runner, run fallback_command, log loudly (a stopped Vast instance or
-RunPod pod still bills its disk), and keep retrying the DELETE every destroy_backoff_max_s until it works.
+Destroy: the recipe's requests with the instance token, retried with backoff on 5xx, 429 and network errors until
+the provider confirms (2xx with a JSON or empty body, or 404 = already gone). If the fast attempts fail, or the
+provider refuses the token (other 4xx), the fallback runs: kill the runner, run fallback_command, log loudly (a
+stopped instance still bills its disk at most providers), and keep retrying every destroy_backoff_max_s until
+it works.
 
 Log events (one JSON object per line: {"t", "event", "run_id", ...}): start (with the config, token blanked),
 config_reloaded, config_rejected, credential_checked, already_running, idle_detection_off, lease_lapsed,
 lease_renewed, lease_missing, lease_garbled, lease_foreign, runner_state, pid_file_garbled, idle_started,
-idle_cleared, gpu_query_failed, grace_started, grace_cancelled, decision (with the reason), runner_sigterm,
-runner_sigkill, destroy_attempt, destroyed, destroy_refused, fallback, fallback_command, error (with traceback),
-signal, stopped, exit.
+idle_cleared, gpu_query_failed, grace_started, grace_cancelled, decision (with the reason and the destroy kind),
+runner_sigterm, runner_sigkill, destroy_attempt, destroyed, destroy_refused, fallback, fallback_command, error
+(with traceback), signal, stopped, exit.
 
 Signals: SIGHUP is ignored (it survives the SSH session that started it); SIGTERM/SIGINT stop it between checks
 (that is how a local run disarms it). A second copy finds the lock held and exits at once.
@@ -102,6 +112,7 @@ import argparse
 import contextlib
 import fcntl
 import hashlib
+import importlib.util
 import json
 import os
 import shutil
@@ -111,6 +122,7 @@ import sys
 import time
 import traceback
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -119,13 +131,30 @@ CONFIG_VERSION = 1
 EXIT_BAD_CONFIG = 2
 USER_AGENT = "gpurun-watchdog/1"
 
+
+def _load_boxproc() -> Any:
+    """The box process helper, boxproc.py, from this file's own folder (it is always shipped beside it)."""
+    name = "gpurun_boxproc"  # gpurun's client loads it under the same name: one module object in one process
+    if name in sys.modules:
+        return sys.modules[name]
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "boxproc.py")
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load {path}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    sys.modules[name] = module
+    return module
+
+
+boxproc = _load_boxproc()
+
 DEFAULTS: dict[str, Any] = {
     "deadline": None,
     "deadline_in_s": None,
     "lease_file": "lease",
     "lease_ttl_s": 300.0,
     "runner_pid_file": "runner.pid",
-    "done_file": "runner.exit",
     "artifact_grace_s": 1800.0,
     "idle_after_s": 600.0,
     "idle_threshold_pct": 5.0,
@@ -141,14 +170,16 @@ DEFAULTS: dict[str, Any] = {
     "destroy_backoff_max_s": 60.0,
     "fallback_command": ["shutdown", "-h", "now"],
 }
-_PATH_KEYS = ("lease_file", "runner_pid_file", "done_file", "log_file", "lock_file", "status_file")
-_NUMBER_KEYS = ("lease_ttl_s", "artifact_grace_s", "idle_after_s", "term_grace_s", "poll_s", "http_timeout_s")
-_NUMBER_KEYS += ("destroy_backoff_s", "destroy_backoff_max_s", "idle_threshold_pct")
+_PATH_KEYS = ("lease_file", "runner_pid_file", "log_file", "lock_file", "status_file")
+_NUMBER_KEYS: tuple[str, ...] = ("lease_ttl_s", "artifact_grace_s", "idle_after_s", "term_grace_s", "poll_s")
+_NUMBER_KEYS += ("http_timeout_s", "destroy_backoff_s", "destroy_backoff_max_s", "idle_threshold_pct")
 _DESTROY_KEYS = {
+    "http": {"instance_id", "instance_id_env", "token", "token_env", "check", "attempts"},
     "kill": set(),
-    "vast": {"url", "instance_id", "instance_id_env", "token", "token_env"},
-    "runpod": {"url", "instance_id", "instance_id_env", "token", "token_env", "graphql_url"},
 }
+_REQUEST_KEYS = {"method", "url", "body", "when"}
+#: the outcomes a later attempt may follow (see _classify)
+_WHEN = ("refused", "retry")
 
 
 class ConfigError(ValueError):
@@ -156,12 +187,24 @@ class ConfigError(ValueError):
 
 
 @dataclass
+class HttpCall:
+    """One HTTP request of a destroy recipe, with the instance id filled in."""
+
+    method: str
+    url: str
+    #: the exact text sent (JSON); None: no body at all
+    body: str | None = None
+    #: for a later attempt: the outcome of the one before that makes it run
+    when: str = ""
+
+
+@dataclass
 class Destroy:
     kind: str
-    url: str = ""
     instance_id: str = ""
     token: str = field(default="", repr=False)
-    graphql_url: str = ""
+    check: HttpCall | None = None
+    attempts: list[HttpCall] = field(default_factory=list)
 
 
 @dataclass
@@ -173,7 +216,6 @@ class Config:
     lease_file: str
     lease_ttl_s: float
     runner_pid_file: str
-    done_file: str
     artifact_grace_s: float
     idle_after_s: float
     idle_threshold_pct: float
@@ -205,9 +247,44 @@ def _number(data: dict[str, Any], key: str) -> float:
     return float(value)
 
 
+def _fill(value: Any, instance_id: str) -> Any:
+    """`value` with the placeholders replaced inside its strings (keys too), structure kept."""
+    if isinstance(value, str):
+        return value.replace("{instance_id_json}", json.dumps(instance_id)).replace("{instance_id}", instance_id)
+    if isinstance(value, list):
+        return [_fill(item, instance_id) for item in value]
+    if isinstance(value, dict):
+        return {_fill(key, instance_id): _fill(item, instance_id) for key, item in value.items()}
+    return value
+
+
+def _parse_request(raw: Any, where: str, instance_id: str, *, method: str | None = None) -> HttpCall:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected an object with method and url, got {raw!r}")
+    unknown = set(raw) - _REQUEST_KEYS
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s): {sorted(unknown)}")
+    verb = raw.get("method", method)
+    if not isinstance(verb, str) or not verb.isalpha():
+        raise ConfigError(f"{where}.method: expected an HTTP method, got {verb!r}")
+    url = raw.get("url")
+    if not isinstance(url, str) or not url.startswith(("https://", "http://")):
+        raise ConfigError(f"{where}.url: expected an http(s) URL, got {url!r}")
+    url = url.replace("{instance_id}", urllib.parse.quote(instance_id, safe=""))
+    # No body: a read sends none; a DELETE or POST an empty one (Content-Length: 0), as the providers' DELETEs
+    # have always been sent.
+    body: str | None = None if verb.upper() == "GET" else ""
+    if "body" in raw:
+        body = json.dumps(_fill(raw["body"], instance_id))
+    when = raw.get("when", "")
+    if when not in ("", *_WHEN):
+        raise ConfigError(f"{where}.when: expected one of {'|'.join(_WHEN)}, got {when!r}")
+    return HttpCall(verb.upper(), url, body, when)
+
+
 def _parse_destroy(raw: Any, environ: dict[str, str]) -> Destroy:
     if not isinstance(raw, dict) or raw.get("kind") not in _DESTROY_KEYS:
-        raise ConfigError(f"destroy: expected an object with kind vast|runpod|kill, got {raw!r}")
+        raise ConfigError(f"destroy: expected an object with kind {'|'.join(_DESTROY_KEYS)}, got {raw!r}")
     kind = raw["kind"]
     unknown = set(raw) - _DESTROY_KEYS[kind] - {"kind"}
     if unknown:
@@ -219,9 +296,9 @@ def _parse_destroy(raw: Any, environ: dict[str, str]) -> Destroy:
         instance_id = environ.get(str(raw["instance_id_env"]), "")
         if not instance_id:
             raise ConfigError(f"destroy.instance_id_env: ${raw['instance_id_env']} is not set")
-    for key, value in (("url", raw.get("url")), ("instance_id", instance_id)):
-        if not isinstance(value, (str, int)) or not str(value):
-            raise ConfigError(f"destroy.{key}: required for kind {kind}")
+    if isinstance(instance_id, bool) or not isinstance(instance_id, (str, int)) or not str(instance_id):
+        raise ConfigError(f"destroy.instance_id: required for kind {kind}")
+    instance_id = str(instance_id)
     token = raw.get("token") or ""
     if not token and raw.get("token_env"):
         token = environ.get(str(raw["token_env"]), "")
@@ -229,12 +306,26 @@ def _parse_destroy(raw: Any, environ: dict[str, str]) -> Destroy:
             raise ConfigError(f"destroy.token_env: ${raw['token_env']} is not set")
     if not isinstance(token, str) or not token:
         raise ConfigError("destroy.token: an instance-scoped token (or token_env) is required")
-    return Destroy(kind, str(raw["url"]).rstrip("/"), str(instance_id), token, str(raw.get("graphql_url", "")))
+    steps = raw.get("attempts")
+    if not isinstance(steps, list) or not steps:
+        raise ConfigError("destroy.attempts: a non-empty list of requests is required")
+    attempts = [_parse_request(step, f"destroy.attempts[{i}]", instance_id) for i, step in enumerate(steps)]
+    if attempts[0].when:
+        raise ConfigError("destroy.attempts[0].when: the first request always runs")
+    for i, attempt in enumerate(attempts[1:], 1):
+        if not attempt.when:
+            raise ConfigError(f"destroy.attempts[{i}].when: required after the first request ({'|'.join(_WHEN)})")
+    check = None
+    if raw.get("check") is not None:
+        check = _parse_request(raw["check"], "destroy.check", instance_id, method="GET")
+        if check.when:
+            raise ConfigError("destroy.check.when: not for the check")
+    return Destroy(kind, instance_id, token, check, attempts)
 
 
 def process_environment() -> dict[str, str]:
     """This process's environment over the container's (PID 1's): an SSH session does not see the variables a
-    provider sets on the container, such as Vast's CONTAINER_API_KEY or RunPod's pod-scoped RUNPOD_API_KEY."""
+    provider sets on the container, such as the instance's own id and its instance-scoped key."""
     environ: dict[str, str] = {}
     try:
         with open("/proc/1/environ", "rb") as handle:
@@ -344,22 +435,6 @@ class Runner:
     exit_code: str | None = None
 
 
-def process_alive(pid: int) -> bool:
-    """True if `pid` runs; a zombie (exited, not yet reaped) counts as dead."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as handle:
-            # the state letter follows the parenthesised command name, which may itself contain ") "
-            return handle.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except (OSError, IndexError):
-        return True  # no /proc (macOS): kill(0) is all we know
-
-
 def _read_small(path: str) -> str | None:
     try:
         with open(path, "rb") as handle:
@@ -434,12 +509,12 @@ class Watchdog:
 
     def check_credential(self) -> None:
         """One authenticated read of our own instance: does the provider accept the token? Destroys nothing."""
-        d = self.cfg.destroy
-        if d.kind == "kill":
+        check = self.cfg.destroy.check
+        if check is None:
             self.credential = {"status": "n/a"}
         else:
-            url = f"{d.url}/api/v0/instances/{d.instance_id}/" if d.kind == "vast" else f"{d.url}/pods/{d.instance_id}"
-            status, text, _ = self._request("GET", url, None)
+            url = check.url
+            status, text, _ = self._request(check.method, url, check.body)
             if status is not None and 200 <= status < 300:
                 verdict = "ok"
             elif status in (401, 403):
@@ -496,7 +571,7 @@ class Watchdog:
 
     def read_runner(self) -> Runner:
         text = _read_small(self.cfg.runner_pid_file)
-        done = _read_small(self.cfg.done_file)
+        done = _read_small(boxproc.exit_path(self.cfg.runner_pid_file))
         pid: int | None = None
         if text is not None:
             try:
@@ -506,7 +581,8 @@ class Watchdog:
             if pid is not None and (pid <= 1 or pid == os.getpid()):
                 pid = None  # never signal init, a process group (0, negative) or ourselves
         exit_code = done.strip()[:40] if done is not None else None
-        if pid is not None and process_alive(pid):
+        # the helper's rule: running until its exit code is recorded, while it or anything in its group lives
+        if pid is not None and done is None and boxproc.group_alive(pid):
             return Runner("running", pid)
         if text is not None or done is not None:
             # launched at some point (a garbled pid file included): its checkpoints may be worth an attach
@@ -598,33 +674,14 @@ class Watchdog:
         runner = self.read_runner()
         if runner.state != "running" or runner.pid is None:
             return
-        pid = runner.pid
-        try:
-            pgid: int | None = os.getpgid(pid)
-        except OSError:
-            pgid = None
-        leads_group = pgid == pid and pgid != os.getpgrp()
-        try:
-            os.kill(pid, signal.SIGTERM)
-            self.log.write("runner_sigterm", pid=pid, grace_s=grace_s)
-        except OSError as exc:
-            self.log.write("runner_sigterm", pid=pid, error=repr(exc))
-        end = time.monotonic() + grace_s
-        while process_alive(pid) and time.monotonic() < end:
-            time.sleep(0.1)
-        try:
-            if leads_group:
-                os.killpg(pid, signal.SIGKILL)  # sweep the group: data-loader workers, shells, stuck children
-            elif process_alive(pid):
-                os.kill(pid, signal.SIGKILL)
-            self.log.write("runner_sigkill", pid=pid, group=leads_group)
-        except ProcessLookupError:
-            self.log.write("runner_sigkill", pid=pid, group=leads_group, note="already gone")
-        except OSError as exc:
-            self.log.write("runner_sigkill", pid=pid, error=repr(exc))
 
-    def _request(self, method: str, url: str, body: bytes | None) -> tuple[int | None, str, float | None]:
-        request = urllib.request.Request(url, data=body, method=method)
+        def note(what: str, **fields: Any) -> None:
+            self.log.write(f"runner_{what}", **fields)
+
+        boxproc.terminate(runner.pid, grace_s, leader_first=True, notify=note)
+
+    def _request(self, method: str, url: str, body: str | None) -> tuple[int | None, str, float | None]:
+        request = urllib.request.Request(url, data=None if body is None else body.encode("utf-8"), method=method)
         request.add_header("Authorization", f"Bearer {self.cfg.destroy.token}")
         if body is not None:
             request.add_header("Content-Type", "application/json")
@@ -664,18 +721,15 @@ class Watchdog:
         return "refused"
 
     def destroy_once(self) -> tuple[str, int | None, str, float | None]:
-        d = self.cfg.destroy
-        if d.kind == "vast":
-            url = f"{d.url}/api/v0/instances/{d.instance_id}/"
-            status, text, retry_after = self._request("DELETE", url, b"{}")  # Vast wants a JSON body, even {}
-        else:
-            url = f"{d.url}/pods/{d.instance_id}"
-            status, text, retry_after = self._request("DELETE", url, b"")
-            if self._classify(status, text) == "refused" and d.graphql_url:
-                url = d.graphql_url
-                query = "mutation { podTerminate(input: {podId: " + json.dumps(d.instance_id) + "}) }"
-                status, text, retry_after = self._request("POST", url, json.dumps({"query": query}).encode())
-        outcome = self._classify(status, text)
+        """One pass through the recipe's attempts: the first request, then each next one while the last outcome is
+        the one it waits for (an API that refuses the instance key for one call may take it for another)."""
+        outcome, status, url, retry_after = "retry", None, "", None
+        for index, step in enumerate(self.cfg.destroy.attempts):
+            if index and outcome != step.when:
+                break
+            url = step.url
+            status, text, retry_after = self._request(step.method, url, step.body)
+            outcome = self._classify(status, text)
         return outcome, status, url, retry_after if outcome == "retry" else None
 
     def fallback(self) -> None:
@@ -683,7 +737,7 @@ class Watchdog:
             "fallback",
             level="critical",
             message="could not destroy this instance through the provider API: killing the runner and shutting "
-            "the machine down. A STOPPED Vast instance (or RunPod pod) STILL BILLS its disk storage until it is "
+            "the machine down. A STOPPED instance STILL BILLS its disk storage at most providers until it is "
             "destroyed: run `gpurun down RUN` (or destroy it in the provider's console). Destroy retries go on.",
         )
         self.stop_runner(0.0)
@@ -696,7 +750,7 @@ class Watchdog:
                 self.log.write("fallback_command", argv=self.cfg.fallback_command, error=repr(exc))
 
     def destroy(self) -> None:
-        """DELETE until the provider confirms; the fallback after the fast attempts, then slow retries forever."""
+        """The recipe until the provider confirms; the fallback after the fast attempts, then slow retries forever."""
         delay = self.cfg.destroy_backoff_s
         attempt = 0
         fell_back = False

@@ -1,0 +1,1 @@
+"""Shared test ground: the real sshd, the test boxes, the fake provider servers, tiny models, images, helpers."""

@@ -212,6 +212,29 @@ def stop(pid_path: str, grace_s: float = 10.0) -> bool:
 # ---- launching ---------------------------------------------------------------------------------------------
 
 
+#: what a shell prints when its child dies by a signal: the words a user searches for ("Killed" = the kernel's
+#: out-of-memory killer, or a SIGKILL)
+_SIGNAL_WORDS = {
+    int(signal.SIGKILL): "Killed",
+    int(signal.SIGSEGV): "Segmentation fault",
+    int(signal.SIGABRT): "Aborted",
+    int(signal.SIGBUS): "Bus error",
+    int(signal.SIGTERM): "Terminated",
+    int(signal.SIGILL): "Illegal instruction",
+    int(signal.SIGFPE): "Floating point exception",
+}
+
+
+def _note_signal(status: int, err: str) -> None:
+    """Append the shell's words for a death by signal to the command's stderr file (best effort)."""
+    if not os.WIFSIGNALED(status):
+        return
+    number = os.WTERMSIG(status)
+    words = _SIGNAL_WORDS.get(number, f"Killed by signal {number}")
+    with contextlib.suppress(OSError), open(err, "a", encoding="utf-8") as handle:
+        handle.write(f"{words} (signal {number}, exit {128 + number})\n")
+
+
 def _exit_code(status: int) -> int:
     """A wait status as a shell reports it: the exit code, or 128 + the signal that ended it."""
     if os.WIFSIGNALED(status):
@@ -298,8 +321,9 @@ def _monitor(argv: list[str], pid_path: str, out: str, err: str | None, append: 
         _write_atomic(pid_path, f"{child}\n")
         os.write(report, json.dumps({"started": child}).encode())
         os.close(report)
-        code = _exit_code(os.waitpid(child, 0)[1])
-        _write_atomic(exit_path(pid_path), f"{code}\n")
+        status = os.waitpid(child, 0)[1]
+        _note_signal(status, err if err is not None else out)
+        _write_atomic(exit_path(pid_path), f"{_exit_code(status)}\n")
     finally:
         os._exit(0)
 

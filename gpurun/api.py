@@ -23,7 +23,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
+from gpurun.errors import JournalError
 from gpurun.job import control, run, teardown
 from gpurun.job.context import RunContext
 from gpurun.job.offers import OffersResult, ProviderFailure, offers
@@ -37,6 +39,7 @@ from gpurun.journal import Journal, RunRecord
 from gpurun.provision import status
 from gpurun.provision.http import mask_secret
 from gpurun.provision.registry import PROVIDER_NAMES, min_cuda_for
+from gpurun.report import write_report
 
 __all__ = [
     "PROVIDER_NAMES",
@@ -66,6 +69,7 @@ __all__ = [
     "plan",
     "provider_key_env",
     "providers_overview",
+    "report",
     "run_record",
     "runner_stderr",
     "runs",
@@ -146,6 +150,21 @@ def run_record(run_id: str) -> RunRecord:
     """One run from the journal, by id or unique prefix."""
     with Journal.open() as journal:
         return journal.get(run_id)
+
+
+def report(run: str | Path) -> Path:
+    """Write (or refresh, during a run) the run's report.html and return its path. `run` is a run id (or unique
+    prefix) from the journal, or a run folder."""
+    folder = Path(run).expanduser()
+    if not folder.is_dir():
+        output_dir = run_record(str(run)).output_dir
+        if not output_dir:
+            raise JournalError("the run has no output folder yet", where=str(run))
+        folder = Path(output_dir)
+    if not folder.is_dir():
+        raise JournalError("the run's output folder is gone", where=str(folder),
+                           hint="was it moved? pass the folder itself: gpurun report PATH")  # fmt: skip
+    return write_report(folder)
 
 
 async def find_strays() -> tuple[list[Stray], dict[str, str]]:

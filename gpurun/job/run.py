@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import os
 import time
 from collections.abc import Callable
@@ -45,6 +46,7 @@ from gpurun.remote.keys import RunKeys, ensure_run_keys
 from gpurun.remote.local_transport import LocalTransport
 from gpurun.remote.session import connect
 from gpurun.remote.transport import Transport
+from gpurun.report.rundata import DATASET_FILE
 
 
 def new_context(plan: TrainPlan, view: View, journal: Journal, options: JobOptions) -> RunContext:
@@ -73,6 +75,8 @@ async def run(
         on_start(ctx)
     ctx.out_dir.mkdir(parents=True, exist_ok=True)
     (ctx.out_dir / "config.toml").write_text(plan.config.to_toml(), encoding="utf-8")
+    # the dataset check as the report shows it (thumbnails come from the dataset folder when the report is written)
+    (ctx.out_dir / DATASET_FILE).write_text(json.dumps(plan.report.to_dict(), indent=2) + "\n", encoding="utf-8")
     keys = ensure_run_keys(ctx.run_id)
     ctx.record.identity_file = str(keys.private_key)
     chosen = plan.chosen.offer

@@ -41,7 +41,8 @@ SMOOTHING = 0.9
 def _styled() -> Iterator[None]:
     """The report's look, for the charts drawn inside; the process's own matplotlib settings are restored after."""
     with plt.rc_context():
-        plt.rcParams.update(STYLE)  # type: ignore[arg-type]  (its stubs type the keys as a Literal of names)
+        # matplotlib's stubs type the keys as a Literal of every known name; ours are known names
+        plt.rcParams.update(STYLE)  # type: ignore[arg-type]
         yield
 
 

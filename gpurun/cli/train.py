@@ -133,6 +133,10 @@ def _run(plan: Any, *, as_json: bool, detach: bool) -> Any:
     return asyncio.run(main())
 
 
+#: dataset warnings shown in the plan; the rest are counted
+PLAN_WARNINGS = 20
+
+
 def render_plan(plan: Any) -> Any:
     """The dry-run view: chosen offer and runner-up, per-phase time and $, the deadline, the upload."""
     from rich.console import Group
@@ -181,6 +185,12 @@ def render_plan(plan: Any) -> Any:
         f"${chosen.offer.price_per_hour:.3f}/h); the watchdog on the machine enforces it",
         "teardown: destroyed after the LoRA is fetched and verified, or on any failure; never stopped",
     ]
+    report = plan.report
+    lines.append(f"dataset check: {report.verdict}")
+    warnings = report.warnings
+    lines += [f"warning: {issue.line(report.scan.root)}" for issue in warnings[:PLAN_WARNINGS]]
+    if len(warnings) > PLAN_WARNINGS:
+        lines.append(f"… and {len(warnings) - PLAN_WARNINGS} more warnings: `gpurun dataset check` lists them all")
     lines += [f"note: {note}" for note in plan.notes]
     lines += [f"provider {name} failed: {message}" for name, message in plan.provider_errors.items()]
     # plain text, never markup: notes and errors quote vendors, file names and the user's own words

@@ -26,12 +26,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gpurun.errors import JournalError
-from gpurun.job import control, run, teardown
+from gpurun.job import control, run, sampling, teardown
 from gpurun.job.context import RunContext
 from gpurun.job.offers import OffersResult, ProviderFailure, offers
 from gpurun.job.options import JobOptions
 from gpurun.job.plan import TrainPlan, TrainRequest, measured_calibration, plan_train
 from gpurun.job.receipt import Receipt
+from gpurun.job.sampling import SamplePlan, SampleRequest
 from gpurun.job.teardown import Stray, Target
 from gpurun.job.view import Money, SilentView, View
 from gpurun.job.workload import WorkloadSource, build_workload
@@ -49,6 +50,8 @@ __all__ = [
     "Receipt",
     "RunContext",
     "RunsListing",
+    "SamplePlan",
+    "SampleRequest",
     "Stray",
     "Target",
     "TrainPlan",
@@ -67,12 +70,14 @@ __all__ = [
     "min_cuda_for",
     "offers",
     "plan",
+    "plan_sample",
     "provider_key_env",
     "providers_overview",
     "report",
     "run_record",
     "runner_stderr",
     "runs",
+    "sample",
     "save_api_key",
     "train",
     "usable_providers",
@@ -86,6 +91,22 @@ async def plan(request: TrainRequest) -> TrainPlan:
     """Check the dataset, ask the providers and rank their offers under the budget, with this machine's measured
     speeds (the journal's calibration): what `gpurun train --dry-run` shows. Rents nothing."""
     return await plan_train(request, calibration=measured_calibration())
+
+
+async def plan_sample(request: SampleRequest) -> SamplePlan:
+    """Plan `gpurun sample`: check the LoRA files and the base, price the grids on every offer, pick one."""
+    return await sampling.plan_sample(request)
+
+
+async def sample(the_plan: SamplePlan, *, view: View | None = None, on_start: OnStart | None = None) -> Receipt:
+    """Render the planned grids: rent, set up, upload the files, sample, fetch the grids, destroy; the run folder
+    gets the grids, a report.html showing them, and the receipt."""
+    view = view or SilentView()
+    with Journal.open() as journal:
+        try:
+            return await run.run(the_plan, view, journal, JobOptions.from_env(), on_start)
+        finally:
+            view.close()
 
 
 async def train(

@@ -18,6 +18,7 @@ from gpurun.job.basecheck import BaseChecker
 from gpurun.job.bases import BaseSpec, resolve_base
 from gpurun.job.bundle import bundle_plan
 from gpurun.job.offers import check_budget, offers
+from gpurun.job.payload import TrainingPayload
 from gpurun.job.workload import build_workload
 from gpurun.journal import Journal
 from gpurun.models import CostEstimate, GpuRequest, Workload, to_dict
@@ -96,6 +97,11 @@ class TrainPlan:
     def hard_deadline_s(self) -> float | None:
         """Seconds of billing the budget buys at the chosen offer's price (the watchdog's limit), or None."""
         return deadline_seconds(self.request.budget, self.chosen.offer.price_per_hour)
+
+    def payload(self) -> TrainingPayload:
+        request = self.request
+        return TrainingPayload(self.config, self.report, self.dataset, request.repeats, request.trigger,
+                               self.upload.files, self.upload.bytes)  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -288,9 +294,7 @@ async def plan_train(request: TrainRequest, *, calibration: Calibration | None =
             )
     if not pool and refused:
         raise next(iter(refused.values()))  # only providers that cannot run this image had offers: say why
-    affordable = [e for e in pool if _affordable(e, request.budget)]
-    if not affordable:
-        raise _budget_error(pool, request)
+    affordable = affordable_or_raise(pool, request)
     return TrainPlan(
         request=request, config=config, base=base, dataset=dataset, report=report, workload=workload,
         candidates=tuple(affordable[: max(1, request.max_attempts)]), upload=summarise_upload(dataset, base),
@@ -315,6 +319,14 @@ def _usable_with_image(
             continue
         kept.append(estimate)
     return kept, refused
+
+
+def affordable_or_raise(pool: list[CostEstimate], request: TrainRequest) -> list[CostEstimate]:
+    """The offers of `pool` the budget allows (a billing one needs an explicit budget); BudgetError if none."""
+    affordable = [e for e in pool if _affordable(e, request.budget)]
+    if not affordable:
+        raise _budget_error(pool, request)
+    return affordable
 
 
 def _affordable(estimate: CostEstimate, budget: float | None) -> bool:

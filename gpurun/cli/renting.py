@@ -54,6 +54,16 @@ def confirm_rent(plan: Any, yes: bool, *, what: str) -> None:
         raise typer.Exit(1)
 
 
+def print_receipt(receipt: Any, *, as_json: bool) -> None:
+    """The run's last word: the receipt, as a table or as the final JSON line."""
+    from gpurun.cli.render import out, print_json, render_receipt
+
+    if as_json:
+        print_json({"type": "receipt", **receipt.to_dict()})
+    else:
+        out.print(render_receipt(receipt))
+
+
 def run_plan(plan: Any, *, as_json: bool, detach: bool) -> Any:
     """Execute the plan with the live view; Ctrl-C once detaches (training), twice cancels."""
     from gpurun.cli.live import make_view

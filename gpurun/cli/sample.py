@@ -53,7 +53,7 @@ def sample(
     and teardown as `gpurun train`; the grids, a report.html showing them and the receipt land in the run folder.
     """
     from gpurun import api
-    from gpurun.cli.renting import confirm_rent, render_plan, run_plan
+    from gpurun.cli.renting import confirm_rent, print_receipt, render_plan, run_plan
 
     run_dir = None
     if run is not None:
@@ -74,12 +74,7 @@ def sample(
         return
     confirm_rent(plan, yes, what="sample")
     receipt = run_plan(plan, as_json=as_json, detach=False)
-    if as_json:
-        print_json({"type": "receipt", **receipt.to_dict()})
-    else:
-        from gpurun.cli.render import render_receipt
-
-        out.print(render_receipt(receipt))
+    print_receipt(receipt, as_json=as_json)
 
 
 def register(app: typer.Typer) -> None:

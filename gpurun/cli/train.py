@@ -70,7 +70,7 @@ def train(
     as_json: bool = options.json_option("Stream events and the receipt as JSON lines."),
 ) -> None:
     from gpurun.api import TrainRequest
-    from gpurun.cli.renting import confirm_rent, render_plan, run_plan
+    from gpurun.cli.renting import confirm_rent, print_receipt, render_plan, run_plan
 
     request = TrainRequest(
         dataset=dataset, config=config, base=base, budget=budget, providers=tuple(provider), gpus=tuple(gpu),
@@ -88,12 +88,7 @@ def train(
         out.print(render_plan(plan))
     confirm_rent(plan, yes, what="train")
     receipt = run_plan(plan, as_json=as_json, detach=detach)
-    if as_json:
-        print_json({"type": "receipt", **receipt.to_dict()})
-    else:
-        from gpurun.cli.render import render_receipt
-
-        out.print(render_receipt(receipt))
+    print_receipt(receipt, as_json=as_json)
 
 
 async def _plan(request: Any, as_json: bool) -> Any:

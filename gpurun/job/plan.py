@@ -68,22 +68,12 @@ class UploadSummary:
     parts: dict[str, int] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
-class TrainPlan:
+class OfferChoice:
+    """What every plan that rents has: the offers to try, best first, under the request's budget."""
+
     request: TrainRequest
-    config: TrainConfig
-    base: BaseSpec
-    dataset: Path
-    #: the dataset check (facts, warnings, the scan the upload and the runner's folder follow)
-    report: DatasetReport
-    workload: Workload
     #: offers to try, best first (the chosen one first); all within budget
     candidates: tuple[CostEstimate, ...]
-    upload: UploadSummary
-    notes: tuple[str, ...] = ()
-    offers_considered: int = 0
-    provider_errors: dict[str, str] = field(default_factory=dict)
-    created_at: float = field(default_factory=time.time)
 
     @property
     def chosen(self) -> CostEstimate:
@@ -98,6 +88,33 @@ class TrainPlan:
         """Seconds of billing the budget buys at the chosen offer's price (the watchdog's limit), or None."""
         return deadline_seconds(self.request.budget, self.chosen.offer.price_per_hour)
 
+    def offer_dict(self) -> dict[str, Any]:
+        """The choice in the plan's JSON: chosen, runner-up, the order of the candidates, deadline, image."""
+        return {
+            "chosen": estimate_to_dict(self.chosen),
+            "runner_up": estimate_to_dict(self.runner_up) if self.runner_up else None,
+            "candidates": [c.offer.key for c in self.candidates],
+            "hard_deadline_s": self.hard_deadline_s,
+            "image": image_for(self.chosen.offer.provider, self.request.image),
+        }
+
+
+@dataclass(frozen=True)
+class TrainPlan(OfferChoice):
+    request: TrainRequest
+    config: TrainConfig
+    base: BaseSpec
+    dataset: Path
+    #: the dataset check (facts, warnings, the scan the upload and the runner's folder follow)
+    report: DatasetReport
+    workload: Workload
+    candidates: tuple[CostEstimate, ...]
+    upload: UploadSummary
+    notes: tuple[str, ...] = ()
+    offers_considered: int = 0
+    provider_errors: dict[str, str] = field(default_factory=dict)
+    created_at: float = field(default_factory=time.time)
+
     def payload(self) -> TrainingPayload:
         request = self.request
         return TrainingPayload(self.config, self.report, self.dataset, request.repeats, request.trigger,
@@ -110,11 +127,7 @@ class TrainPlan:
             "base": dataclasses.asdict(self.base),
             "budget": self.request.budget,
             "workload": to_dict(self.workload),
-            "chosen": estimate_to_dict(self.chosen),
-            "runner_up": estimate_to_dict(self.runner_up) if self.runner_up else None,
-            "candidates": [c.offer.key for c in self.candidates],
-            "hard_deadline_s": self.hard_deadline_s,
-            "image": image_for(self.chosen.offer.provider, self.request.image),
+            **self.offer_dict(),
             "upload": dataclasses.asdict(self.upload),
             "config": self.config.model_dump(mode="json"),
             "dataset_warnings": [i for i in self.report.to_dict()["issues"] if i.get("severity") == "warning"],

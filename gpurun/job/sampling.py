@@ -22,17 +22,16 @@ from gpurun.job.context import RunContext
 from gpurun.job.offers import offers
 from gpurun.job.plan import (
     MAX_ATTEMPTS,
+    OfferChoice,
     TrainRequest,
     UploadSummary,
     affordable_or_raise,
     check_base,
-    deadline_seconds,
     validate_request,
 )
 from gpurun.lorafile import SafetensorsError, guess_family, read_header
 from gpurun.models import CostEstimate, GpuRequest, Workload, to_dict
-from gpurun.pricing.serial import estimate_to_dict
-from gpurun.provision.registry import image_for, min_cuda_for
+from gpurun.provision.registry import min_cuda_for
 from gpurun.report.rundata import read_run
 from gpurun.samplejob import SampleJob
 from gpurun.trainconfig import TrainConfig
@@ -83,7 +82,7 @@ NATIVE_SIZE = {"sd15": 512, "sd2": 768, "sdxl": 1024}
 
 
 @dataclass(frozen=True)
-class SamplePlan:
+class SamplePlan(OfferChoice):
     sample: SampleRequest
     request: TrainRequest
     base: BaseSpec
@@ -96,18 +95,6 @@ class SamplePlan:
     offers_considered: int = 0
     provider_errors: dict[str, str] = field(default_factory=dict)
     created_at: float = field(default_factory=time.time)
-
-    @property
-    def chosen(self) -> CostEstimate:
-        return self.candidates[0]
-
-    @property
-    def runner_up(self) -> CostEstimate | None:
-        return self.candidates[1] if len(self.candidates) > 1 else None
-
-    @property
-    def hard_deadline_s(self) -> float | None:
-        return deadline_seconds(self.request.budget, self.chosen.offer.price_per_hour)
 
     def payload(self) -> SamplingPayload:
         return SamplingPayload(self.job, self.loras, self.upload)
@@ -122,11 +109,7 @@ class SamplePlan:
             "workload": to_dict(self.workload),
             "job": self.job.model_dump(mode="json"),
             "images": self.job.cells,
-            "chosen": estimate_to_dict(self.chosen),
-            "runner_up": estimate_to_dict(self.runner_up) if self.runner_up else None,
-            "candidates": [c.offer.key for c in self.candidates],
-            "hard_deadline_s": self.hard_deadline_s,
-            "image": image_for(self.chosen.offer.provider, self.request.image),
+            **self.offer_dict(),
             "upload": dataclasses.asdict(self.upload),
             "notes": list(self.notes),
             "offers_considered": self.offers_considered,

@@ -23,13 +23,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
-from gpurun.job import control, run, teardown
+from gpurun.errors import JournalError
+from gpurun.job import control, run, sampling, teardown
 from gpurun.job.context import RunContext
 from gpurun.job.offers import OffersResult, ProviderFailure, offers
 from gpurun.job.options import JobOptions
 from gpurun.job.plan import TrainPlan, TrainRequest, measured_calibration, plan_train
 from gpurun.job.receipt import Receipt
+from gpurun.job.sampling import SamplePlan, SampleRequest
 from gpurun.job.teardown import Stray, Target
 from gpurun.job.view import Money, SilentView, View
 from gpurun.job.workload import WorkloadSource, build_workload
@@ -37,6 +40,7 @@ from gpurun.journal import Journal, RunRecord
 from gpurun.provision import status
 from gpurun.provision.http import mask_secret
 from gpurun.provision.registry import PROVIDER_NAMES, min_cuda_for
+from gpurun.report import write_report
 
 __all__ = [
     "PROVIDER_NAMES",
@@ -46,6 +50,8 @@ __all__ = [
     "Receipt",
     "RunContext",
     "RunsListing",
+    "SamplePlan",
+    "SampleRequest",
     "Stray",
     "Target",
     "TrainPlan",
@@ -64,11 +70,14 @@ __all__ = [
     "min_cuda_for",
     "offers",
     "plan",
+    "plan_sample",
     "provider_key_env",
     "providers_overview",
+    "report",
     "run_record",
     "runner_stderr",
     "runs",
+    "sample",
     "save_api_key",
     "train",
     "usable_providers",
@@ -82,6 +91,22 @@ async def plan(request: TrainRequest) -> TrainPlan:
     """Check the dataset, ask the providers and rank their offers under the budget, with this machine's measured
     speeds (the journal's calibration): what `gpurun train --dry-run` shows. Rents nothing."""
     return await plan_train(request, calibration=measured_calibration())
+
+
+async def plan_sample(request: SampleRequest) -> SamplePlan:
+    """Plan `gpurun sample`: check the LoRA files and the base, price the grids on every offer, pick one."""
+    return await sampling.plan_sample(request)
+
+
+async def sample(the_plan: SamplePlan, *, view: View | None = None, on_start: OnStart | None = None) -> Receipt:
+    """Render the planned grids: rent, set up, upload the files, sample, fetch the grids, destroy; the run folder
+    gets the grids, a report.html showing them, and the receipt."""
+    view = view or SilentView()
+    with Journal.open() as journal:
+        try:
+            return await run.run(the_plan, view, journal, JobOptions.from_env(), on_start)
+        finally:
+            view.close()
 
 
 async def train(
@@ -146,6 +171,21 @@ def run_record(run_id: str) -> RunRecord:
     """One run from the journal, by id or unique prefix."""
     with Journal.open() as journal:
         return journal.get(run_id)
+
+
+def report(run: str | Path) -> Path:
+    """Write (or refresh, during a run) the run's report.html and return its path. `run` is a run id (or unique
+    prefix) from the journal, or a run folder."""
+    folder = Path(run).expanduser()
+    if not folder.is_dir():
+        output_dir = run_record(str(run)).output_dir
+        if not output_dir:
+            raise JournalError("the run has no output folder yet", where=str(run))
+        folder = Path(output_dir)
+    if not folder.is_dir():
+        raise JournalError("the run's output folder is gone", where=str(folder),
+                           hint="was it moved? pass the folder itself: gpurun report PATH")  # fmt: skip
+    return write_report(folder)
 
 
 async def find_strays() -> tuple[list[Stray], dict[str, str]]:

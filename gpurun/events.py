@@ -72,6 +72,10 @@ class Step(Event):
     lr: float = 0.0
     samples_per_s: float = 0.0
     eta_s: float = 0.0
+    #: peak memory so far in GB: the GPU's allocated memory on CUDA, the process's resident memory on a CPU
+    #: (0 = not measured); `memory_kind` says which
+    memory_gb: float = 0.0
+    memory_kind: str = ""
 
 
 @dataclass

@@ -192,6 +192,9 @@ class Workload:
     cache_latents: bool = True
     #: the built-in tiny demo model (`--base tiny-sd`): trains on a CPU in seconds, downloads nothing
     tiny: bool = False
+    #: images the sample grids render, and the sampler's steps (None = the cost model's defaults)
+    sample_images: int | None = None
+    sample_steps: int | None = None
 
     @property
     def samples(self) -> int:

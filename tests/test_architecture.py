@@ -24,7 +24,7 @@ LAYERS: list[tuple[str, ...]] = [
      "gpurun.buckets", "gpurun.retry"),
     ("gpurun.settings", "gpurun.trainconfig", "gpurun.pricing", "gpurun.dataset", "gpurun"),
     ("gpurun.journal", "gpurun.provision", "gpurun.remote", "gpurun.runner"),
-    ("gpurun.job",),
+    ("gpurun.job", "gpurun.report"),
     ("gpurun.api",),
     ("gpurun.cli", "gpurun.__main__"),
 ]  # fmt: skip

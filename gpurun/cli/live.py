@@ -56,9 +56,10 @@ class PlainView:
             hint = getattr(event, "hint", "")
             self._print(f"  {kind}: {getattr(event, 'message', '')}" + (f" — {hint}" if hint else ""))
         elif kind == "start":
+            steps = getattr(event, "total_steps", 0)
+            what = f"{_doing(event)} on {getattr(event, 'device', '?')} ({getattr(event, 'dtype', '?')})"
             self._print(
-                f"  training on {getattr(event, 'device', '?')} ({getattr(event, 'dtype', '?')}), "
-                f"{getattr(event, 'total_steps', 0)} steps; {getattr(event, 'detected', '')}".rstrip("; ")
+                f"  {what}" + (f", {steps} steps" if steps else "") + f"; {getattr(event, 'detected', '')}".rstrip("; ")
             )
         elif kind == "done":
             self._print(f"  done: {getattr(event, 'steps', 0)} steps in {human_seconds(getattr(event, 'seconds', 0))}")
@@ -164,7 +165,7 @@ class RichView:
             self._progress.update(self._task, total=getattr(event, "total_steps", 0) or None, completed=0)
             self._progress.console.print(
                 safe(
-                    f"training on {getattr(event, 'device', '?')} ({getattr(event, 'dtype', '?')}): "
+                    f"{_doing(event)} on {getattr(event, 'device', '?')} ({getattr(event, 'dtype', '?')}): "
                     f"{getattr(event, 'detected', '')}"
                 ),
                 highlight=False,
@@ -187,3 +188,8 @@ def make_view(*, as_json: bool, stream_is_tty: bool | None = None) -> View:
         return JsonView()
     tty = sys.stderr.isatty() if stream_is_tty is None else stream_is_tty
     return RichView() if tty else PlainView()
+
+
+def _doing(start: Event) -> str:
+    """What the machine does: a start without steps is a sampling job (`gpurun sample`)."""
+    return "training" if getattr(start, "total_steps", 0) else "sampling"

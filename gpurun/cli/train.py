@@ -70,6 +70,7 @@ def train(
     as_json: bool = options.json_option("Stream events and the receipt as JSON lines."),
 ) -> None:
     from gpurun.api import TrainRequest
+    from gpurun.cli.renting import confirm_rent, print_receipt, render_plan, run_plan
 
     request = TrainRequest(
         dataset=dataset, config=config, base=base, budget=budget, providers=tuple(provider), gpus=tuple(gpu),
@@ -85,24 +86,9 @@ def train(
         return
     if not as_json:
         out.print(render_plan(plan))
-    if plan.chosen.offer.price_per_hour > 0 and not yes:
-        if not _interactive():
-            from gpurun.errors import ConfigError
-
-            raise ConfigError(
-                "renting needs confirmation",
-                where="--yes",
-                hint="pass --yes to rent without asking (the plan is above)",
-            )
-        if not typer.confirm(f"Rent {plan.chosen.offer.key} and train (expected ${plan.chosen.expected_dollars:.2f})?"):
-            raise typer.Exit(1)
-    receipt = _run(plan, as_json=as_json, detach=detach)
-    if as_json:
-        print_json({"type": "receipt", **receipt.to_dict()})
-    else:
-        from gpurun.cli.render import render_receipt
-
-        out.print(render_receipt(receipt))
+    confirm_rent(plan, yes, what="train")
+    receipt = run_plan(plan, as_json=as_json, detach=detach)
+    print_receipt(receipt, as_json=as_json)
 
 
 async def _plan(request: Any, as_json: bool) -> Any:
@@ -112,79 +98,6 @@ async def _plan(request: Any, as_json: bool) -> Any:
         return await plan(request)
     with err.status("checking the dataset and asking providers for offers…"):
         return await plan(request)
-
-
-def _interactive() -> bool:
-    import sys
-
-    return sys.stdin.isatty()
-
-
-def _run(plan: Any, *, as_json: bool, detach: bool) -> Any:
-    from gpurun.api import train as run_plan
-    from gpurun.cli.live import make_view
-    from gpurun.cli.signals import install_ctrl_c
-
-    async def main() -> Any:
-        task = asyncio.current_task()
-        view = make_view(as_json=as_json)
-        return await run_plan(plan, view=view, detach=detach, on_start=lambda ctx: install_ctrl_c(ctx, task, view))
-
-    return asyncio.run(main())
-
-
-def render_plan(plan: Any) -> Any:
-    """The dry-run view: chosen offer and runner-up, per-phase time and $, the deadline, the upload."""
-    from rich.console import Group
-    from rich.table import Table
-    from rich.text import Text
-
-    from gpurun.cli.render import human_bytes, human_seconds, printable, safe
-
-    chosen, runner_up = plan.chosen, plan.runner_up
-    table = Table(title="plan", title_justify="left")
-    table.add_column("phase")
-    columns = [("chosen", chosen)] + ([("runner-up", runner_up)] if runner_up else [])
-    for name, estimate in columns:
-        table.add_column(
-            f"{name}: {safe(estimate.offer.key)}\n{safe(estimate.offer.gpu.name)} ×{estimate.offer.gpu.count} "
-            f"${estimate.offer.price_per_hour:.3f}/h",
-            justify="right",
-        )
-    names = [p.name for p in chosen.phases]
-    for phase in names:
-        cells = []
-        for _, estimate in columns:
-            match = next((p for p in estimate.phases if p.name == phase), None)
-            cells.append("—" if match is None else f"{human_seconds(match.seconds)}  ${match.dollars:.4f}")
-        table.add_row(phase, *cells)
-    table.add_row("total", *[f"{human_seconds(e.seconds)}  ${e.dollars:.4f}" for _, e in columns])
-    table.add_row("expected (÷ reliability)", *[f"${e.expected_dollars:.4f}" for _, e in columns])
-    deadline = plan.hard_deadline_s
-    budget = plan.request.budget
-    lines = [
-        f"dataset {plan.dataset}: {plan.workload.images} images × {plan.workload.repeats} repeats × "
-        f"{plan.workload.epochs} epochs, {plan.workload.family} at {plan.workload.resolution} px, "
-        f"batch {chosen.batch_size}",
-        f"base model: {plan.base.ref} ({plan.base.kind}"
-        + (f", {human_bytes(plan.base.bytes)}" if plan.base.bytes else "")
-        + (", gated: your HF_TOKEN goes to the machine" if plan.base.gated else "")
-        + ")",
-        f"image: {plan.to_dict()['image'] or 'none (this machine / your own host)'}",
-        f"upload: {plan.upload.files} files, {human_bytes(plan.upload.bytes)} "
-        + "("
-        + ", ".join(f"{k} {human_bytes(v)}" for k, v in plan.upload.parts.items())
-        + ")",
-        "hard deadline: none (free machine)"
-        if deadline is None
-        else f"hard deadline: {human_seconds(deadline)} after the machine starts (the ${budget:.2f} budget at "
-        f"${chosen.offer.price_per_hour:.3f}/h); the watchdog on the machine enforces it",
-        "teardown: destroyed after the LoRA is fetched and verified, or on any failure; never stopped",
-    ]
-    lines += [f"note: {note}" for note in plan.notes]
-    lines += [f"provider {name} failed: {message}" for name, message in plan.provider_errors.items()]
-    # plain text, never markup: notes and errors quote vendors, file names and the user's own words
-    return Group(table, *(Text(printable(line)) for line in lines))
 
 
 def register(app: typer.Typer) -> None:

@@ -11,8 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gpurun.errors import DeadlineError
+from gpurun.events import Step
 from gpurun.job.machine import BoxLayout
 from gpurun.job.options import JobOptions
+from gpurun.job.projection import projected_dollars
 from gpurun.job.receipt import Receipt
 from gpurun.job.record import RunRecord
 from gpurun.job.view import Money, View
@@ -44,6 +46,10 @@ class RunContext:
     cancel_request: asyncio.Event = field(default_factory=asyncio.Event)
     lease_task: asyncio.Task[None] | None = None
     fetches: list[asyncio.Task[None]] = field(default_factory=list)
+    #: the phase being run and since when (monotonic), and the runner's latest step: the projection's inputs
+    current_phase: RunPhase | None = None
+    phase_started: float = 0.0
+    last_step: Step | None = None
 
     @property
     def run_id(self) -> str:
@@ -62,10 +68,20 @@ class RunContext:
         self.view.phase(phase, detail)
 
     def money(self) -> Money:
+        """Spent so far, and the projected total at the pace measured now (`gpurun.job.projection`)."""
+        record = self.record
+        # billed from create; before that, the quoted price is what the projection will be billed at
+        price = record.price_per_hour or record.estimate.offer.price_per_hour
         spent = 0.0
-        if self.record.created_at is not None:
-            spent = (time.time() - self.record.created_at) / 3600.0 * self.record.price_per_hour
-        return Money(spent=spent, projected=max(spent, self.record.estimate.dollars), budget=self.record.budget)
+        if record.created_at is not None:
+            spent = (time.time() - record.created_at) / 3600.0 * record.price_per_hour
+        done = {name for name in record.timings if self.current_phase is None or name != self.current_phase.name}
+        projected = projected_dollars(
+            record.estimate, spent=spent, price_per_hour=price, done=done, current=self.current_phase,
+            current_elapsed_s=time.monotonic() - self.phase_started if self.current_phase else 0.0,
+            last_step=self.last_step,
+        )  # fmt: skip
+        return Money(spent=spent, projected=projected, budget=record.budget)
 
     @asynccontextmanager
     async def phase(self, phase: RunPhase, detail: str = "") -> AsyncIterator[None]:
@@ -84,6 +100,7 @@ class RunContext:
                 task.cancel()
 
         timer = asyncio.get_running_loop().call_later(limit, expire) if limit else None
+        self.current_phase, self.phase_started = phase, started
         try:
             yield
         except asyncio.CancelledError:
@@ -100,3 +117,4 @@ class RunContext:
             if timer is not None:
                 timer.cancel()
             self.record.add_time(phase.name, time.monotonic() - started)
+            self.current_phase = None

@@ -10,6 +10,7 @@ from gpurun.errors import GpurunError
 from gpurun.job.context import RunContext
 from gpurun.job.receipt import build_receipt
 from gpurun.job.teardown import keep_for_debugging, teardown
+from gpurun.report import write_report
 
 
 async def finish(ctx: RunContext, outcome: str, error: GpurunError | None) -> None:
@@ -48,6 +49,8 @@ async def finish(ctx: RunContext, outcome: str, error: GpurunError | None) -> No
     ctx.out_dir.mkdir(parents=True, exist_ok=True)
     ctx.receipt.write(ctx.out_dir / "receipt.json")
     if outcome != "detached":
+        _write_report(ctx)
+    if outcome != "detached":
         ctx.journal.record_cost(ctx.run_id, "total", billed, ctx.receipt.actual_total_usd)
     ctx.save()
     if outcome == "done":
@@ -60,3 +63,14 @@ async def finish(ctx: RunContext, outcome: str, error: GpurunError | None) -> No
     if ctx.provider is not None:
         with contextlib.suppress(Exception):
             await ctx.provider.aclose()
+
+
+def _write_report(ctx: RunContext) -> None:
+    """report.html next to the files. A report that cannot be written is a warning: the run itself is over and
+    its files are safe, and `gpurun report RUN` can try again."""
+    try:
+        path = write_report(ctx.out_dir)
+    except Exception as exc:  # the report must never turn a finished run into a failed one
+        ctx.view.message(f"WARNING: the run report could not be written ({type(exc).__name__}: {exc})")
+        return
+    ctx.view.message(f"report: {path}")

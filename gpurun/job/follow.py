@@ -127,6 +127,7 @@ def on_event(ctx: RunContext, event: Event) -> None:
     ctx.view.event(event)
     record = ctx.record
     if isinstance(event, Step):
+        ctx.last_step = event
         ctx.view.money(ctx.money())
     elif isinstance(event, Start):
         facts = record.training

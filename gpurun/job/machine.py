@@ -178,15 +178,28 @@ async def launch_runner(
     resume: bool = False,
     env: dict[str, str] | None = None,
 ) -> int:
-    """Write job.toml and start `python -m gpurun.runner` detached through the box helper, as the watchdog
-    expects: the runner leads its own session and process group (so the whole group may be killed), its pid is
+    """Write job.toml and start the trainer (`python -m gpurun.runner`) detached; see `launch_module`."""
+    return await launch_module(transport, layout, "gpurun.runner", JOB_TOML, config.to_toml(),
+                               extra_args=("--resume",) if resume else (), env=env)  # fmt: skip
+
+
+async def launch_module(
+    transport: Transport,
+    layout: BoxLayout,
+    module: str,
+    job_name: str,
+    job_text: str,
+    *,
+    extra_args: tuple[str, ...] = (),
+    env: dict[str, str] | None = None,
+) -> int:
+    """Write the job file and start `python -m MODULE --config JOB` detached through the box helper, as the
+    watchdog expects: it leads its own session and process group (so the whole group may be killed), its pid is
     in runner.pid, its exit code lands in runner.exit. stdout is the event stream; SIGTERM to the pid means
     "checkpoint and exit" (the runner's job). Returns the pid, once written: a follower started at once must not
     take the runner for dead."""
-    await transport.put_text(layout.path(JOB_TOML), config.to_toml())
-    argv = [layout.python, "-m", "gpurun.runner", "--config", JOB_TOML]
-    if resume:
-        argv.append("--resume")
+    await transport.put_text(layout.path(job_name), job_text)
+    argv = [layout.python, "-m", module, "--config", job_name, *extra_args]
     # the bundle first (this exact gpurun), then the locked stack; the image's own site-packages come after
     pythonpath = ":".join(part for part in (bundle_dir(layout), layout.pythonpath) if part)
     run_env = {"PYTHONPATH": pythonpath, "PYTHONUNBUFFERED": "1", "PYTHONNOUSERSITE": "1", **(env or {})}

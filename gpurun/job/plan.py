@@ -18,6 +18,7 @@ from gpurun.job.basecheck import BaseChecker
 from gpurun.job.bases import BaseSpec, resolve_base
 from gpurun.job.bundle import bundle_plan
 from gpurun.job.offers import check_budget, offers
+from gpurun.job.payload import TrainingPayload
 from gpurun.job.workload import build_workload
 from gpurun.journal import Journal
 from gpurun.models import CostEstimate, GpuRequest, Workload, to_dict
@@ -67,22 +68,12 @@ class UploadSummary:
     parts: dict[str, int] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
-class TrainPlan:
+class OfferChoice:
+    """What every plan that rents has: the offers to try, best first, under the request's budget."""
+
     request: TrainRequest
-    config: TrainConfig
-    base: BaseSpec
-    dataset: Path
-    #: the dataset check (facts, warnings, the scan the upload and the runner's folder follow)
-    report: DatasetReport
-    workload: Workload
     #: offers to try, best first (the chosen one first); all within budget
     candidates: tuple[CostEstimate, ...]
-    upload: UploadSummary
-    notes: tuple[str, ...] = ()
-    offers_considered: int = 0
-    provider_errors: dict[str, str] = field(default_factory=dict)
-    created_at: float = field(default_factory=time.time)
 
     @property
     def chosen(self) -> CostEstimate:
@@ -97,6 +88,38 @@ class TrainPlan:
         """Seconds of billing the budget buys at the chosen offer's price (the watchdog's limit), or None."""
         return deadline_seconds(self.request.budget, self.chosen.offer.price_per_hour)
 
+    def offer_dict(self) -> dict[str, Any]:
+        """The choice in the plan's JSON: chosen, runner-up, the order of the candidates, deadline, image."""
+        return {
+            "chosen": estimate_to_dict(self.chosen),
+            "runner_up": estimate_to_dict(self.runner_up) if self.runner_up else None,
+            "candidates": [c.offer.key for c in self.candidates],
+            "hard_deadline_s": self.hard_deadline_s,
+            "image": image_for(self.chosen.offer.provider, self.request.image),
+        }
+
+
+@dataclass(frozen=True)
+class TrainPlan(OfferChoice):
+    request: TrainRequest
+    config: TrainConfig
+    base: BaseSpec
+    dataset: Path
+    #: the dataset check (facts, warnings, the scan the upload and the runner's folder follow)
+    report: DatasetReport
+    workload: Workload
+    candidates: tuple[CostEstimate, ...]
+    upload: UploadSummary
+    notes: tuple[str, ...] = ()
+    offers_considered: int = 0
+    provider_errors: dict[str, str] = field(default_factory=dict)
+    created_at: float = field(default_factory=time.time)
+
+    def payload(self) -> TrainingPayload:
+        request = self.request
+        return TrainingPayload(self.config, self.report, self.dataset, request.repeats, request.trigger,
+                               self.upload.files, self.upload.bytes)  # fmt: skip
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "version": 1,
@@ -104,11 +127,7 @@ class TrainPlan:
             "base": dataclasses.asdict(self.base),
             "budget": self.request.budget,
             "workload": to_dict(self.workload),
-            "chosen": estimate_to_dict(self.chosen),
-            "runner_up": estimate_to_dict(self.runner_up) if self.runner_up else None,
-            "candidates": [c.offer.key for c in self.candidates],
-            "hard_deadline_s": self.hard_deadline_s,
-            "image": image_for(self.chosen.offer.provider, self.request.image),
+            **self.offer_dict(),
             "upload": dataclasses.asdict(self.upload),
             "config": self.config.model_dump(mode="json"),
             "dataset_warnings": [i for i in self.report.to_dict()["issues"] if i.get("severity") == "warning"],
@@ -288,9 +307,7 @@ async def plan_train(request: TrainRequest, *, calibration: Calibration | None =
             )
     if not pool and refused:
         raise next(iter(refused.values()))  # only providers that cannot run this image had offers: say why
-    affordable = [e for e in pool if _affordable(e, request.budget)]
-    if not affordable:
-        raise _budget_error(pool, request)
+    affordable = affordable_or_raise(pool, request)
     return TrainPlan(
         request=request, config=config, base=base, dataset=dataset, report=report, workload=workload,
         candidates=tuple(affordable[: max(1, request.max_attempts)]), upload=summarise_upload(dataset, base),
@@ -315,6 +332,14 @@ def _usable_with_image(
             continue
         kept.append(estimate)
     return kept, refused
+
+
+def affordable_or_raise(pool: list[CostEstimate], request: TrainRequest) -> list[CostEstimate]:
+    """The offers of `pool` the budget allows (a billing one needs an explicit budget); BudgetError if none."""
+    affordable = [e for e in pool if _affordable(e, request.budget)]
+    if not affordable:
+        raise _budget_error(pool, request)
+    return affordable
 
 
 def _affordable(estimate: CostEstimate, budget: float | None) -> bool:

@@ -29,10 +29,12 @@ from gpurun.job.finish import finish
 from gpurun.job.follow import follow, start_leases
 from gpurun.job.offers import disk_needed_gb
 from gpurun.job.options import Detached, JobOptions
+from gpurun.job.payload import Payload
 from gpurun.job.plan import TrainPlan, deadline_seconds
 from gpurun.job.receipt import Receipt
 from gpurun.job.record import RunRecord
 from gpurun.job.rent import RentPolicy, rent
+from gpurun.job.sampling import SamplePlan
 from gpurun.job.view import View
 from gpurun.journal import Journal
 from gpurun.models import CostEstimate, LaunchSpec
@@ -46,8 +48,11 @@ from gpurun.remote.local_transport import LocalTransport
 from gpurun.remote.session import connect
 from gpurun.remote.transport import Transport
 
+#: what `run` executes: a training run, or a sampling job on the same kind of rented machine
+RunnablePlan = TrainPlan | SamplePlan
 
-def new_context(plan: TrainPlan, view: View, journal: Journal, options: JobOptions) -> RunContext:
+
+def new_context(plan: RunnablePlan, view: View, journal: Journal, options: JobOptions) -> RunContext:
     """A fresh run's context: a new run id, its record as planned."""
     run_id = journal.new_run_id()
     request = plan.request
@@ -60,7 +65,7 @@ def new_context(plan: TrainPlan, view: View, journal: Journal, options: JobOptio
 
 
 async def run(
-    plan: TrainPlan,
+    plan: RunnablePlan,
     view: View,
     journal: Journal,
     options: JobOptions,
@@ -72,7 +77,8 @@ async def run(
     if on_start is not None:
         on_start(ctx)
     ctx.out_dir.mkdir(parents=True, exist_ok=True)
-    (ctx.out_dir / "config.toml").write_text(plan.config.to_toml(), encoding="utf-8")
+    payload = plan.payload()
+    payload.prepare(ctx.out_dir)
     keys = ensure_run_keys(ctx.run_id)
     ctx.record.identity_file = str(keys.private_key)
     chosen = plan.chosen.offer
@@ -80,7 +86,7 @@ async def run(
     journal.record_intent(
         ctx.run_id, provider=chosen.provider, offer_id=chosen.offer_id, gpu=chosen.gpu.name,
         quoted_price=chosen.price_per_hour, budget=plan.request.budget, workload=described["workload"],
-        estimate=described["chosen"], output_dir=ctx.out_dir, config_toml=plan.config.to_toml(),
+        estimate=described["chosen"], output_dir=ctx.out_dir, config_toml=payload.config_text(),
         label=run_label(ctx.run_id),
     )  # fmt: skip
     ctx.save()
@@ -89,7 +95,7 @@ async def run(
     outcome, error = "failed", None
     try:
         await _boot(ctx, plan, providers, keys)
-        await _on_machine(ctx, plan, keys)
+        await _on_machine(ctx, plan, payload, keys)
         outcome = "cancelled" if ctx.stopped_for == "cancel" else "done"
     except Detached:
         outcome = "detached"
@@ -111,7 +117,7 @@ async def run(
     return ctx.receipt
 
 
-async def _boot(ctx: RunContext, plan: TrainPlan, providers: dict[str, Provider], keys: RunKeys) -> None:
+async def _boot(ctx: RunContext, plan: RunnablePlan, providers: dict[str, Provider], keys: RunKeys) -> None:
     """Rent the first candidate that comes up; the record learns what was rented."""
     base_spec = LaunchSpec(
         image="", disk_gb=disk_needed_gb(plan.workload), label=run_label(ctx.run_id),
@@ -131,7 +137,7 @@ async def _boot(ctx: RunContext, plan: TrainPlan, providers: dict[str, Provider]
     ctx.save()
 
 
-async def _on_machine(ctx: RunContext, plan: TrainPlan, keys: RunKeys) -> None:
+async def _on_machine(ctx: RunContext, plan: RunnablePlan, payload: Payload, keys: RunKeys) -> None:
     """Everything between "the machine is up" and "the outputs are here"."""
     assert ctx.instance is not None
     async with ctx.phase(SETUP, "connecting"):
@@ -145,15 +151,11 @@ async def _on_machine(ctx: RunContext, plan: TrainPlan, keys: RunKeys) -> None:
         await machine.ship_bundle(ctx.transport, ctx.layout)
         model_path = await _bootstrap(ctx, plan)
 
-    upload = plan.upload
-    async with ctx.phase(UPLOAD, f"{upload.files} files, {upload.bytes / 1e6:.1f} MB"):
-        request = plan.request
-        target = machine.dataset_target(ctx.layout, plan.dataset, plan.report.scan.layout, request.repeats,
-                                        request.trigger)  # fmt: skip
-        await machine.ship_dataset(ctx.transport, plan.dataset, target)
+    async with ctx.phase(UPLOAD, payload.upload_detail()):
+        await payload.ship(ctx)
 
     async with ctx.phase(TRAINING, "runner launched"):
-        await machine.launch_runner(ctx.transport, ctx.layout, machine.job_config(plan.config, model_path))
+        await payload.launch(ctx, model_path)
         ctx.launched = True
         ctx.view.message(
             f"Ctrl-C once detaches (training goes on; `gpurun attach {ctx.run_id}` resumes); "
@@ -184,7 +186,7 @@ async def _connect(ctx: RunContext, keys: RunKeys) -> Transport:
 
 
 def launch_spec(
-    ctx: RunContext, plan: TrainPlan, spec: LaunchSpec, choice: CostEstimate, provider: Provider
+    ctx: RunContext, plan: RunnablePlan, spec: LaunchSpec, choice: CostEstimate, provider: Provider
 ) -> LaunchSpec:
     """The launch spec for one candidate: its image (and the CUDA that needs), its price cap or bid, and where
     the provider can run a boot script, the watchdog armed at container start with this offer's deadline."""
@@ -254,7 +256,7 @@ def _bootstrap_progress(ctx: RunContext, line: BootstrapLine) -> None:
         ctx.view.phase(SETUP.name, f"{line.phase}: {line.status}")
 
 
-async def _bootstrap(ctx: RunContext, plan: TrainPlan) -> str:
+async def _bootstrap(ctx: RunContext, plan: RunnablePlan) -> str:
     """The locked stack, the smoke check and the base model on the machine; returns the model's path there."""
     assert ctx.transport is not None and ctx.layout is not None
     base = plan.base

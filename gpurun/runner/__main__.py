@@ -7,14 +7,12 @@ Exit codes: 0 done; 1 the run failed (an error event says why and what to change
 from __future__ import annotations
 
 import argparse
-import logging
-import os
 import sys
 import traceback
-import warnings
 
 from gpurun import events
 from gpurun.errors import GpurunError
+from gpurun.runner.quiet import quiet_libraries
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -33,22 +31,9 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _quiet_libraries() -> None:
-    # Library chatter goes to stderr, never into the event stream on stdout.
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    # transformers/diffusers log through their own handlers; their notices would crowd the stderr tail that
-    # the client shows when the runner fails
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
-    logging.basicConfig(stream=sys.stderr, level=logging.WARNING)
-    warnings.simplefilter("default")
-    for name in ("diffusers", "transformers", "peft", "bitsandbytes"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    _quiet_libraries()
+    quiet_libraries()
     try:
         # imported inside the try: a training stack that fails to import still ends as an error event on stdout
         # (the client reads nothing else), and a bad invocation is refused before the slow imports

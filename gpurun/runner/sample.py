@@ -131,6 +131,38 @@ def render_cells(
     return cells
 
 
+def compose_labelled(
+    cells: dict[tuple[int, int], Image.Image],
+    *,
+    rows: Sequence[str],
+    columns: Sequence[str],
+    cell: tuple[int, int],
+) -> Image.Image:
+    """One labelled image from {(row, column): image}: a text label left of each row (wrapped, newlines kept), a
+    header over each column."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    grid = Image.new("RGB", grid_geometry(len(rows), len(columns), cell), BACKGROUND)
+    draw = ImageDraw.Draw(grid)
+    font = ImageFont.load_default()
+    for col, header in enumerate(columns):
+        x, _ = cell_origin(0, col, cell)
+        draw.text((x + 2, 6), header, fill=INK, font=font)
+    for row, label in enumerate(rows):
+        _, y = cell_origin(row, 0, cell)
+        draw.multiline_text((6, y + 2), _label_lines(label, cell[1]), fill=INK, font=font, spacing=2)
+        for col in range(len(columns)):
+            grid.paste(cells[(row, col)], cell_origin(row, col, cell))
+    return grid
+
+
+def _label_lines(label: str, height: int) -> str:
+    """A row label fitted to the cell's height: the first parts wrapped and cut, the last line (the seed) kept."""
+    *head, last = label.split("\n")
+    wrapped = [piece for part in head for piece in (textwrap.wrap(part, width=34) or [""])]
+    return "\n".join([*wrapped[: max(1, height // 14 - 1)], last])
+
+
 def compose_grid(
     cells: dict[tuple[int, int, int], Image.Image],
     *,
@@ -140,23 +172,9 @@ def compose_grid(
     cell: tuple[int, int],
 ) -> Image.Image:
     """One labelled image: a row per (prompt, seed), a column per LoRA weight."""
-    from PIL import Image, ImageDraw, ImageFont
-
-    grid = Image.new("RGB", grid_geometry(len(prompts) * len(seeds), len(weights), cell), BACKGROUND)
-    draw = ImageDraw.Draw(grid)
-    font = ImageFont.load_default()
-    for wi, weight in enumerate(weights):
-        x, _ = cell_origin(0, wi, cell)
-        draw.text((x + 2, 6), f"LoRA {weight:g}", fill=INK, font=font)
-    for pi, prompt in enumerate(prompts):
-        for si, seed in enumerate(seeds):
-            row = pi * len(seeds) + si
-            _, y = cell_origin(row, 0, cell)
-            lines = [*textwrap.wrap(prompt, width=34)[: max(1, cell[1] // 14 - 1)], f"seed {seed}"]
-            draw.multiline_text((6, y + 2), "\n".join(lines), fill=INK, font=font, spacing=2)
-            for wi in range(len(weights)):
-                grid.paste(cells[(pi, si, wi)], cell_origin(row, wi, cell))
-    return grid
+    by_row = {(pi * len(seeds) + si, wi): image for (pi, si, wi), image in cells.items()}
+    rows = [f"{prompt}\nseed {seed}" for prompt in prompts for seed in seeds]
+    return compose_labelled(by_row, rows=rows, columns=[f"LoRA {w:g}" for w in weights], cell=cell)
 
 
 def render_grid(

@@ -22,6 +22,7 @@ from gpurun.runner.data import TrainData, cache_conditioning, cache_latents, can
 from gpurun.runner.export import build_metadata, file_sha256, save_lora
 from gpurun.runner.lora import LoraParams, add_lora, load_lora_state, lora_state
 from gpurun.runner.loss import StepContext, batch_loss
+from gpurun.runner.memory import peak_memory_gb
 from gpurun.runner.model.load import load_base_model
 from gpurun.runner.optim import Schedule, make_optimizer, schedule_for
 from gpurun.runner.precision import Precision, choose_precision, gpu_name
@@ -273,6 +274,7 @@ class _Loop:
         self.last_event = now
         per_step = sum(self.step_seconds) / len(self.step_seconds)
         samples = p.batch_size * self.config.gradient_accumulation_steps
+        memory_gb, memory_kind = peak_memory_gb(self.ctx.model.device)
         self.emit(
             events.Step(
                 epoch=p.epoch,
@@ -284,6 +286,8 @@ class _Loop:
                 lr=float(self.optimizer.param_groups[0]["lr"]),
                 samples_per_s=samples / per_step if per_step > 0 else 0.0,
                 eta_s=per_step * (p.total_steps - p.step),
+                memory_gb=round(memory_gb, 3),
+                memory_kind=memory_kind,
             )
         )
 

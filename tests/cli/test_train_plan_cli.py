@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.env import REPO_ROOT
+from tests.support.imaging import make_image
 
 EXAMPLE = REPO_ROOT / "examples" / "dataset"
 
@@ -124,3 +125,16 @@ def test_runpod_is_left_out_for_an_image_that_starts_no_sshd(gpurun_cli, fake_va
     assert plan["chosen"]["provider"] == "vast" and plan["image"] == image
     assert all(not key.startswith("runpod:") for key in plan["candidates"])
     assert any(n.startswith("runpod offers left out: RunPod starts sshd only in its own images") for n in plan["notes"])
+
+
+def test_the_human_dry_run_prints_the_dataset_warnings(gpurun_cli, dataset: Path) -> None:
+    make_image(dataset / "10_gpurunbot" / "tiny.png", (64, 64), seed=9)  # small, and without a caption
+    json_plan = gpurun_cli("train", str(dataset), "--provider", "local", "--base", "tiny-sd", "--dry-run", "--json")
+    expected = json.loads(json_plan.stdout)["dataset_warnings"]
+    assert expected, json_plan.stdout
+    result = gpurun_cli("train", str(dataset), "--provider", "local", "--base", "tiny-sd", "--dry-run")
+    assert result.returncode == 0, result.stderr
+    text = " ".join(result.stdout.split())
+    assert "dataset check: OK" in text
+    for issue in expected:
+        assert f"warning: {issue['path']}: {' '.join(issue['message'].split())}" in text

@@ -1,0 +1,67 @@
+"""What a rented machine does between setup and fetch: train a LoRA (`gpurun train`) or render sample grids
+(`gpurun sample`). The run's flow (run.py: boot, setup, upload, training, fetch, teardown, receipt, report) is the
+same for both; a payload says what is written next to the outputs, what goes up, and what is launched."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from gpurun.dataset import DatasetReport
+from gpurun.job import machine
+from gpurun.job.context import RunContext
+from gpurun.report.rundata import DATASET_FILE
+from gpurun.trainconfig import TrainConfig
+
+
+class Payload(Protocol):
+    #: what the journal keeps as the run's config (a training config's TOML, a sample job's JSON)
+    def config_text(self) -> str: ...
+
+    def prepare(self, out_dir: Path) -> None:
+        """Write the run's local description next to its outputs (config, dataset check, job)."""
+
+    def upload_detail(self) -> str: ...
+
+    async def ship(self, ctx: RunContext) -> None:
+        """Send the run's inputs to the machine (the upload phase)."""
+
+    async def launch(self, ctx: RunContext, model_path: str) -> None:
+        """Start the job on the machine, detached (the training phase then follows its events)."""
+
+
+@dataclass(frozen=True)
+class TrainingPayload:
+    """`gpurun train`: the dataset goes up, the trainer runs."""
+
+    config: TrainConfig
+    report: DatasetReport
+    dataset: Path
+    repeats: int | None
+    trigger: str | None
+    upload_files: int
+    upload_bytes: int
+
+    def config_text(self) -> str:
+        return self.config.to_toml()
+
+    def prepare(self, out_dir: Path) -> None:
+        (out_dir / "config.toml").write_text(self.config_text(), encoding="utf-8")
+        # the dataset check as the report shows it (thumbnails come from the dataset folder when it is written)
+        report = json.dumps(self.report.to_dict(), indent=2) + "\n"
+        (out_dir / DATASET_FILE).write_text(report, encoding="utf-8")
+
+    def upload_detail(self) -> str:
+        return f"{self.upload_files} files, {self.upload_bytes / 1e6:.1f} MB"
+
+    async def ship(self, ctx: RunContext) -> None:
+        assert ctx.transport is not None and ctx.layout is not None
+        target = machine.dataset_target(ctx.layout, self.dataset, self.report.scan.layout, self.repeats,
+                                        self.trigger)  # fmt: skip
+        await machine.ship_dataset(ctx.transport, self.dataset, target)
+
+    async def launch(self, ctx: RunContext, model_path: str) -> None:
+        assert ctx.transport is not None and ctx.layout is not None
+        await machine.launch_runner(ctx.transport, ctx.layout, machine.job_config(self.config, model_path))

@@ -50,8 +50,11 @@ for name in ("diffusers", "transformers", "peft", "accelerate", "bitsandbytes", 
 EOF
 
 stamp "GPU tests (limit ${TESTS_S}s)"
+# one hung test must not take the others' time (pytest-timeout is in the image; without it, no per-test limit)
+PER_TEST=()
+$PY -c "import pytest_timeout" 2>/dev/null && PER_TEST=(--timeout 200)
 timeout "$TESTS_S" $PY -m pytest -c bench/gpu_pytest.ini --rootdir . --noconftest -p no:cacheprovider -q -rA \
-    -m gpu tests/runner/gpu --durations=0 --junitxml "$OUT/gpu-tests.xml" 2>&1 | tee "$OUT/gpu-tests.log"
+    "${PER_TEST[@]}" -m gpu tests/runner/gpu --durations=0 --junitxml "$OUT/gpu-tests.xml" 2>&1 | tee "$OUT/gpu-tests.log"
 TESTS_RC=${PIPESTATUS[0]}
 stamp "GPU tests exit $TESTS_RC"
 

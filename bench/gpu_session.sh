@@ -7,7 +7,8 @@
 # Prepare where PyPI is reachable:   bash bench/gpu_stage.sh          (wheels the GPU image lacks, into .whl/)
 # On the GPU machine, from the repo root, with .whl carried:   bash bench/gpu_session.sh
 # Knobs: TESTS_S=330 (pytest's time limit)  BENCH_S=120 (SD 1.5 benchmark's)  SDXL_BENCH=1 (SDXL @1024 rows when the
-# clock allows)  OUT=<folder>  PYTHON=python3
+# clock allows)  COMPILE_BENCH=1 (adds torch.compile rows, untested so far; give BENCH_S 400)  OUT=<folder>
+# PYTHON=python3
 # gpurun against kohya sd-scripts on the same card is a separate run of the perf harness (../shared/perf/README.md:
 # stage_gpu.sh here, gpu_side_by_side.sh there; about 7 minutes on its own), not repeated here.
 set -uo pipefail
@@ -17,6 +18,7 @@ PY=${PYTHON:-python3}
 TESTS_S=${TESTS_S:-330}
 BENCH_S=${BENCH_S:-120}
 SDXL_BENCH=${SDXL_BENCH:-1}
+COMPILE_BENCH=${COMPILE_BENCH:-0}
 WHEELS=${WHEELS:-.whl}
 SITE=${TMPDIR:-/tmp}/gpurun-gpu-site
 mkdir -p "$OUT"
@@ -59,8 +61,10 @@ TESTS_RC=${PIPESTATUS[0]}
 stamp "GPU tests exit $TESTS_RC"
 
 stamp "step benchmark SD 1.5 @512 bf16, reference (before) vs fast (after) (limit ${BENCH_S}s)"
+SPEEDS=(reference fast)
+[ "$COMPILE_BENCH" = 1 ] && SPEEDS+=(compile)  # torch.compile'd UNet: minutes of compiling; raise BENCH_S with it
 timeout "$BENCH_S" $PY bench/bench_runner_step.py --size full --family sd15 --batch 1 4 --dtype bf16 \
-    --checkpointing off --speed reference fast --steps 20 --table 2>"$OUT/step-sd15.jsonl" | tee "$OUT/step-sd15.md"
+    --checkpointing off --speed "${SPEEDS[@]}" --steps 20 --table 2>"$OUT/step-sd15.jsonl" | tee "$OUT/step-sd15.md"
 if [ "$SDXL_BENCH" = 1 ] && [ $(($(date +%s) - T0)) -lt 450 ]; then
     stamp "step benchmark SDXL @1024 bf16 batch 1, reference vs fast (limit 75s)"
     timeout 75 $PY bench/bench_runner_step.py --size full --family sdxl --batch 1 --dtype bf16 \

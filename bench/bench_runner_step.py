@@ -86,7 +86,7 @@ def bench_one(
     from gpurun.runner.loss import StepContext, batch_loss
     from gpurun.runner.model.loaded import Conditioning
     from gpurun.runner.optim import make_optimizer
-    from gpurun.runner.speed import REFERENCE, StepSpeed, move_latents, step_generator, tune_for_training
+    from gpurun.runner.speed import REFERENCE, StepSpeed, move_latents, step_generator, tune_device, tune_for_training
     from gpurun.trainconfig import TrainConfig
 
     speed = REFERENCE if speed_name == "reference" else StepSpeed(compile=speed_name == "compile")
@@ -98,6 +98,7 @@ def bench_one(
     )
     model = build(family, size, device, dtype)
     model.vae = _VaeStub()
+    tune_device(model, speed)
     lora = add_lora(model, rank=32, alpha=16, train_text_encoder=False, seed=0)
     if checkpointing:
         model.unet.enable_gradient_checkpointing()

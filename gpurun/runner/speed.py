@@ -93,18 +93,24 @@ def lora_input_cast_on(model: LoadedModel) -> Iterator[None]:
             layer.cast_input_dtype_enabled = flag
 
 
-def tune_for_training(model: LoadedModel, speed: StepSpeed) -> list[str]:
-    """Apply the switches that act on the model (after LoRA is injected); returns notes for the start event."""
+def tune_device(model: LoadedModel, speed: StepSpeed) -> list[str]:
+    """CUDA-only tuning of the base model, before LoRA is injected: the LoRA weights are then made in the default
+    layout, as their saved optimizer state is (a channels_last 3x3 LoRA kernel would not match the contiguous Adam
+    moments a resumed run loads, and fused Adam requires equal strides). Returns notes for the start event."""
     import torch
 
+    if model.device.type != "cuda" or not speed.cuda_tuning:
+        return []
+    torch.backends.cudnn.benchmark = True  # one search per bucket shape, then the fastest kernels
+    model.unet.to(memory_format=torch.channels_last)
+    return ["CUDA: channels_last UNet, cudnn.benchmark"]
+
+
+def tune_for_training(model: LoadedModel, speed: StepSpeed) -> list[str]:
+    """The switches that act on the injected LoRA: peft's input cast, torch.compile. Returns notes."""
     notes: list[str] = []
     if not speed.lora_input_cast:
         set_lora_input_cast(model, False)
-    if model.device.type == "cuda" and speed.cuda_tuning:
-        torch.backends.cudnn.benchmark = True  # one search per bucket shape, then the fastest kernels
-        # Module.to keeps the Parameter objects (only their data changes), so optimizer references stay valid
-        model.unet.to(memory_format=torch.channels_last)
-        notes.append("CUDA: channels_last UNet, cudnn.benchmark")
     if speed.compile:
         model.unet.compile()  # in place: the module, its parameters and the peft adapter stay what export reads
         notes.append("UNet compiled with torch.compile (the first steps of each bucket shape are slow)")

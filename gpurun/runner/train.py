@@ -27,7 +27,14 @@ from gpurun.runner.model.load import load_base_model
 from gpurun.runner.optim import Schedule, make_optimizer, schedule_for
 from gpurun.runner.precision import Precision, choose_precision, gpu_name
 from gpurun.runner.sample import grid_prompts, render_grid
-from gpurun.runner.speed import StepSpeed, lora_input_cast_on, move_latents, step_generator, tune_for_training
+from gpurun.runner.speed import (
+    StepSpeed,
+    lora_input_cast_on,
+    move_latents,
+    step_generator,
+    tune_device,
+    tune_for_training,
+)
 from gpurun.runner.stop import STOPPED_EXIT, StopRequest
 
 if TYPE_CHECKING:
@@ -105,6 +112,7 @@ class Trainer:
             st.check_fingerprint(saved_progress.fingerprint, progress.fingerprint, folder)
             progress, saved = saved_progress, (lora_weights, optimizer_state, rng_state)
 
+        self.speed_notes = tune_device(model, self.speed)
         lora = add_lora(
             model,
             rank=config.network_dim,
@@ -114,7 +122,7 @@ class Trainer:
         )
         if progress.gradient_checkpointing:
             model.enable_gradient_checkpointing(text_encoders=config.trains_text_encoder)
-        self.speed_notes = tune_for_training(model, self.speed)
+        self.speed_notes += tune_for_training(model, self.speed)
         optimizer = make_optimizer(
             config.optimizer_type,
             lora.param_groups(config.effective_unet_lr, config.effective_text_encoder_lr),

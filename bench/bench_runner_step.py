@@ -3,6 +3,7 @@
     python bench/bench_runner_step.py                        # CUDA: full-size SD 1.5 @512 and SDXL @1024
     python bench/bench_runner_step.py --size tiny            # CPU: the tiny test topologies @64
     python bench/bench_runner_step.py --family sd15 --batch 1 4 8 --dtype bf16 fp16 --checkpointing off on
+    python bench/bench_runner_step.py --family sd15 --batch 1 4 --speed reference fast --table   # before/after
 
 Random weights (full-size architectures built from the bundled configs, nothing downloaded), kohya's default LoRA
 targets injected by the runner's own add_lora, the runner's own loss (gpurun.runner.loss.batch_loss) on cached
@@ -10,7 +11,9 @@ latents and cached text-encoder outputs (the frozen-TE fast path), the runner's 
 default) and GradScaler for fp16. Reports samples/s, ms/step, peak memory (CUDA max allocated, else process
 max RSS) and the achieved TFLOP/s against the pricing model's per-image cost (1.78 TFLOP for SD 1.5 @512,
 14.6 for SDXL @1024, x1.4 with gradient checkpointing), and the fraction of the GPU's dense bf16 peak.
-Prints one JSON document.
+`--speed reference` runs the step as it was before issue 10 (gpurun.runner.speed.REFERENCE: a host sync per step,
+latents re-uploaded, noise drawn on the CPU, per-step rebuilds, peft's input casts); `fast` is the runner's step.
+Each configuration runs its speeds back to back. Prints one JSON document, or with --table a markdown table.
 """
 
 from __future__ import annotations
@@ -71,7 +74,9 @@ class _VaeStub:
         scaling_factor = 0.18215
 
 
-def bench_one(family: str, size: str, batch: int, dtype_name: str, checkpointing: bool, steps: int) -> dict:
+def bench_one(
+    family: str, size: str, batch: int, dtype_name: str, checkpointing: bool, steps: int, speed_name: str = "fast"
+) -> dict:
     import torch
 
     from gpurun.buckets import BucketChoice
@@ -81,7 +86,10 @@ def bench_one(family: str, size: str, batch: int, dtype_name: str, checkpointing
     from gpurun.runner.loss import StepContext, batch_loss
     from gpurun.runner.model.loaded import Conditioning
     from gpurun.runner.optim import make_optimizer
+    from gpurun.runner.speed import REFERENCE, StepSpeed, move_latents, step_generator, tune_device, tune_for_training
     from gpurun.trainconfig import TrainConfig
+
+    speed = REFERENCE if speed_name == "reference" else StepSpeed(compile=speed_name == "compile")
 
     cuda = torch.cuda.is_available()
     device = "cuda" if cuda else "cpu"
@@ -90,10 +98,12 @@ def bench_one(family: str, size: str, batch: int, dtype_name: str, checkpointing
     )
     model = build(family, size, device, dtype)
     model.vae = _VaeStub()
+    tune_device(model, speed)
     lora = add_lora(model, rank=32, alpha=16, train_text_encoder=False, seed=0)
     if checkpointing:
         model.unet.enable_gradient_checkpointing()
     model.unet.train()
+    tune_for_training(model, speed)
     res = RESOLUTION[size][family]
     # a synthetic cached dataset: one bucket, cached latents and text-encoder outputs, as the runner holds them
     hidden = 2048 if family == "sdxl" else 768
@@ -102,6 +112,8 @@ def bench_one(family: str, size: str, batch: int, dtype_name: str, checkpointing
     item = ImageItem(Path("bench.png"), "1_bench", 1, "bench", None, res, res)
     choice = BucketChoice(bucket=(res, res), resized=(res, res), crop=(0, 0))
     images = [TrainImage(item, choice, latent=torch.randn(4, res // 8, res // 8)) for _ in range(batch)]
+    if speed.device_data:
+        move_latents(images, device)
     pooled_dim = model.text_encoders[-1].config.projection_dim if family == "sdxl" else None
     cond = Conditioning(
         torch.randn(1, 77, hidden, device=device, dtype=dtype),
@@ -109,14 +121,22 @@ def bench_one(family: str, size: str, batch: int, dtype_name: str, checkpointing
     )
     data = TrainData(scan=None, images=images, buckets={(res, res): list(range(batch))}, cond_cache={"bench": cond})  # type: ignore[arg-type]
     config = TrainConfig(resolution=res, batch_size=batch)
-    ctx = StepContext(model, data, config, dtype, torch.Generator().manual_seed(0), random.Random(0), True)
+    ctx = StepContext(model, data, config, dtype, step_generator(0, device, speed), random.Random(0), True, speed)
     optimizer = make_optimizer("AdamW8bit" if cuda else "AdamW", lora.param_groups(1e-4, 0), [], device)
     scaler = torch.amp.GradScaler() if dtype == torch.float16 else None
     indices = list(range(batch))
 
+    params = lora.all()
+
     def step() -> None:
+        # the runner's step (gpurun.runner.train._Loop): backward, unscale, clip, step, zero
         loss = batch_loss(ctx, indices)
         (scaler.scale(loss) if scaler else loss).backward()
+        if not speed.defer_loss_sync:
+            float(loss.detach())  # the reference path's per-step read-back
+        if scaler:
+            scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
         if scaler:
             scaler.step(optimizer)
             scaler.update()
@@ -124,7 +144,7 @@ def bench_one(family: str, size: str, batch: int, dtype_name: str, checkpointing
             optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    result: dict[str, Any] = {"family": family, "size": size, "resolution": res, "batch": batch,
+    result: dict[str, Any] = {"family": family, "size": size, "resolution": res, "batch": batch, "speed": speed_name,
                               "dtype": str(dtype).replace("torch.", ""), "checkpointing": checkpointing}  # fmt: skip
     try:
         for _ in range(2):  # warm-up: kernels chosen, allocator settled, 8-bit state created
@@ -150,7 +170,37 @@ def bench_one(family: str, size: str, batch: int, dtype_name: str, checkpointing
     if size == "full":
         tflop = STEP_TFLOP[family] * (1.4 if checkpointing else 1.0)
         result["achieved_tflops"] = round(tflop * batch / seconds, 1)
+        if cuda:
+            result["mfu_vs_989"] = round(tflop * batch / seconds / 989, 3)
     return result
+
+
+def table(rows: list[dict]) -> str:
+    """Markdown: one line per configuration, ms/step and samples/s per speed, and fast's speed-up over reference."""
+    keys = ("family", "resolution", "batch", "dtype", "checkpointing")
+    groups: dict[tuple, dict[str, dict]] = {}
+    for row in rows:
+        groups.setdefault(tuple(row[k] for k in keys), {})[row["speed"]] = row
+    speeds = sorted({row["speed"] for row in rows}, key=["reference", "fast", "compile"].index)
+    head = (
+        ["family", "px", "batch", "dtype", "ckpt"]
+        + [f"{s} ms/step" for s in speeds]
+        + [f"{s} samples/s" for s in speeds]
+    )
+    head += [f"{s}/reference" for s in speeds if s != "reference" and "reference" in speeds] + ["MFU (fast)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for key, by_speed in groups.items():
+        cells = [str(v) for v in key]
+        cells += [str(by_speed.get(s, {}).get("ms_per_step", by_speed.get(s, {}).get("error", "-"))) for s in speeds]
+        cells += [str(by_speed.get(s, {}).get("samples_per_s", "-")) for s in speeds]
+        ref = by_speed.get("reference", {}).get("ms_per_step")
+        for s in speeds:
+            if s != "reference" and "reference" in speeds:
+                ms = by_speed.get(s, {}).get("ms_per_step")
+                cells.append(f"{ref / ms:.2f}x" if ref and ms else "-")
+        cells.append(str(by_speed.get("fast", {}).get("mfu_vs_989", "-")))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -164,6 +214,8 @@ def main() -> None:
     parser.add_argument("--dtype", nargs="+", default=["bf16", "fp16"] if cuda else ["fp32"])
     parser.add_argument("--checkpointing", nargs="+", default=["off", "on"])
     parser.add_argument("--steps", type=int, default=10 if cuda else 5)
+    parser.add_argument("--speed", nargs="+", default=["fast"], choices=["reference", "fast", "compile"])
+    parser.add_argument("--table", action="store_true", help="print a markdown table instead of JSON")
     args = parser.parse_args()
     if args.size == "full" and not cuda:
         raise SystemExit("full-size architectures need a CUDA GPU; use --size tiny on CPU")
@@ -172,12 +224,17 @@ def main() -> None:
         for dtype in args.dtype:
             for gc in args.checkpointing:
                 for batch in args.batch:
-                    rows.append(bench_one(family, args.size, batch, dtype, gc == "on", args.steps))
-                    print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
-                    if cuda:
-                        torch.cuda.empty_cache()
+                    for speed in args.speed:
+                        rows.append(bench_one(family, args.size, batch, dtype, gc == "on", args.steps, speed))
+                        print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+                        if cuda:
+                            torch.cuda.empty_cache()
     device = torch.cuda.get_device_name(0) if cuda else f"cpu x{torch.get_num_threads()} threads"
-    print(json.dumps({"device": device, "torch": torch.__version__, "rows": rows}, indent=1))
+    if args.table:
+        print(f"{device}, torch {torch.__version__}, {args.steps} timed steps after 2 warm-up\n")
+        print(table(rows))
+    else:
+        print(json.dumps({"device": device, "torch": torch.__version__, "rows": rows}, indent=1))
 
 
 if __name__ == "__main__":

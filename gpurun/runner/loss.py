@@ -1,5 +1,6 @@
 """The loss of one batch, kohya's way: noise (with optional offset), random timesteps, epsilon or v target, MSE,
-optional min-SNR-γ weighting. Noise and timesteps come from a CPU generator so a resumed run draws the same ones.
+optional min-SNR-γ weighting. Noise and timesteps come from the run's generator (saved with the state), so a resumed
+run draws the same ones; where it lives and what is cached per run is gpurun.runner.speed's business.
 """
 
 from __future__ import annotations
@@ -7,11 +8,13 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from gpurun.runner.data import TrainData, batch_latents, caption_for_step
 from gpurun.runner.model.loaded import Conditioning, LoadedModel
+from gpurun.runner.speed import StepSpeed
+from gpurun.runner.stepcache import StepCache
 
 if TYPE_CHECKING:
     import torch
@@ -31,6 +34,8 @@ class StepContext:
     generator: torch.Generator
     rng: random.Random
     use_cond_cache: bool
+    speed: StepSpeed = field(default_factory=StepSpeed)
+    cache: StepCache = field(default_factory=StepCache)
 
 
 def snr_weights(
@@ -54,8 +59,9 @@ def conditioning(ctx: StepContext, captions: Sequence[str]) -> Conditioning:
         hidden = torch.cat([c.hidden_states for c in cached])
         pooled = None if cached[0].pooled is None else torch.cat([c.pooled for c in cached])  # type: ignore[misc]
         return Conditioning(hidden, pooled)
+    ids = ctx.cache.tokenize(ctx.model, captions) if ctx.speed.step_caches else ctx.model.tokenize(list(captions))
     with _autocast(ctx):
-        return ctx.model.encode_prompt(ctx.model.tokenize(list(captions)), clip_skip=ctx.config.clip_skip)
+        return ctx.model.encode_prompt(ids, clip_skip=ctx.config.clip_skip)
 
 
 def batch_loss(ctx: StepContext, indices: Sequence[int]) -> torch.Tensor:
@@ -67,11 +73,13 @@ def batch_loss(ctx: StepContext, indices: Sequence[int]) -> torch.Tensor:
     device = model.device
     latents = batch_latents(ctx.data, indices, ctx.rng) * model.vae_scaling_factor
     batch = latents.shape[0]
-    noise = torch.randn(latents.shape, generator=ctx.generator)
+    # drawn where the generator lives (the training device, or the CPU on the reference path), in a fixed order
+    draw = {"generator": ctx.generator, "device": ctx.generator.device}
+    noise = torch.randn(latents.shape, **draw)
     if config.noise_offset:
-        noise += config.noise_offset * torch.randn((batch, latents.shape[1], 1, 1), generator=ctx.generator)
+        noise += config.noise_offset * torch.randn((batch, latents.shape[1], 1, 1), **draw)
     scheduler = model.noise_scheduler
-    timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (batch,), generator=ctx.generator)
+    timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (batch,), **draw)
     latents, noise, timesteps = latents.to(device), noise.to(device), timesteps.to(device)
     noisy = scheduler.add_noise(latents, noise, timesteps)
     target = noise if model.prediction_type == "epsilon" else scheduler.get_velocity(latents, noise, timesteps)
@@ -79,12 +87,15 @@ def batch_loss(ctx: StepContext, indices: Sequence[int]) -> torch.Tensor:
     images = [ctx.data.images[i] for i in indices]
     captions = [caption_for_step(image.caption, config, ctx.rng) for image in images]
     cond = conditioning(ctx, captions)
-    added = model.unet_added_cond(
-        cond,
-        [image.original_size_hw for image in images],
-        [image.crop_top_left for image in images],
-        [image.target_size_hw for image in images],
-    )
+    if ctx.speed.step_caches:
+        added = ctx.cache.added_cond(model, ctx.data, indices, cond)
+    else:
+        added = model.unet_added_cond(
+            cond,
+            [image.original_size_hw for image in images],
+            [image.crop_top_left for image in images],
+            [image.target_size_hw for image in images],
+        )
     with _autocast(ctx):
         prediction = model.unet(
             noisy.to(ctx.weight_dtype),
@@ -94,7 +105,8 @@ def batch_loss(ctx: StepContext, indices: Sequence[int]) -> torch.Tensor:
         ).sample
     loss = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
     if config.min_snr_gamma:
-        loss = loss * snr_weights(
+        weigh = ctx.cache.snr_weights if ctx.speed.step_caches else snr_weights
+        loss = loss * weigh(
             scheduler.alphas_cumprod, timesteps, config.min_snr_gamma, model.prediction_type == "v_prediction"
         )
     return loss.mean()

@@ -22,11 +22,20 @@ from gpurun.runner.data import TrainData, cache_conditioning, cache_latents, can
 from gpurun.runner.export import build_metadata, file_sha256, save_lora
 from gpurun.runner.lora import LoraParams, add_lora, load_lora_state, lora_state
 from gpurun.runner.loss import StepContext, batch_loss
+from gpurun.runner.lossmeter import LossMeter
 from gpurun.runner.memory import peak_memory_gb
 from gpurun.runner.model.load import load_base_model
 from gpurun.runner.optim import Schedule, make_optimizer, schedule_for
 from gpurun.runner.precision import Precision, choose_precision, gpu_name
 from gpurun.runner.sample import grid_prompts, render_grid
+from gpurun.runner.speed import (
+    StepSpeed,
+    lora_input_cast_on,
+    move_latents,
+    step_generator,
+    tune_device,
+    tune_for_training,
+)
 from gpurun.runner.stop import STOPPED_EXIT, StopRequest
 
 if TYPE_CHECKING:
@@ -42,9 +51,17 @@ class Trainer:
     """One run of the runner. `run()` returns the process exit code."""
 
     def __init__(
-        self, config: TrainConfig, *, resume: bool | str = False, emit: Emit = events.emit, install_signals: bool = True
+        self,
+        config: TrainConfig,
+        *,
+        resume: bool | str = False,
+        emit: Emit = events.emit,
+        install_signals: bool = True,
+        speed: StepSpeed | None = None,
     ) -> None:
         self.config = config
+        self.speed = speed or StepSpeed()
+        self.speed_notes: list[str] = []
         self.install_signals = install_signals
         self.resume = resume or config.resume
         self.emit = emit
@@ -64,8 +81,6 @@ class Trainer:
                 signal.signal(sig, handler)
 
     def _run(self) -> int:
-        import torch
-
         config = self.config
         self.out.mkdir(parents=True, exist_ok=True)
         data = scan_training_data(config)  # before the model: a bad dataset fails in a second, not a minute
@@ -84,6 +99,8 @@ class Trainer:
         self.emit(events.Phase(name="cache_latents", detail=f"{len(data.images)} images"))
         disk = self.out / ".cache" / "latents" if config.cache_latents_to_disk else None
         cache_latents(model, data.images, flip=config.flip_aug, disk_dir=disk)
+        if self.speed.device_data:
+            move_latents(data.images, model.device)
         use_cond_cache = can_cache_conditioning(config)
         if use_cond_cache:
             data.cond_cache = cache_conditioning(model, [i.caption for i in data.images], config.clip_skip)
@@ -96,6 +113,7 @@ class Trainer:
             st.check_fingerprint(saved_progress.fingerprint, progress.fingerprint, folder)
             progress, saved = saved_progress, (lora_weights, optimizer_state, rng_state)
 
+        self.speed_notes = tune_device(model, self.speed)
         lora = add_lora(
             model,
             rank=config.network_dim,
@@ -105,6 +123,7 @@ class Trainer:
         )
         if progress.gradient_checkpointing:
             model.enable_gradient_checkpointing(text_encoders=config.trains_text_encoder)
+        self.speed_notes += tune_for_training(model, self.speed)
         optimizer = make_optimizer(
             config.optimizer_type,
             lora.param_groups(config.effective_unet_lr, config.effective_text_encoder_lr),
@@ -112,7 +131,7 @@ class Trainer:
             precision.device,
         )
         schedule = schedule_for(config, progress.total_steps)
-        generator = torch.Generator(device="cpu").manual_seed(progress.seed)
+        generator = step_generator(progress.seed, precision.device, self.speed)
         rng = random.Random(progress.seed)
         if saved is not None:
             lora_weights, optimizer_state, rng_state = saved
@@ -128,7 +147,7 @@ class Trainer:
             for group, base in zip(optimizer.param_groups, lr_scheduler.base_lrs, strict=True):
                 group["lr"] = base * schedule.factor(progress.step)
 
-        ctx = StepContext(model, data, config, precision.weight_dtype, generator, rng, use_cond_cache)
+        ctx = StepContext(model, data, config, precision.weight_dtype, generator, rng, use_cond_cache, self.speed)
         self.emit(self._start_event(model, data, precision, progress, lora))
         if self.stop.requested:  # SIGTERM while loading: nothing learned yet, nothing to save
             self.emit(events.ErrorEvent(message="stopped before training began", code="stopped"))
@@ -138,7 +157,8 @@ class Trainer:
     def _start_event(
         self, model: LoadedModel, data: TrainData, precision: Precision, progress: st.Progress, lora: LoraParams
     ) -> events.Start:
-        notes = [*precision.notes, *(f"{k} ignored: {why}" for k, why in self.config.ignored_keys.items())]
+        ignored = [f"{k} ignored: {why}" for k, why in self.config.ignored_keys.items()]
+        notes = [*precision.notes, *self.speed_notes, *ignored]
         if data.cond_cache:
             notes.append(f"text-encoder outputs cached for {len(data.cond_cache)} captions (text encoders frozen)")
         return events.Start(
@@ -178,6 +198,7 @@ class _Loop:
         self.emit = trainer.emit
         self.last_event = 0.0
         self.step_seconds: list[float] = []
+        self.losses = LossMeter(progress.loss_window, LOSS_WINDOW)
 
     def run(self) -> int:
         p, accum = self.p, self.config.gradient_accumulation_steps
@@ -240,13 +261,14 @@ class _Loop:
         self.emit(events.WarningEvent(message=action.message, code="out-of-memory"))
         return batches
 
-    def _backward(self, indices: list[int], group_size: int) -> float:
+    def _backward(self, indices: list[int], group_size: int) -> Any:
+        """Forward and backward of one batch; returns its loss, a device tensor unless the reference path syncs."""
         loss = batch_loss(self.ctx, indices)
         scaled = loss / group_size
         if self.precision.scaler is not None:
             scaled = self.precision.scaler.scale(scaled)
         scaled.backward()
-        return float(loss.detach())
+        return loss.detach() if self.t.speed.defer_loss_sync else float(loss.detach())
 
     def _optimizer_step(self) -> None:
         import torch
@@ -264,14 +286,18 @@ class _Loop:
         self.lr_scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
 
-    def _after_step(self, loss: float, seconds: float) -> None:
+    def _after_step(self, loss: Any, seconds: float) -> None:
         p = self.p
-        p.loss_window = [*p.loss_window, loss][-LOSS_WINDOW:]
+        self.losses.add(loss)
         self.step_seconds = [*self.step_seconds, seconds][-LOSS_WINDOW:]
         now = time.monotonic()
         if now - self.last_event < STEP_EVENT_EVERY_S and p.step not in (1, p.total_steps):
             return
-        self.last_event = now
+        # without a per-step sync a step's seconds are only its dispatch time; reading the losses waits for the
+        # queued steps, and counting that wait keeps the window's sum the wall time the steps took
+        p.loss_window = self.losses.window()
+        self.last_event = time.monotonic()
+        self.step_seconds[-1] += self.last_event - now
         per_step = sum(self.step_seconds) / len(self.step_seconds)
         samples = p.batch_size * self.config.gradient_accumulation_steps
         memory_gb, memory_kind = peak_memory_gb(self.ctx.model.device)
@@ -281,7 +307,7 @@ class _Loop:
                 epochs=p.epochs,
                 step=p.step,
                 total_steps=p.total_steps,
-                loss=loss,
+                loss=p.loss_window[-1],
                 loss_avg=sum(p.loss_window) / len(p.loss_window),
                 lr=float(self.optimizer.param_groups[0]["lr"]),
                 samples_per_s=samples / per_step if per_step > 0 else 0.0,
@@ -388,6 +414,7 @@ class _Loop:
         return sha, size
 
     def _save_state(self) -> None:
+        self.p.loss_window = self.losses.window()
         rng = {"generator": self.ctx.generator.get_state(), "python": st.plain_python_rng(self.ctx.rng.getstate())}
         st.save_state(st.resume_dir(self.out), self.p, lora_state(self.ctx.model), self.optimizer.state_dict(), rng)
 
@@ -395,7 +422,14 @@ class _Loop:
         config = self.config
         detail = f"{len(self.prompts)} prompts x {len(config.sample_weights)} weights"
         self.emit(events.Phase(name="sampling", detail=detail))
-        path = render_grid(
+        with lora_input_cast_on(self.ctx.model):  # the grid runs outside autocast
+            path = self._render(lora_path, name)
+        sha, size = file_sha256(path)
+        self.emit(events.Sample(path=name, sha256=sha, bytes=size, epoch=epoch))
+
+    def _render(self, lora_path: Path, name: str) -> Path:
+        config = self.config
+        return render_grid(
             self.ctx.model,
             lora_path,
             prompts=self.prompts,
@@ -406,5 +440,3 @@ class _Loop:
             out_path=self.out / name,
             sampler=config.sample_sampler,
         )
-        sha, size = file_sha256(path)
-        self.emit(events.Sample(path=name, sha256=sha, bytes=size, epoch=epoch))

@@ -165,18 +165,25 @@ def _load_single_file(path: Path, family: str, config: Path, weight_dtype, vae: 
 
     cls = _pipeline_class(family)
     vae_dtype = _vae_dtype(family, weight_dtype, vae_dtype)
-    # No dtype for from_single_file: its internal ModelMixin.to(dtype) logs a spurious warning; _finish casts.
+    # Loaded in the training dtype: each weight is materialised once, as it will train (low_cpu_mem_usage, diffusers'
+    # default, fills empty modules). Loading in fp32 and casting in _finish held an fp32 copy of the whole model
+    # next to the checkpoint: 6.25 GiB of host RAM for a 2 GiB SD 1.5 file (SDXL about 21 GB), see
+    # bench/bench_loader_memory.py. (ModelMixin.to(dtype) may log "modules to keep in float32"; the runner keeps
+    # diffusers' log at ERROR.)
     with _as_config_error(path):
         vae_model = (
             _load_vae(vae, config, vae_dtype)
             if vae
-            else AutoencoderKL.from_single_file(str(path), config=str(config), subfolder="vae", local_files_only=True)
+            else AutoencoderKL.from_single_file(
+                str(path), config=str(config), subfolder="vae", local_files_only=True, **_dtype_kw(vae_dtype)
+            )
         )
         return cls.from_single_file(
             str(path),
             config=str(config),
             local_files_only=True,
             vae=vae_model,
+            **_dtype_kw(weight_dtype),
             **_no_safety_checker(family),
         )
 

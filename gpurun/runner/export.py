@@ -37,6 +37,7 @@ OPTIMIZER_CLASSES = {
     "AdamW": "torch.optim.adamw.AdamW",
     "AdamW8bit": "bitsandbytes.optim.adamw.AdamW8bit",
     "Prodigy": "prodigyopt.prodigy.Prodigy",
+    "Adafactor": "transformers.optimization.Adafactor",
 }
 
 
@@ -138,7 +139,8 @@ def build_metadata(
     optimizer = OPTIMIZER_CLASSES.get(config.optimizer_type, config.optimizer_type)
     if config.optimizer_args:
         optimizer += "(" + ",".join(config.optimizer_args) + ")"
-    te_lr = config.effective_text_encoder_lr
+    te_lrs = config.text_encoder_lrs(len(TE_PREFIXES[model.family]))
+    te_lr: float | list[float] = te_lrs[0] if len(set(te_lrs)) == 1 else te_lrs
     meta: dict[str, Any] = {
         "ss_session_id": dataset.get("session_id") or str(uuid.uuid4().int % 2**31),
         "ss_training_started_at": training_started_at,
@@ -159,7 +161,8 @@ def build_metadata(
         "ss_network_dim": config.network_dim,
         "ss_network_alpha": float(config.network_alpha),
         "ss_network_dropout": None,
-        "ss_network_args": _json({a.split("=", 1)[0]: a.split("=", 1)[-1] for a in config.network_args}),
+        # only what shaped the trained network (kohya writes the parsed network_args here)
+        "ss_network_args": _json(config.network.metadata()),
         "ss_network_train_unet_only": not config.trains_text_encoder,
         "ss_mixed_precision": config.mixed_precision,
         "ss_full_fp16": False,
@@ -171,7 +174,19 @@ def build_metadata(
         "ss_seed": config.seed,
         "ss_lowram": False,
         "ss_noise_offset": config.noise_offset,
+        "ss_noise_offset_random_strength": config.noise_offset_random_strength,
+        "ss_multires_noise_iterations": config.multires_noise_iterations,
+        "ss_multires_noise_discount": config.multires_noise_discount,
+        "ss_adaptive_noise_scale": config.adaptive_noise_scale,
+        "ss_ip_noise_gamma": config.ip_noise_gamma,
+        "ss_ip_noise_gamma_random_strength": config.ip_noise_gamma_random_strength,
         "ss_min_snr_gamma": config.min_snr_gamma,
+        "ss_debiased_estimation": config.debiased_estimation_loss,
+        "ss_loss_type": config.loss_type,
+        "ss_huber_schedule": config.huber_schedule,
+        "ss_huber_c": config.huber_c,
+        "ss_huber_scale": config.huber_scale,
+        "ss_zero_terminal_snr": False,
         "ss_max_grad_norm": config.max_grad_norm,
         "ss_caption_dropout_rate": config.caption_dropout_rate,
         "ss_optimizer": optimizer,
@@ -193,7 +208,7 @@ def build_metadata(
         "ss_sd_model_name": model.base_name or model.source,
         "ss_sd_model_hash": model.base_model_hash or "",
         "ss_new_sd_model_hash": model.base_sha256 or "",
-        "ss_training_comment": f"trained with gpurun {__version__}",
+        "ss_training_comment": config.training_comment or f"trained with gpurun {__version__}",
         "ss_training_finished_at": time.time(),
         "ss_steps": steps,
         "ss_epoch": epoch,

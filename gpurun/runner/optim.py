@@ -106,8 +106,9 @@ class Schedule:
 
 
 def schedule_for(config: TrainConfig, total_steps: int) -> Schedule:
-    """kohya's `lr_scheduler` with `lr_warmup_steps` (a warmup longer than the run is clamped to it)."""
-    warmup = min(config.lr_warmup_steps, max(0, total_steps - 1))
+    """kohya's `lr_scheduler` with `lr_warmup_steps` (a fraction of the run when below 1, as kohya reads a float;
+    a warmup longer than the run is clamped to it)."""
+    warmup = min(config.warmup_steps(total_steps), max(0, total_steps - 1))
     return Schedule(
         config.lr_scheduler,
         warmup=warmup,

@@ -426,12 +426,10 @@ class TrainConfig(BaseModel):
 
     @property
     def adafactor_relative_step(self) -> bool:
-        """Adafactor's relative_step: kohya's default is True, which makes Adafactor pick its own step size."""
-        for raw in self.optimizer_args:
-            key, _, value = raw.partition("=")
-            if key.strip() == "relative_step":
-                return value.strip().lower() == "true"
-        return True
+        """Adafactor's relative_step: kohya's default is True (and warmup_init forces it), which makes Adafactor
+        pick its own step size."""
+        args = {k.strip(): v.strip().lower() for k, _, v in (raw.partition("=") for raw in self.optimizer_args)}
+        return args.get("relative_step", "true") == "true" or args.get("warmup_init", "false") == "true"
 
     def warmup_steps(self, total_steps: int) -> int:
         """lr_warmup_steps in steps: kohya reads a float as that fraction of the run (int(0.1 * steps))."""

@@ -42,33 +42,78 @@ OPTIMIZER_CLASSES = {
 
 
 def verify_kohya_file(
-    path: str | Path, family: str, *, network_dim: int | None = None, network_alpha: float | None = None
+    path: str | Path,
+    family: str,
+    *,
+    network_dim: int | None = None,
+    network_alpha: float | None = None,
+    conv_dim: int | None = None,
+    conv_alpha: float | None = None,
 ) -> list[str]:
     """Problems with a kohya LoRA file (empty list = OK). Torch-free; the client uses gpurun.lorafile directly."""
-    return verify_lora_file(path, family, network_dim=network_dim, network_alpha=network_alpha)  # type: ignore[arg-type]
+    return verify_lora_file(
+        path,
+        family,  # type: ignore[arg-type]
+        network_dim=network_dim,
+        network_alpha=network_alpha,
+        conv_dim=conv_dim,
+        conv_alpha=conv_alpha,
+    )
 
 
-def sgm_unet_path(path: str, layers_per_block: int = 2) -> str:
-    """diffusers UNet attention path → kohya's SDXL (sgm) path, e.g. down_blocks.1.attentions.0 → input_blocks.4.1."""
+#: diffusers ResnetBlock2D layer → the sgm ResBlock's (kohya's SDXL UNet)
+SGM_RESNET_LAYERS = {
+    "conv1": "in_layers.2",
+    "conv2": "out_layers.3",
+    "time_emb_proj": "emb_layers.1",
+    "conv_shortcut": "skip_connection",
+}
+
+
+def sgm_unet_path(path: str, layers_per_block: int = 2, attention_up_blocks: frozenset[int] = frozenset({0, 1})) -> str:
+    """diffusers UNet path → kohya's SDXL (sgm) path, e.g. down_blocks.1.attentions.0 → input_blocks.4.1,
+    down_blocks.0.resnets.1.conv1 → input_blocks.2.0.in_layers.2, down_blocks.0.downsamplers.0.conv →
+    input_blocks.3.0.op. An upsampler sits after the attention in an up block that has one (SDXL's 0 and 1)."""
     parts = path.split(".")
     per_level = layers_per_block + 1
-    if parts[0] == "down_blocks" and parts[2] == "attentions":
-        block = per_level * int(parts[1]) + int(parts[3]) + 1
-        return ".".join([f"input_blocks.{block}.1", *parts[4:]])
-    if parts[0] == "up_blocks" and parts[2] == "attentions":
-        block = per_level * int(parts[1]) + int(parts[3])
-        return ".".join([f"output_blocks.{block}.1", *parts[4:]])
+    if parts[0] in ("down_blocks", "up_blocks") and parts[2] in ("attentions", "resnets"):
+        level, index = int(parts[1]), int(parts[3])
+        block = per_level * level + index + (1 if parts[0] == "down_blocks" else 0)
+        kind = "input_blocks" if parts[0] == "down_blocks" else "output_blocks"
+        if parts[2] == "attentions":
+            return ".".join([f"{kind}.{block}.1", *parts[4:]])
+        return f"{kind}.{block}.0." + _sgm_resnet_layer(parts[4:], path)
+    if parts[0] == "down_blocks" and parts[2:] == ["downsamplers", "0", "conv"]:
+        return f"input_blocks.{per_level * (int(parts[1]) + 1)}.0.op"
+    if parts[0] == "up_blocks" and parts[2:] == ["upsamplers", "0", "conv"]:
+        level = int(parts[1])
+        return f"output_blocks.{per_level * level + layers_per_block}.{2 if level in attention_up_blocks else 1}.conv"
     if parts[:3] == ["mid_block", "attentions", "0"]:
         return ".".join(["middle_block.1", *parts[3:]])
+    if parts[:2] == ["mid_block", "resnets"] and parts[2] in ("0", "1"):
+        return f"middle_block.{0 if parts[2] == '0' else 2}." + _sgm_resnet_layer(parts[3:], path)
     raise ValueError(f"no sgm name for UNet module {path!r}")
 
 
-def kohya_module_name(family: str, component: str, path: str, layers_per_block: int = 2) -> str:
+def _sgm_resnet_layer(rest: list[str], path: str) -> str:
+    layer = ".".join(rest)
+    if layer not in SGM_RESNET_LAYERS:
+        raise ValueError(f"no sgm name for UNet module {path!r}")
+    return SGM_RESNET_LAYERS[layer]
+
+
+def kohya_module_name(
+    family: str,
+    component: str,
+    path: str,
+    layers_per_block: int = 2,
+    attention_up_blocks: frozenset[int] = frozenset({0, 1}),
+) -> str:
     """The kohya name of one adapted module, e.g. ("sdxl", "unet", "mid_block.attentions.0.proj_in") →
     "lora_unet_middle_block_1_proj_in"."""
     if component == "unet":
         if family == "sdxl":
-            path = sgm_unet_path(path, layers_per_block)
+            path = sgm_unet_path(path, layers_per_block, attention_up_blocks)
         return "lora_unet_" + path.replace(".", "_")
     prefix = TE_PREFIXES[family][TEXT_ENCODER_NAMES.index(component)]
     return f"{prefix}_text_model_" + path.removeprefix("text_model.").replace(".", "_")
@@ -83,11 +128,12 @@ def kohya_state_dict(model: LoadedModel) -> dict[str, torch.Tensor]:
     import torch
 
     lpb = int(model.unet.config.layers_per_block)
+    with_attention = frozenset(i for i, block in enumerate(model.unet.up_blocks) if hasattr(block, "attentions"))
     state: dict[str, torch.Tensor] = {}
     components = [("unet", model.unet), *zip(TEXT_ENCODER_NAMES, model.text_encoders, strict=False)]
     for component, root in components:
         for path, layer in _adapted_modules(root):
-            name = kohya_module_name(model.family, component, path, lpb)
+            name = kohya_module_name(model.family, component, path, lpb, with_attention)
             state[f"{name}.lora_down.weight"] = layer.lora_A[ADAPTER].weight.detach().float().cpu().contiguous()
             state[f"{name}.lora_up.weight"] = layer.lora_B[ADAPTER].weight.detach().float().cpu().contiguous()
             state[f"{name}.alpha"] = torch.tensor(float(layer.lora_alpha[ADAPTER]))

@@ -95,18 +95,21 @@ class Trainer:
             st.check_fingerprint(saved_progress.fingerprint, progress.fingerprint, folder)
             progress, saved = saved_progress, (lora_weights, optimizer_state, rng_state)
 
+        network = config.network
         lora = add_lora(
             model,
             rank=config.network_dim,
             alpha=config.network_alpha,
             train_text_encoder=config.trains_text_encoder,
             seed=progress.seed,
+            conv_dim=network.conv_dim if network.is_locon else None,
+            conv_alpha=network.conv_alpha or 1.0,
         )
         if progress.gradient_checkpointing:
             model.enable_gradient_checkpointing(text_encoders=config.trains_text_encoder)
         optimizer = make_optimizer(
             config.optimizer_type,
-            lora.param_groups(config.effective_unet_lr, config.effective_text_encoder_lr),
+            lora.param_groups(config.effective_unet_lr, config.text_encoder_lrs(len(model.text_encoders))),
             config.optimizer_args,
             precision.device,
         )
@@ -137,7 +140,7 @@ class Trainer:
     def _start_event(
         self, model: LoadedModel, data: TrainData, precision: Precision, progress: st.Progress, lora: LoraParams
     ) -> events.Start:
-        notes = [*precision.notes, *(f"{k} ignored: {why}" for k, why in self.config.ignored_keys.items())]
+        notes = [*precision.notes, *(f"{k}: {why}" for k, why in self.config.kohya_notes().items())]
         if data.cond_cache:
             notes.append(f"text-encoder outputs cached for {len(data.cond_cache)} captions (text encoders frozen)")
         return events.Start(
@@ -368,7 +371,9 @@ class _Loop:
             "ss_gradient_checkpointing": p.gradient_checkpointing,
         }
         if p.changes:
-            extra["ss_training_comment"] = "; ".join(p.changes)
+            extra["ss_training_comment"] = "; ".join(
+                [*([config.training_comment] if config.training_comment else []), *p.changes]
+            )
         metadata = build_metadata(
             config=config,
             model=self.ctx.model,
@@ -398,7 +403,11 @@ class _Loop:
             weights=config.sample_weights,
             seeds=config.sample_seeds,
             steps=config.sample_steps,
-            resolution=config.resolution,
+            # a "512,650" training area (bucketing) renders at the nearest size the pipeline takes: multiples of 8
+            resolution=(
+                config.resolution[0] - config.resolution[0] % 8,
+                config.resolution[1] - config.resolution[1] % 8,
+            ),
             out_path=self.out / name,
             sampler=config.sample_sampler,
         )

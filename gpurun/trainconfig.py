@@ -366,6 +366,14 @@ class TrainConfig(BaseModel):
                 f"resolution {self.resolution[0]},{self.resolution[1]} needs sides that are multiples of 8 without "
                 "enable_bucket (with it, only the area counts and buckets are rounded to bucket_reso_steps)"
             )
+        if self.optimizer_type == "Prodigy":
+            rates = {r for r in [self.effective_unet_lr, *self.text_encoder_lrs(2)] if r > 0}
+            if len(rates) > 1:
+                # prodigyopt raises at its first step otherwise (in kohya too): catch it before renting
+                raise ValueError(
+                    f"optimizer_type Prodigy needs one learning rate for the UNet and the text encoders (or 0 to "
+                    f"freeze one), got {sorted(rates)}; Prodigy scales it itself, so use the same value (usually 1)"
+                )
         if self.adaptive_noise_scale is not None and self.noise_offset is None:
             raise ValueError("adaptive_noise_scale requires noise_offset (as in kohya)")
         low, high = self.min_timestep or 0, 1000 if self.max_timestep is None else self.max_timestep

@@ -93,6 +93,10 @@ def test_no_op_keys_are_accepted_and_reported(tmp_path: Path, line: str, said: s
         ("enable_bucket = true\nbucket_reso_steps = 1", "must be a multiple of 8 with enable_bucket"),
         ('lr_scheduler = "adafactor"', "lr_scheduler adafactor is Adafactor's own schedule"),
         ("adaptive_noise_scale = 0.01", "adaptive_noise_scale requires noise_offset"),
+        (
+            'optimizer_type = "prodigy"\nlearning_rate = 1.0\ntext_encoder_lr = [1.0, 0.5]',
+            "Prodigy needs one learning rate",
+        ),
         ("min_timestep = 500\nmax_timestep = 400", "min_timestep (500) is larger than max_timestep (400)"),
         ('loss_type = "l3"', "[training].loss_type"),
         ("totally_unknown_key = 1", "unknown key 'totally_unknown_key'"),
@@ -158,5 +162,5 @@ def test_the_corpus_covers_the_shapes() -> None:
         and configs["adafactor-sdxl"].lr_scheduler == "adafactor"
     )
     assert configs["multires-sd15"].multires_noise_iterations == 6 and configs["multires-sd15"].loss_type == "huber"
-    assert configs["per-encoder-lr-sdxl"].text_encoder_lrs(2) == [1.0, 0.5]
+    assert configs["per-encoder-lr-sdxl"].text_encoder_lrs(2) == [5e-5, 1e-5]
     assert configs["lora-sd15"].resolution == (512, 650) and configs["lora-sd15"].training_comment == "trigger: sks"

@@ -120,6 +120,8 @@ _add(
     "implemented", "loss_type huber_c huber_schedule huber_scale", "l2, l1, huber or smooth_l1 loss, kohya's schedules"
 )
 _add("implemented", "training_comment", "written into the file's ss_training_comment")
+_add("implemented", "scale_weight_norms", "max-norm regularization of each LoRA's weight change after every step")
+_add("implemented", "network_dropout", "dropout on each LoRA's rank activations while training")
 _add("implemented", "sample_prompts sample_every_n_epochs sample_sampler", "the sample grid")
 
 # ---- gpurun's own keys --------------------------------------------------------------------------------------------
@@ -153,8 +155,6 @@ _add(
     ("Original", "Multires"),
 )
 _add("no-op at", "caption_dropout_every_n_epochs caption_tag_dropout_rate", "caption dropout variants", (0, 0.0))
-_add("no-op at", "network_dropout", "kohya's dropout inside LoRA is not implemented", (0, 0.0))
-_add("no-op at", "scale_weight_norms", "max-norm regularization is not implemented", (0, 0.0))
 _add("no-op at", "stop_text_encoder_training", "the text encoder trains the whole run", (0,))
 _add("no-op at", "v_pred_like_loss", "not implemented", (0, 0.0))
 _add("no-op at", "zero_terminal_snr", "the base model's noise schedule is used as it is", _FALSE)
@@ -182,8 +182,6 @@ _REFUSED = {
     "save_last_n_steps_state": "step-based saving is not implemented; gpurun keeps one resumable state",
     "save_last_n_epochs": "gpurun keeps every checkpoint; delete old ones after the run",
     "save_last_n_epochs_state": "gpurun keeps one resumable state",
-    "network_dropout": "kohya's dropout on the LoRA's inner activations is not implemented; leave it 0",
-    "scale_weight_norms": "max-norm regularization is not implemented; leave it 0",
     "v_pred_like_loss": "not implemented; leave it 0",
     "zero_terminal_snr": "not implemented; train on the base model's schedule",
     "scale_v_pred_loss_like_noise_pred": "not implemented",

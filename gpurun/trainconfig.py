@@ -67,7 +67,8 @@ _section(
     "save_every_n_epochs save_model_as gradient_checkpointing gradient_accumulation_steps max_grad_norm seed "
     "noise_offset min_snr_gamma max_token_length resume noise_offset_random_strength adaptive_noise_scale "
     "multires_noise_iterations multires_noise_discount ip_noise_gamma ip_noise_gamma_random_strength min_timestep "
-    "max_timestep debiased_estimation_loss loss_type huber_c huber_schedule huber_scale training_comment",
+    "max_timestep debiased_estimation_loss loss_type huber_c huber_schedule huber_scale training_comment "
+    "scale_weight_norms network_dropout",
 )
 _section("sample", "sample_prompts sample_every_n_epochs sample_seeds sample_weights sample_steps sample_sampler")
 
@@ -198,6 +199,8 @@ class TrainConfig(BaseModel):
     huber_scale: float = Field(default=1.0, gt=0)
     #: written into the file's ss_training_comment
     training_comment: str | None = None
+    scale_weight_norms: float | None = Field(default=None, ge=0)
+    network_dropout: float | None = Field(default=None, ge=0, lt=1)
     max_token_length: int | None = None
     #: True = continue from the state in output_dir; a path = continue from that state folder
     resume: bool | str = False

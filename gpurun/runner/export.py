@@ -206,7 +206,8 @@ def build_metadata(
         "ss_network_module": config.network_module,
         "ss_network_dim": config.network_dim,
         "ss_network_alpha": float(config.network_alpha),
-        "ss_network_dropout": None,
+        "ss_network_dropout": config.network_dropout,
+        "ss_scale_weight_norms": config.scale_weight_norms,
         # only what shaped the trained network (kohya writes the parsed network_args here)
         "ss_network_args": _json(config.network.metadata()),
         "ss_network_train_unet_only": not config.trains_text_encoder,

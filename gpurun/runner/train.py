@@ -22,6 +22,7 @@ from gpurun.runner.data import TrainData, cache_conditioning, cache_latents, can
 from gpurun.runner.export import build_metadata, file_sha256, save_lora
 from gpurun.runner.lora import LoraParams, add_lora, load_lora_state, lora_state
 from gpurun.runner.loss import StepContext, batch_loss
+from gpurun.runner.maxnorm import adapted_layers, add_rank_dropout, apply_max_norm
 from gpurun.runner.model.load import load_base_model
 from gpurun.runner.optim import Schedule, make_optimizer, schedule_for
 from gpurun.runner.precision import Precision, choose_precision, gpu_name
@@ -105,6 +106,8 @@ class Trainer:
             conv_dim=network.conv_dim if network.is_locon else None,
             conv_alpha=network.conv_alpha or 1.0,
         )
+        if config.network_dropout:
+            add_rank_dropout(adapted_layers([model.unet, *model.text_encoders]), config.network_dropout)
         if progress.gradient_checkpointing:
             model.enable_gradient_checkpointing(text_encoders=config.trains_text_encoder)
         optimizer = make_optimizer(
@@ -180,6 +183,7 @@ class _Loop:
         self.emit = trainer.emit
         self.last_event = 0.0
         self.step_seconds: list[float] = []
+        self.lora_layers = adapted_layers([ctx.model.unet, *ctx.model.text_encoders])
 
     def run(self) -> int:
         p, accum = self.p, self.config.gradient_accumulation_steps
@@ -265,6 +269,8 @@ class _Loop:
             self.optimizer.step()
         self.lr_scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
+        if self.config.scale_weight_norms:
+            apply_max_norm(self.lora_layers, self.config.scale_weight_norms)
 
     def _after_step(self, loss: float, seconds: float) -> None:
         p = self.p

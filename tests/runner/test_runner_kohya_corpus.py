@@ -93,6 +93,8 @@ def test_the_corpus_trains_and_writes_what_it_trained(
     assert json.loads(meta["ss_network_args"]) == network.metadata()
     assert meta["ss_loss_type"] == config.loss_type
     assert meta["ss_multires_noise_iterations"] == str(config.multires_noise_iterations)
+    assert meta["ss_scale_weight_norms"] == str(config.scale_weight_norms)
+    assert meta["ss_network_dropout"] == str(config.network_dropout)
     rates = config.text_encoder_lrs(2 if family == "sdxl" else 1)
     assert json.loads(meta["ss_text_encoder_lr"]) == (rates[0] if len(set(rates)) == 1 else rates)
     if config.training_comment:

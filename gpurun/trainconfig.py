@@ -363,12 +363,6 @@ class TrainConfig(BaseModel):
                     f"bucket_reso_steps ({self.bucket_reso_steps}) is larger than min_bucket_reso "
                     f"({self.min_bucket_reso}): no bucket would fit"
                 )
-        elif any(side % 8 for side in self.resolution):
-            # without buckets every image is cropped to exactly this size; the VAE needs multiples of 8
-            raise ValueError(
-                f"resolution {self.resolution[0]},{self.resolution[1]} needs sides that are multiples of 8 without "
-                "enable_bucket (with it, only the area counts and buckets are rounded to bucket_reso_steps)"
-            )
         if self.optimizer_type == "Prodigy":
             rates = {r for r in [self.effective_unet_lr, *self.text_encoder_lrs(2)] if r > 0}
             if len(rates) > 1:
@@ -461,6 +455,13 @@ class TrainConfig(BaseModel):
             notes["optimizer_type"] = (
                 "Adafactor with relative_step picks its own step size: learning_rate, unet_lr and text_encoder_lr "
                 "are not used and the schedule is Adafactor's (as in kohya); set relative_step=False to use them"
+            )
+        width, height = self.resolution
+        if not self.enable_bucket and (width % 8 or height % 8):
+            # kohya crops to exactly this size too; the VAE's stride-8 latents then cover the multiple of 8 below
+            notes["resolution"] = (
+                f"{width}x{height} crops are encoded to {width // 8}x{height // 8} latents (as in kohya), which "
+                f"cover {width - width % 8}x{height - height % 8}; samples render at that size"
             )
         if isinstance(self.lr_warmup_steps, float):
             notes["lr_warmup_steps"] = f"{self.lr_warmup_steps:g} of the run's steps, rounded down (as kohya)"

@@ -89,7 +89,6 @@ def test_no_op_keys_are_accepted_and_reported(tmp_path: Path, line: str, said: s
         ('network_args = ["conv_dim"]', "is not key=value"),
         ("text_encoder_lr = [1e-5, 2e-5, 3e-5]", "one per text encoder"),
         ("lr_warmup_steps = 1.5", "fraction of the run's steps"),
-        ('resolution = "512,650"', "needs sides that are multiples of 8 without enable_bucket"),
         ("enable_bucket = true\nbucket_reso_steps = 1", "must be a multiple of 8 with enable_bucket"),
         ('lr_scheduler = "adafactor"', "lr_scheduler adafactor is Adafactor's own schedule"),
         ("adaptive_noise_scale = 0.01", "adaptive_noise_scale requires noise_offset"),
@@ -117,6 +116,8 @@ def test_kohya_value_forms(tmp_path: Path) -> None:
     assert config.text_encoder_lrs(1) == [5e-5] and config.text_encoder_lrs(2) == [5e-5, 5e-5]
     assert load(tmp_path, "bucket_reso_steps = 1\n").bucket_reso_steps == 1  # unused without buckets
     assert load(tmp_path, 'resolution = "512,650"\nenable_bucket = true\n').resolution == (512, 650)
+    unbucketed = load(tmp_path, 'resolution = "512,650"\n')  # the EDG preset's shape: kohya crops to 512x650
+    assert "cover 512x648; samples render at that size" in unbucketed.kohya_notes()["resolution"]
     pair = load(tmp_path, "text_encoder_lr = [5e-5, 1e-5]\n")
     assert (
         pair.text_encoder_lrs(2) == [5e-5, 1e-5]
@@ -163,4 +164,5 @@ def test_the_corpus_covers_the_shapes() -> None:
     )
     assert configs["multires-sd15"].multires_noise_iterations == 6 and configs["multires-sd15"].loss_type == "huber"
     assert configs["per-encoder-lr-sdxl"].text_encoder_lrs(2) == [5e-5, 1e-5]
-    assert configs["lora-sd15"].resolution == (512, 650) and configs["lora-sd15"].training_comment == "trigger: sks"
+    assert configs["lora-sd15"].resolution == (512, 650) and not configs["lora-sd15"].enable_bucket
+    assert configs["lora-sd15"].training_comment == "trigger: sks"

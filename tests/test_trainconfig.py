@@ -57,8 +57,8 @@ def test_misspelled_key_suggests_the_closest(tmp_path: Path) -> None:
         ('[training]\noptimizer_type = "SGD"\n', "unsupported optimizer 'SGD'"),
         ('[training]\nlr_scheduler = "warp"\n', "unsupported scheduler 'warp'"),
         (
-            "[dataset]\nresolution = 500\n",
-            "[dataset].resolution: resolution 500,500 needs sides that are multiples of 8",
+            "[dataset]\nresolution = 40\n",
+            "[dataset].resolution: each side must be from 64 to 8192",
         ),
         ("[dataset]\nmin_bucket_reso = 2048\nmax_bucket_reso = 1024\n", "larger than max_bucket_reso"),
         ('[training]\nsave_model_as = "ckpt"\n', "save_model_as"),

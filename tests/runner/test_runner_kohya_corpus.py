@@ -46,8 +46,9 @@ def gui_config(tmp: Path, name: str, base: Path) -> Path:
     if doc.get("enable_bucket"):
         doc.update(resolution="64,80", min_bucket_reso=64, max_bucket_reso=128)
         doc["bucket_reso_steps"] = min(int(doc["bucket_reso_steps"]), 64)
-    else:
-        doc["resolution"] = 64
+    else:  # kohya crops to exactly this size: keep a side that is not a multiple of 8 (512,650) as such
+        sides = [int(v) for v in str(doc["resolution"]).split(",")]
+        doc["resolution"] = "64,76" if any(v % 8 for v in sides) else 64
     path = tmp / "training_config.toml"
     path.write_text("".join(f"{key} = {_toml_value(value)}\n" for key, value in sorted(doc.items())))
     return path

@@ -166,3 +166,21 @@ def test_the_corpus_covers_the_shapes() -> None:
     assert configs["per-encoder-lr-sdxl"].text_encoder_lrs(2) == [5e-5, 1e-5]
     assert configs["lora-sd15"].resolution == (512, 650) and not configs["lora-sd15"].enable_bucket
     assert configs["lora-sd15"].training_comment == "trigger: sks"
+
+
+def test_config_keys_and_check_speak_the_rules(tmp_path: Path, gpurun_cli) -> None:
+    listing = json.loads(gpurun_cli("config", "keys", "--json").stdout)
+    assert listing["counts"] == kohya_keys.counts()
+    assert listing["kohya"]["prior_loss_weight"] == {
+        "status": "no-op at",
+        "note": kohya_keys.KEYS["prior_loss_weight"].note,
+        "accepted_as": [1, 1.0],
+    }
+    path = tmp_path / "gui.toml"
+    path.write_text('prior_loss_weight = 1\nepoch = 3\nnetwork_args = ["conv_dim=4"]\n')
+    checked = gpurun_cli("config", "check", str(path))
+    assert checked.returncode == 0
+    assert "prior_loss_weight: no effect at 1" in checked.stderr and "epoch: kohya_ss GUI field" in checked.stderr
+    path.write_text('reg_data_dir = "./reg"\n')
+    refused = gpurun_cli("config", "check", str(path))
+    assert refused.returncode == 1 and "reg_data_dir" in refused.stderr and "regularization images" in refused.stderr

@@ -140,7 +140,7 @@ _add("no-op", "no_half_vae", "gpurun keeps the VAE in fp32 where half precision 
 _add("no-op", "full_fp16 full_bf16", "LoRA parameters stay fp32 under mixed precision")
 _add("no-op", "vae_batch_size", "latents are encoded once, before training; the batch only changes the speed")
 _add("no-op", "dynamo_backend", "gpurun does not compile the model")
-_add("no-op", "epoch", "kohya_ss GUI field, not an sd-scripts argument (it writes max_train_epochs for the run)")
+_add("no-op", "epoch", "kohya_ss GUI field that sd-scripts does not read (the GUI turns it into max_train_steps)")
 _add("no-op", "metadata_author metadata_description metadata_license metadata_tags metadata_title", "GUI metadata")
 
 # ---- accepted only at the value where they change nothing ---------------------------------------------------------

@@ -58,7 +58,7 @@ def test_every_refusal_says_why() -> None:
     [
         ("prior_loss_weight = 1.0", "no effect at 1.0"),
         ("lr_scheduler_args = []", "no effect at []"),
-        ("epoch = 10", "not an sd-scripts argument"),
+        ("epoch = 10", "sd-scripts does not read"),
         ('noise_offset_type = "Multires"', 'no effect at "Multires"'),
         ('wandb_run_name = "x"', "nothing is sent"),
         ("save_every_n_steps = 0", "no effect at 0"),

@@ -86,6 +86,7 @@ _add("implemented", "caption_extension shuffle_caption keep_tokens caption_dropo
 _add("implemented", "flip_aug", "horizontally flipped latents are cached and picked at random")
 _add("implemented", "cache_latents cache_latents_to_disk cache_text_encoder_outputs", "caching, as kohya")
 _add("implemented", "output_dir output_name save_precision save_every_n_epochs", "where and how the LoRA is saved")
+_add("implemented", "save_every_n_steps", "also save <output_name>-step<N> and the state every N steps (0 = off)")
 _add("implemented", "save_model_as", 'only "safetensors" (what every loader reads)')
 _add("implemented", "max_train_epochs max_train_steps", "run length; steps win when both are given")
 _add("implemented", "learning_rate unet_lr", "base and UNet learning rate")
@@ -165,7 +166,7 @@ _add("no-op at", "color_aug random_crop", "images are centre-cropped to their bu
 _add("no-op at", "network_train_text_encoder_only", "the UNet is always trained", _FALSE)
 _add("no-op at", "dim_from_weights", "needs network_weights, which is not implemented", _FALSE)
 _add("no-op at", "fp8_base fp8_base_unet", "the base weights are fp16/bf16/fp32", _FALSE)
-_add("no-op at", "save_every_n_steps sample_every_n_steps save_last_n_steps save_last_n_steps_state", "", _ZERO)
+_add("no-op at", "sample_every_n_steps save_last_n_steps save_last_n_steps_state", "", _ZERO)
 _add("no-op at", "save_last_n_epochs save_last_n_epochs_state", "every checkpoint is kept", _ZERO)
 _add("no-op at", "save_state_on_train_end", "gpurun always saves a resumable state", (True, False))
 _add("no-op at", "huggingface_repo_id huggingface_path_in_repo huggingface_repo_type", "no uploads", ("",))
@@ -176,9 +177,8 @@ _REFUSED = {
     "dataset_config": "kohya's dataset config TOML is not read yet; use train_data_dir with <repeats>_<name> folders",
     "reg_data_dir": "regularization images are not implemented; train without them",
     "network_weights": "continuing from a LoRA file is not implemented; continue a gpurun run with resume",
-    "save_every_n_steps": "step-based saving is not implemented; use save_every_n_epochs",
     "sample_every_n_steps": "step-based sampling is not implemented; use sample_every_n_epochs",
-    "save_last_n_steps": "step-based saving is not implemented; use save_every_n_epochs",
+    "save_last_n_steps": "gpurun keeps every checkpoint; delete old ones after the run",
     "save_last_n_steps_state": "step-based saving is not implemented; gpurun keeps one resumable state",
     "save_last_n_epochs": "gpurun keeps every checkpoint; delete old ones after the run",
     "save_last_n_epochs_state": "gpurun keeps one resumable state",

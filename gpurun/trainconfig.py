@@ -64,7 +64,8 @@ _section(
     "output_dir output_name max_train_epochs max_train_steps learning_rate unet_lr text_encoder_lr lr_scheduler "
     "lr_warmup_steps lr_scheduler_num_cycles lr_scheduler_power network_module network_dim network_alpha "
     "network_train_unet_only network_args optimizer_type optimizer_args mixed_precision save_precision "
-    "save_every_n_epochs save_model_as gradient_checkpointing gradient_accumulation_steps max_grad_norm seed "
+    "save_every_n_epochs save_every_n_steps save_model_as gradient_checkpointing gradient_accumulation_steps "
+    "max_grad_norm seed "
     "noise_offset min_snr_gamma max_token_length resume noise_offset_random_strength adaptive_noise_scale "
     "multires_noise_iterations multires_noise_discount ip_noise_gamma ip_noise_gamma_random_strength min_timestep "
     "max_timestep debiased_estimation_loss loss_type huber_c huber_schedule huber_scale training_comment "
@@ -177,6 +178,8 @@ class TrainConfig(BaseModel):
     mixed_precision: Literal["no", "fp16", "bf16", "auto"] = "auto"
     save_precision: Literal["fp16", "bf16", "float"] = "fp16"
     save_every_n_epochs: int | None = Field(default=None, ge=1)
+    #: also a checkpoint and the state every N optimizer steps (kohya's <output_name>-step<N>); 0 = off
+    save_every_n_steps: int | None = Field(default=None, ge=0)
     save_model_as: Literal["safetensors"] = "safetensors"
     gradient_checkpointing: bool = False
     gradient_accumulation_steps: int = Field(default=1, ge=1)

@@ -61,7 +61,7 @@ def test_every_refusal_says_why() -> None:
         ("epoch = 10", "sd-scripts does not read"),
         ('noise_offset_type = "Multires"', 'no effect at "Multires"'),
         ('wandb_run_name = "x"', "nothing is sent"),
-        ("save_every_n_steps = 0", "no effect at 0"),
+        ("save_last_n_steps = 0", "no effect at 0"),
     ],
 )
 def test_no_op_keys_are_accepted_and_reported(tmp_path: Path, line: str, said: str) -> None:
@@ -76,7 +76,7 @@ def test_no_op_keys_are_accepted_and_reported(tmp_path: Path, line: str, said: s
     [
         ("prior_loss_weight = 0.5", "prior_loss_weight = 0.5 is refused: it weighs regularization images"),
         ('reg_data_dir = "./reg"', 'reg_data_dir = "./reg" is refused: regularization images are not implemented'),
-        ("save_every_n_steps = 100", "save_every_n_steps = 100 is refused: step-based saving is not implemented"),
+        ("sample_every_n_steps = 100", "sample_every_n_steps = 100 is refused: step-based sampling is not implemented"),
         ("max_token_length = 225", "only the standard 75-token prompt length"),
         ("network_dropout = 1.0", "[training].network_dropout"),
         ("lr_decay_steps = 10", "lr_decay_steps = 10 is refused: use lr_scheduler's names"),

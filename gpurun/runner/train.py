@@ -206,6 +206,10 @@ class _Loop:
                 p.batch_in_epoch = group_end
                 p.step += 1
                 self._after_step(sum(losses) / len(losses), time.monotonic() - started)
+                every = self.config.save_every_n_steps
+                if every and p.step % every == 0 and p.step < p.total_steps:
+                    self._save_lora(f"{self.config.output_name}-step{p.step:08d}.safetensors", p.epoch)
+                    self._save_state()
                 if self.t.stop.requested:
                     return self._stop_now()
             if p.batch_in_epoch >= len(batches):

@@ -79,6 +79,10 @@ def test_the_corpus_trains_and_writes_what_it_trained(
     # config check's notes reach the run's start event too
     assert all(any(note.startswith(f"{key}: ") for note in start.notes) for key in config.kohya_notes())
 
+    saved = [e.path for e in evs if isinstance(e, events.Checkpoint)]
+    every = config.save_every_n_steps or 0
+    step_saves = [f"{config.output_name}-step{s:08d}.safetensors" for s in range(1, STEPS) if every and s % every == 0]
+    assert [p for p in saved if "-step" in p] == step_saves and saved[-1] == f"{config.output_name}.safetensors"
     final = tmp_path / "out" / f"{config.output_name}.safetensors"
     network = config.network
     problems = verify_lora_file(

@@ -121,6 +121,11 @@ _add(
     "implemented", "loss_type huber_c huber_schedule huber_scale", "l2, l1, huber or smooth_l1 loss, kohya's schedules"
 )
 _add("implemented", "training_comment", "written into the file's ss_training_comment")
+_add(
+    "implemented",
+    "metadata_title metadata_author metadata_description metadata_license metadata_tags",
+    "written into the file's modelspec.title/author/description/license/tags (the title defaults to output_name)",
+)
 _add("implemented", "scale_weight_norms", "max-norm regularization of each LoRA's weight change after every step")
 _add("implemented", "network_dropout", "dropout on each LoRA's rank activations while training")
 _add("implemented", "sample_prompts sample_every_n_epochs sample_sampler", "the sample grid")
@@ -142,7 +147,6 @@ _add("no-op", "full_fp16 full_bf16", "LoRA parameters stay fp32 under mixed prec
 _add("no-op", "vae_batch_size", "latents are encoded once, before training; the batch only changes the speed")
 _add("no-op", "dynamo_backend", "gpurun does not compile the model")
 _add("no-op", "epoch", "kohya_ss GUI field that sd-scripts does not read (the GUI turns it into max_train_steps)")
-_add("no-op", "metadata_author metadata_description metadata_license metadata_tags metadata_title", "GUI metadata")
 
 # ---- accepted only at the value where they change nothing ---------------------------------------------------------
 _add("no-op at", "prior_loss_weight", "weighs regularization images, which gpurun does not train with", (1, 1.0))

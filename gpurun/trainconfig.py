@@ -69,7 +69,8 @@ _section(
     "noise_offset min_snr_gamma max_token_length resume noise_offset_random_strength adaptive_noise_scale "
     "multires_noise_iterations multires_noise_discount ip_noise_gamma ip_noise_gamma_random_strength min_timestep "
     "max_timestep debiased_estimation_loss loss_type huber_c huber_schedule huber_scale training_comment "
-    "scale_weight_norms network_dropout",
+    "scale_weight_norms network_dropout metadata_title metadata_author metadata_description metadata_license "
+    "metadata_tags",
 )
 _section("sample", "sample_prompts sample_every_n_epochs sample_seeds sample_weights sample_steps sample_sampler")
 
@@ -202,6 +203,12 @@ class TrainConfig(BaseModel):
     huber_scale: float = Field(default=1.0, gt=0)
     #: written into the file's ss_training_comment
     training_comment: str | None = None
+    #: ModelSpec metadata of the file (kohya's --metadata_*); the title defaults to output_name
+    metadata_title: str | None = None
+    metadata_author: str | None = None
+    metadata_description: str | None = None
+    metadata_license: str | None = None
+    metadata_tags: str | None = None
     scale_weight_norms: float | None = Field(default=None, ge=0)
     network_dropout: float | None = Field(default=None, ge=0, lt=1)
     max_token_length: int | None = None

@@ -266,7 +266,7 @@ def build_metadata(
         if model.family == "sdxl"
         else "diffusers",
         "modelspec.implementation_version": f"gpurun/{__version__}",
-        "modelspec.title": config.output_name,
+        "modelspec.title": config.metadata_title or config.output_name,
         "modelspec.resolution": f"{width}x{height}",
         "modelspec.date": datetime.datetime.fromtimestamp(int(training_started_at)).isoformat(),
         "modelspec.prediction_type": "v" if v_pred else "epsilon",
@@ -277,6 +277,10 @@ def build_metadata(
         meta["ss_vae_name"] = Path(config.vae).name
     if trigger:
         meta["modelspec.trigger_phrase"] = trigger
+    for field in ("author", "description", "license", "tags"):
+        value = getattr(config, f"metadata_{field}")
+        if value:
+            meta[f"modelspec.{field}"] = value
     if config.clip_skip:
         meta["modelspec.encoder_layer"] = config.clip_skip
     meta.update(extra or {})

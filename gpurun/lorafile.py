@@ -3,7 +3,8 @@
 The client verifies a fetched LoRA with this module (it must stay torch-free), and the runner's tests use the
 same check. The name sets are generated from each family's block topology, the same rule kohya's
 `networks/lora.py` applies (every Linear / 1x1 Conv2d inside a UNet Transformer2DModel; every Linear in CLIP
-attention and MLP), so a file passes only if ComfyUI, A1111 and kohya's own tools recognise every key.
+attention and MLP; with LoCon's conv_dim also the ResNet blocks and down/upsamplers), so a file passes only if
+ComfyUI, A1111 and kohya's own tools recognise every key.
 """
 
 from __future__ import annotations
@@ -149,6 +150,48 @@ def unet_module_names(family: Family) -> list[str]:
     return names
 
 
+#: a ResNet block's adapted layers in kohya's names: (3x3 conv, 3x3 conv, time-embedding Linear), then the 1x1
+#: shortcut, which exists only where the block changes the channel count (so it is allowed, never required)
+_RESNET_LAYERS = {
+    "sgm": ("in_layers_2", "out_layers_3", "emb_layers_1"),
+    "diffusers": ("conv1", "conv2", "time_emb_proj"),
+}
+_SHORTCUT = {"sgm": "skip_connection", "diffusers": "conv_shortcut"}
+
+
+def _resnet_blocks(family: Family) -> tuple[list[str], list[str]]:
+    """(ResNet block prefixes, down/upsampler conv names) of kohya's UNet for `family`."""
+    if family == "sdxl":
+        resnets = [f"lora_unet_input_blocks_{3 * i + j + 1}_0" for i in range(3) for j in range(2)]
+        resnets += ["lora_unet_middle_block_0", "lora_unet_middle_block_2"]
+        resnets += [f"lora_unet_output_blocks_{3 * i + j}_0" for i in range(3) for j in range(3)]
+        samplers = [f"lora_unet_input_blocks_{3 * (i + 1)}_0_op" for i in range(2)]
+        samplers += [f"lora_unet_output_blocks_{3 * i + 2}_2_conv" for i in range(2)]
+        return resnets, samplers
+    resnets = [f"lora_unet_down_blocks_{i}_resnets_{j}" for i in range(4) for j in range(2)]
+    resnets += ["lora_unet_mid_block_resnets_0", "lora_unet_mid_block_resnets_1"]
+    resnets += [f"lora_unet_up_blocks_{i}_resnets_{j}" for i in range(4) for j in range(3)]
+    samplers = [f"lora_unet_down_blocks_{i}_downsamplers_0_conv" for i in range(3)]
+    samplers += [f"lora_unet_up_blocks_{i}_upsamplers_0_conv" for i in range(3)]
+    return resnets, samplers
+
+
+def locon_module_names(family: Family) -> tuple[list[str], list[str]]:
+    """kohya's LoCon (conv_dim) UNet module names beyond the LoRA ones: (required, optional). The optional ones
+    are the 1x1 shortcuts, present where a ResNet block changes the channel count."""
+    style = "sgm" if family == "sdxl" else "diffusers"
+    resnets, samplers = _resnet_blocks(family)
+    required = [f"{block}_{layer}" for block in resnets for layer in _RESNET_LAYERS[style]] + samplers
+    return required, [f"{block}_{_SHORTCUT[style]}" for block in resnets]
+
+
+def is_conv_kxk_module(family: Family, name: str) -> bool:
+    """A LoCon module on a 3x3 convolution (conv_dim/conv_alpha, 4-D weights with a 3x3 lora_down)."""
+    style = "sgm" if family == "sdxl" else "diffusers"
+    kxk = _RESNET_LAYERS[style][:2]
+    return name.endswith(tuple(f"_{layer}" for layer in kxk)) or name in _resnet_blocks(family)[1]
+
+
 def text_encoder_module_names(family: Family) -> dict[str, list[str]]:
     """kohya's text-encoder module names per prefix (`lora_te` for SD 1.x/2.x; `lora_te1`/`lora_te2` for SDXL)."""
     return {
@@ -158,7 +201,10 @@ def text_encoder_module_names(family: Family) -> dict[str, list[str]]:
 
 
 def is_conv_module(family: Family, name: str) -> bool:
-    """SD 1.x's proj_in/proj_out are 1x1 convolutions (4-D LoRA weights); SD 2.x and SDXL use Linear."""
+    """SD 1.x's proj_in/proj_out and every ResNet shortcut are 1x1 convolutions (4-D LoRA weights); SD 2.x and
+    SDXL's proj_in/proj_out are Linear."""
+    if name.endswith(("_conv_shortcut", "_skip_connection")):
+        return True
     return family == "sd15" and name.endswith(("_proj_in", "_proj_out"))
 
 
@@ -177,17 +223,25 @@ def guess_family(keys: list[str] | set[str]) -> Family | None:
 
 
 def verify_lora_file(
-    path: str | Path, family: Family, *, network_dim: int | None = None, network_alpha: float | None = None
+    path: str | Path,
+    family: Family,
+    *,
+    network_dim: int | None = None,
+    network_alpha: float | None = None,
+    conv_dim: int | None = None,
+    conv_alpha: float | None = None,
 ) -> list[str]:
-    """Check a kohya LoRA file; returns the problems found (empty = loads everywhere, as configured)."""
+    """Check a kohya LoRA file; returns the problems found (empty = loads everywhere, as configured). A LoCon
+    file (3x3 conv modules) is checked against conv_dim/conv_alpha when given."""
     try:
         header = read_header(path)
     except SafetensorsError as exc:
         return [str(exc)]
     problems: list[str] = []
     unet = set(unet_module_names(family))
+    locon_required, locon_optional = locon_module_names(family)
     encoders = text_encoder_module_names(family)
-    allowed = unet | {n for names in encoders.values() for n in names}
+    allowed = unet | {n for names in encoders.values() for n in names} | set(locon_required) | set(locon_optional)
 
     parts: dict[str, dict[str, TensorInfo]] = {}
     for key, info in header.tensors.items():
@@ -203,33 +257,47 @@ def verify_lora_file(
         return [*problems, f"no kohya LoRA modules for {family} found", *metadata_problems]
 
     ranks: set[int] = set()
+    conv_ranks: set[int] = set()
     dtypes = {info.dtype for info in header.tensors.values()}
     for name, found in sorted(parts.items()):
+        kxk = is_conv_kxk_module(family, name)
         for part in ("lora_down.weight", "lora_up.weight", "alpha"):
             if part not in found:
                 problems.append(f"{name}: missing {name}.{part}")
         down, up = found.get("lora_down.weight"), found.get("lora_up.weight")
         if down and up:
             problems += _check_shapes(family, name, down.shape, up.shape)
-            ranks.add(down.shape[0])
+            (conv_ranks if kxk else ranks).add(down.shape[0])
         alpha = found.get("alpha")
+        want, which = (conv_alpha, "conv_alpha") if kxk else (network_alpha, "network_alpha")
         if alpha is not None:
             if alpha.shape != ():
                 problems.append(f"{name}.alpha has shape {list(alpha.shape)}, expected a 0-dim scalar")
-            elif network_alpha is not None:
+            elif want is not None:
                 value = read_scalar(header, f"{name}.alpha")
-                if not math.isclose(value, network_alpha, rel_tol=2e-3, abs_tol=1e-6):
-                    problems.append(f"{name}.alpha is {value:g}, expected network_alpha {network_alpha:g}")
+                if not math.isclose(value, want, rel_tol=2e-3, abs_tol=1e-6):
+                    problems.append(f"{name}.alpha is {value:g}, expected {which} {want:g}")
     if network_dim is not None and ranks - {network_dim}:
         problems.append(f"LoRA rank {sorted(ranks)} differs from network_dim {network_dim}")
     elif len(ranks) > 1:
         problems.append(f"modules have different ranks {sorted(ranks)}")
+    if conv_dim is not None and conv_ranks - {conv_dim}:
+        problems.append(f"LoCon conv rank {sorted(conv_ranks)} differs from conv_dim {conv_dim}")
+    elif len(conv_ranks) > 1:
+        problems.append(f"3x3 conv modules have different ranks {sorted(conv_ranks)}")
+    if conv_dim is not None and not conv_ranks:
+        problems.append(f"no LoCon 3x3 conv modules, but conv_dim is {conv_dim}")
     if len(dtypes) > 1:
         problems.append(f"mixed tensor dtypes {sorted(dtypes)}")
 
     missing_unet = sorted(unet - parts.keys())
     if missing_unet:
         problems.append(f"{len(missing_unet)} of kohya's {len(unet)} UNet modules are missing, e.g. {missing_unet[0]}")
+    missing_conv = sorted(set(locon_required) - parts.keys())
+    if conv_ranks and missing_conv:
+        problems.append(
+            f"{len(missing_conv)} of kohya's {len(locon_required)} LoCon modules are missing, e.g. {missing_conv[0]}"
+        )
     for prefix, names in encoders.items():
         present = [n for n in names if n in parts]
         if present and len(present) != len(names):
@@ -240,13 +308,22 @@ def verify_lora_file(
 
 
 def _check_shapes(family: Family, name: str, down: tuple[int, ...], up: tuple[int, ...]) -> list[str]:
-    conv = is_conv_module(family, name)
+    kxk = is_conv_kxk_module(family, name)
+    conv = kxk or is_conv_module(family, name)
     want = 4 if conv else 2
     problems = []
     if len(down) != want or len(up) != want:
-        kind = "1x1 conv [r,in,1,1]/[out,r,1,1]" if conv else "linear [r,in]/[out,r]"
+        kind = (
+            "3x3 conv [r,in,3,3]/[out,r,1,1]"
+            if kxk
+            else "1x1 conv [r,in,1,1]/[out,r,1,1]"
+            if conv
+            else "linear [r,in]/[out,r]"
+        )
         problems.append(f"{name}: shapes down {list(down)} / up {list(up)} are not {kind}")
-    elif conv and (down[2:] != (1, 1) or up[2:] != (1, 1)):
+    elif kxk and (down[2:] != (3, 3) or up[2:] != (1, 1)):
+        problems.append(f"{name}: LoCon kernels must be 3x3 down, 1x1 up, got down {list(down)} / up {list(up)}")
+    elif conv and not kxk and (down[2:] != (1, 1) or up[2:] != (1, 1)):
         problems.append(f"{name}: conv LoRA kernels must be 1x1, got down {list(down)} / up {list(up)}")
     elif down[0] != up[1]:
         problems.append(f"{name}: rank mismatch, lora_down has {down[0]} rows but lora_up {up[1]} columns")

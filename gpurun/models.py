@@ -186,6 +186,8 @@ class Workload:
     gradient_checkpointing: bool = False
     train_text_encoder: bool = True
     network_dim: int = 32
+    #: kohya's LoCon rank (conv_dim in network_args); 0 = plain LoRA
+    conv_dim: int = 0
     dataset_bytes: int = 20 * 2**20
     #: size of the base model download in bytes (SD 1.5 pruned ≈ 4.3 GB, SDXL ≈ 6.9 GB)
     base_model_bytes: int = 4_265_000_000

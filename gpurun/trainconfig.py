@@ -1,9 +1,9 @@
 """TrainConfig: the training job, read from the kohya-style `training_config.toml` users already have.
 
 Accepts the sectioned form (`[model]`, `[dataset]`, `[training]`, or any section name, as kohya flattens
-sections) and the flat form. Unknown keys are errors naming the key and the closest known one; kohya keys
-that gpurun does not need (logging, dataloader workers, attention backends) are accepted and reported as
-ignored, so an existing file just works.
+sections) and the flat form. Every kohya key follows its rule in gpurun.kohya_keys: a field here (implemented),
+accepted without effect and reported (no-op, always or at the value given), or refused with the reason. Unknown
+keys are errors naming the key and the closest known one.
 """
 
 from __future__ import annotations
@@ -26,7 +26,9 @@ from pydantic import (
     model_validator,
 )
 
+from gpurun import kohya_keys
 from gpurun.errors import ConfigError
+from gpurun.network_args import LYCORIS_HINT, NetworkArgs, NetworkArgsError, parse_network_args
 from gpurun.safenames import component_problem, has_control_chars
 
 if sys.version_info >= (3, 11):
@@ -39,22 +41,8 @@ PRESETS_DIR = Path(__file__).parent / "templates" / "presets"
 #: kohya spellings that mean the same as one of our keys
 ALIASES: dict[str, str] = {"train_batch_size": "batch_size"}
 
-#: kohya keys gpurun accepts and ignores, with why (shown to the user once)
-IGNORED_KEYS: dict[str, str] = {
-    "xformers": "gpurun always uses PyTorch SDPA attention",
-    "sdpa": "gpurun always uses PyTorch SDPA attention",
-    "mem_eff_attn": "gpurun always uses PyTorch SDPA attention",
-    "logging_dir": "progress is streamed as events instead",
-    "log_with": "progress is streamed as events instead",
-    "log_prefix": "progress is streamed as events instead",
-    "max_data_loader_n_workers": "latents are cached; no dataloader workers are needed",
-    "persistent_data_loader_workers": "latents are cached; no dataloader workers are needed",
-    "lowram": "not needed",
-    "save_state": "gpurun always saves a resumable state",
-    "no_half_vae": "gpurun always keeps the VAE in fp32 where half precision is unsafe",
-    "full_fp16": "LoRA parameters stay fp32 under mixed precision",
-    "full_bf16": "LoRA parameters stay fp32 under mixed precision",
-}
+#: kohya keys accepted without a field because they change nothing trained (see gpurun.kohya_keys)
+IGNORED_KEYS: dict[str, str] = {k: e.note for k, e in kohya_keys.KEYS.items() if e.status == "no-op"}
 
 SECTION_OF: dict[str, str] = {}
 
@@ -76,12 +64,33 @@ _section(
     "output_dir output_name max_train_epochs max_train_steps learning_rate unet_lr text_encoder_lr lr_scheduler "
     "lr_warmup_steps lr_scheduler_num_cycles lr_scheduler_power network_module network_dim network_alpha "
     "network_train_unet_only network_args optimizer_type optimizer_args mixed_precision save_precision "
-    "save_every_n_epochs save_model_as gradient_checkpointing gradient_accumulation_steps max_grad_norm seed "
-    "noise_offset min_snr_gamma max_token_length resume",
+    "save_every_n_epochs save_every_n_steps save_model_as gradient_checkpointing gradient_accumulation_steps "
+    "max_grad_norm seed "
+    "noise_offset min_snr_gamma max_token_length resume noise_offset_random_strength adaptive_noise_scale "
+    "multires_noise_iterations multires_noise_discount ip_noise_gamma ip_noise_gamma_random_strength min_timestep "
+    "max_timestep debiased_estimation_loss loss_type huber_c huber_schedule huber_scale training_comment "
+    "scale_weight_norms network_dropout metadata_title metadata_author metadata_description metadata_license "
+    "metadata_tags",
 )
 _section("sample", "sample_prompts sample_every_n_epochs sample_seeds sample_weights sample_steps sample_sampler")
 
-OPTIMIZERS = {"adamw": "AdamW", "adamw8bit": "AdamW8bit", "prodigy": "Prodigy"}
+OPTIMIZERS = {"adamw": "AdamW", "adamw8bit": "AdamW8bit", "adafactor": "Adafactor", "prodigy": "Prodigy"}
+#: kohya optimizers gpurun does not train with, and why (named in the refusal instead of "unsupported")
+REFUSED_OPTIMIZERS = {
+    "lion": "Lion needs the lion-pytorch package, which the box image does not install",
+    "lion8bit": "Lion needs the lion-pytorch package, which the box image does not install",
+    "dadaptation": "D-Adaptation needs the dadaptation package, which the box image does not install",
+    "dadaptadam": "D-Adaptation needs the dadaptation package, which the box image does not install",
+    "dadaptadagrad": "D-Adaptation needs the dadaptation package, which the box image does not install",
+    "dadaptadan": "D-Adaptation needs the dadaptation package, which the box image does not install",
+    "dadaptadanip": "D-Adaptation needs the dadaptation package, which the box image does not install",
+    "dadaptlion": "D-Adaptation needs the dadaptation package, which the box image does not install",
+    "dadaptsgd": "D-Adaptation needs the dadaptation package, which the box image does not install",
+    "sgdnesterov": "not implemented",
+    "sgdnesterov8bit": "not implemented",
+    "pagedadamw8bit": "not implemented",
+    "pagedlion8bit": "not implemented",
+}
 #: kohya's sample_sampler names → diffusers scheduler classes (checked here, so a typo fails before renting)
 SAMPLERS = {
     "ddim": "DDIMScheduler",
@@ -101,7 +110,9 @@ SAMPLERS = {
     "dpmsolver++": "DPMSolverMultistepScheduler",
     "dpmsingle": "DPMSolverSinglestepScheduler",
 }
-SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
+SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial", "adafactor")
+LOSS_TYPES = ("l2", "l1", "huber", "smooth_l1")
+HUBER_SCHEDULES = ("constant", "exponential", "snr")
 #: the largest training side gpurun accepts: 8192 px is four times SDXL's native size (bucket search is cubic in it)
 MAX_RESOLUTION = 8192
 _CAPTION_EXT = re.compile(r"^\.[A-Za-z0-9_-]{1,16}$")
@@ -129,7 +140,8 @@ class TrainConfig(BaseModel):
     enable_bucket: bool = False
     min_bucket_reso: int = Field(default=256, ge=64, le=MAX_RESOLUTION)
     max_bucket_reso: int = Field(default=1024, ge=64, le=MAX_RESOLUTION)
-    bucket_reso_steps: int = Field(default=64, ge=8, le=MAX_RESOLUTION)
+    #: kohya ignores it without bucketing (the GUI writes 1 there); with bucketing it must be a multiple of 8
+    bucket_reso_steps: int = Field(default=64, ge=1, le=MAX_RESOLUTION)
     bucket_no_upscale: bool = False
     #: gpurun's default is .txt (kohya's is .caption, which silently ignores .txt captions)
     caption_extension: str = ".txt"
@@ -149,9 +161,11 @@ class TrainConfig(BaseModel):
     max_train_steps: int | None = Field(default=None, ge=1)
     learning_rate: float = Field(default=1e-4, ge=0)
     unet_lr: float | None = Field(default=None, ge=0)
-    text_encoder_lr: float | None = Field(default=None, ge=0)
+    #: one rate for every text encoder, or one per encoder (the kohya_ss GUI writes a list)
+    text_encoder_lr: float | list[float] | None = None
     lr_scheduler: str = "constant"
-    lr_warmup_steps: int = Field(default=0, ge=0)
+    #: steps, or (a float below 1) that fraction of the run's steps, as kohya reads it
+    lr_warmup_steps: int | float = Field(default=0, ge=0)
     lr_scheduler_num_cycles: int = Field(default=1, ge=1)
     lr_scheduler_power: float = Field(default=1.0, gt=0)
     network_module: str = "networks.lora"
@@ -165,13 +179,38 @@ class TrainConfig(BaseModel):
     mixed_precision: Literal["no", "fp16", "bf16", "auto"] = "auto"
     save_precision: Literal["fp16", "bf16", "float"] = "fp16"
     save_every_n_epochs: int | None = Field(default=None, ge=1)
+    #: also a checkpoint and the state every N optimizer steps (kohya's <output_name>-step<N>); 0 = off
+    save_every_n_steps: int | None = Field(default=None, ge=0)
     save_model_as: Literal["safetensors"] = "safetensors"
     gradient_checkpointing: bool = False
     gradient_accumulation_steps: int = Field(default=1, ge=1)
     max_grad_norm: float = Field(default=1.0, ge=0)
     seed: int | None = None
     noise_offset: float | None = Field(default=None, ge=0)
-    min_snr_gamma: float | None = Field(default=None, gt=0)
+    noise_offset_random_strength: bool = False
+    adaptive_noise_scale: float | None = None
+    multires_noise_iterations: int | None = Field(default=None, ge=0, le=64)
+    multires_noise_discount: float = Field(default=0.3, ge=0)
+    ip_noise_gamma: float | None = Field(default=None, ge=0)
+    ip_noise_gamma_random_strength: bool = False
+    min_timestep: int | None = Field(default=None, ge=0, le=999)
+    max_timestep: int | None = Field(default=None, ge=1, le=1000)
+    min_snr_gamma: float | None = Field(default=None, ge=0)
+    debiased_estimation_loss: bool = False
+    loss_type: Literal["l2", "l1", "huber", "smooth_l1"] = "l2"
+    huber_c: float = Field(default=0.1, gt=0, le=1)
+    huber_schedule: Literal["constant", "exponential", "snr"] = "snr"
+    huber_scale: float = Field(default=1.0, gt=0)
+    #: written into the file's ss_training_comment
+    training_comment: str | None = None
+    #: ModelSpec metadata of the file (kohya's --metadata_*); the title defaults to output_name
+    metadata_title: str | None = None
+    metadata_author: str | None = None
+    metadata_description: str | None = None
+    metadata_license: str | None = None
+    metadata_tags: str | None = None
+    scale_weight_norms: float | None = Field(default=None, ge=0)
+    network_dropout: float | None = Field(default=None, ge=0, lt=1)
     max_token_length: int | None = None
     #: True = continue from the state in output_dir; a path = continue from that state folder
     resume: bool | str = False
@@ -227,18 +266,50 @@ class TrainConfig(BaseModel):
     @field_validator("resolution")
     @classmethod
     def _check_resolution(cls, value: tuple[int, int]) -> tuple[int, int]:
-        if any(v < 64 or v % 8 or v > MAX_RESOLUTION for v in value):
+        if len(value) != 2 or any(v < 64 or v > MAX_RESOLUTION for v in value):
+            raise ValueError(f"each side must be from 64 to {MAX_RESOLUTION}, got {'x'.join(map(str, value))}")
+        return value
+
+    @field_validator("text_encoder_lr", mode="before")
+    @classmethod
+    def _check_text_encoder_lr(cls, value: Any) -> Any:
+        values = value if isinstance(value, list) else [value] if value is not None else []
+        if isinstance(value, list) and not 1 <= len(value) <= 2:
+            raise ValueError("give one rate, or one per text encoder (SDXL has two), e.g. [5e-5, 1e-5]")
+        if any(isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 for v in values):
+            raise ValueError("every text-encoder learning rate must be a number >= 0")
+        return value
+
+    @field_validator("lr_warmup_steps")
+    @classmethod
+    def _check_warmup(cls, value: int | float) -> int | float:
+        if isinstance(value, float) and value >= 1:
             raise ValueError(
-                f"each side must be a multiple of 8 from 64 to {MAX_RESOLUTION}, got {value[0]}x{value[1]}"
+                "a float is read as the fraction of the run's steps (kohya: 0.1 = 10%); "
+                "write a whole number for a step count"
             )
+        return value
+
+    @field_validator("network_args")
+    @classmethod
+    def _check_network_args(cls, value: list[str]) -> list[str]:
+        try:
+            parse_network_args(value)
+        except NetworkArgsError as exc:
+            raise ValueError(str(exc)) from None
         return value
 
     @field_validator("optimizer_type")
     @classmethod
     def _check_optimizer(cls, value: str) -> str:
-        canonical = OPTIMIZERS.get(value.lower())
+        # kohya lower-cases the name before matching, so "adamw8bit" and "AdaFactor" are valid there too
+        canonical = OPTIMIZERS.get(value.strip().lower())
         if canonical is None:
-            raise ValueError(f"unsupported optimizer {value!r}; choose one of {', '.join(OPTIMIZERS.values())}")
+            why = REFUSED_OPTIMIZERS.get(value.strip().lower())
+            known = ", ".join(OPTIMIZERS.values())
+            if why:
+                raise ValueError(f"optimizer {value!r} is not available ({why}); choose one of {known}")
+            raise ValueError(f"unsupported optimizer {value!r}; choose one of {known}")
         return canonical
 
     @field_validator("lr_scheduler")
@@ -251,8 +322,13 @@ class TrainConfig(BaseModel):
     @field_validator("network_module")
     @classmethod
     def _check_module(cls, value: str) -> str:
+        if value.startswith("lycoris"):
+            raise ValueError(LYCORIS_HINT)
         if value != "networks.lora":
-            raise ValueError(f"only 'networks.lora' (plain LoRA) is supported, got {value!r}")
+            raise ValueError(
+                f"only 'networks.lora' (kohya's LoRA, and its LoCon through conv_dim in network_args) is supported, "
+                f"got {value!r}"
+            )
         return value
 
     @field_validator("sample_sampler")
@@ -285,10 +361,37 @@ class TrainConfig(BaseModel):
             raise ValueError(
                 f"min_bucket_reso ({self.min_bucket_reso}) is larger than max_bucket_reso ({self.max_bucket_reso})"
             )
-        if self.bucket_reso_steps > self.min_bucket_reso:
+        if self.enable_bucket:
+            if self.bucket_reso_steps % 8:
+                # kohya asserts a multiple of 64 (SD) / 32 (SDXL); 8 is the least a latent needs
+                raise ValueError(
+                    f"bucket_reso_steps ({self.bucket_reso_steps}) must be a multiple of 8 with enable_bucket "
+                    "(kohya asks 64 for SD 1.x/2.x, 32 for SDXL)"
+                )
+            if self.bucket_reso_steps > self.min_bucket_reso:
+                raise ValueError(
+                    f"bucket_reso_steps ({self.bucket_reso_steps}) is larger than min_bucket_reso "
+                    f"({self.min_bucket_reso}): no bucket would fit"
+                )
+        if self.optimizer_type == "Prodigy":
+            rates = {r for r in [self.effective_unet_lr, *self.text_encoder_lrs(2)] if r > 0}
+            if len(rates) > 1:
+                # prodigyopt raises at its first step otherwise (in kohya too): catch it before renting
+                raise ValueError(
+                    f"optimizer_type Prodigy needs one learning rate for the UNet and the text encoders (or 0 to "
+                    f"freeze one), got {sorted(rates)}; Prodigy scales it itself, so use the same value (usually 1)"
+                )
+        if self.adaptive_noise_scale is not None and self.noise_offset is None:
+            raise ValueError("adaptive_noise_scale requires noise_offset (as in kohya)")
+        low, high = self.min_timestep or 0, 1000 if self.max_timestep is None else self.max_timestep
+        if low > high:
+            raise ValueError(f"min_timestep ({low}) is larger than max_timestep ({high})")
+        if self.lr_scheduler == "adafactor" and not (
+            self.optimizer_type == "Adafactor" and self.adafactor_relative_step
+        ):
             raise ValueError(
-                f"bucket_reso_steps ({self.bucket_reso_steps}) is larger than min_bucket_reso "
-                f"({self.min_bucket_reso}): no bucket would fit"
+                "lr_scheduler adafactor is Adafactor's own schedule: it needs optimizer_type Adafactor with "
+                "relative_step (its default)"
             )
         return self
 
@@ -305,14 +408,74 @@ class TrainConfig(BaseModel):
 
     @property
     def effective_text_encoder_lr(self) -> float:
-        """0 when the text encoder is frozen (unet-only training or an lr of 0)."""
+        """The first text encoder's rate; 0 when the text encoders are frozen (unet-only training or an lr of 0)."""
+        return self.text_encoder_lrs(2)[0]
+
+    def text_encoder_lrs(self, encoders: int) -> list[float]:
+        """One learning rate per text encoder (0 = frozen). A single value, or a list of one, serves every
+        encoder; a list of two gives SDXL's second encoder its own. Raises ConfigError for two different rates
+        on a model with one text encoder."""
         if self.network_train_unet_only:
-            return 0.0
-        return self.learning_rate if self.text_encoder_lr is None else self.text_encoder_lr
+            return [0.0] * encoders
+        given = self.text_encoder_lr
+        rates = [self.learning_rate] if given is None else [float(v) for v in given] if isinstance(given, list) else [
+            float(given)
+        ]  # fmt: skip
+        if len(rates) > encoders and len(set(rates)) > 1:
+            raise ConfigError(
+                f"text_encoder_lr gives {len(rates)} different rates {rates}, but this model has {encoders} "
+                "text encoder",
+                where=f"{self._source or 'config'}: text_encoder_lr",
+                hint=f"write text_encoder_lr = {rates[0]}",
+            )
+        return (rates * encoders)[:encoders] if len(rates) == 1 else rates[:encoders]
 
     @property
     def trains_text_encoder(self) -> bool:
-        return self.effective_text_encoder_lr > 0
+        return any(rate > 0 for rate in self.text_encoder_lrs(2))
+
+    @property
+    def network(self) -> NetworkArgs:
+        """The parsed network_args (validated on load)."""
+        return parse_network_args(self.network_args)
+
+    @property
+    def adafactor_relative_step(self) -> bool:
+        """Adafactor's relative_step: kohya's default is True (and warmup_init forces it), which makes Adafactor
+        pick its own step size."""
+        args = {k.strip(): v.strip().lower() for k, _, v in (raw.partition("=") for raw in self.optimizer_args)}
+        return args.get("relative_step", "true") == "true" or args.get("warmup_init", "false") == "true"
+
+    def warmup_steps(self, total_steps: int) -> int:
+        """lr_warmup_steps in steps: kohya reads a float as that fraction of the run (int(0.1 * steps))."""
+        if isinstance(self.lr_warmup_steps, float):
+            return int(self.lr_warmup_steps * total_steps)
+        return self.lr_warmup_steps
+
+    def kohya_notes(self) -> dict[str, str]:
+        """What `config check` says beyond the values: keys met without effect and implemented choices that differ
+        from what kohya's own train_network.py would do with this file."""
+        notes = dict(self._ignored)
+        if isinstance(self.text_encoder_lr, list) and len(set(self.text_encoder_lr)) > 1:
+            notes["text_encoder_lr"] = (
+                f"{self.text_encoder_lr[0]:g} for the first text encoder and {self.text_encoder_lr[1]:g} for SDXL's "
+                f"second (kohya's networks.lora would train both at {self.text_encoder_lr[0]:g})"
+            )
+        if self.optimizer_type == "Adafactor" and self.adafactor_relative_step:
+            notes["optimizer_type"] = (
+                "Adafactor with relative_step picks its own step size: learning_rate, unet_lr and text_encoder_lr "
+                "are not used and the schedule is Adafactor's (as in kohya); set relative_step=False to use them"
+            )
+        width, height = self.resolution
+        if not self.enable_bucket and (width % 8 or height % 8):
+            # kohya crops to exactly this size too; the VAE's stride-8 latents then cover the multiple of 8 below
+            notes["resolution"] = (
+                f"{width}x{height} crops are encoded to {width // 8}x{height // 8} latents (as in kohya), which "
+                f"cover {width - width % 8}x{height - height % 8}; samples render at that size"
+            )
+        if isinstance(self.lr_warmup_steps, float):
+            notes["lr_warmup_steps"] = f"{self.lr_warmup_steps:g} of the run's steps, rounded down (as kohya)"
+        return notes
 
     @property
     def ignored_keys(self) -> dict[str, str]:
@@ -416,10 +579,14 @@ def _flatten(data: Mapping[str, Any], source: str) -> tuple[dict[str, Any], dict
         for key, value in items:
             where = f"{source}: [{section}].{key}" if section else f"{source}: {key}"
             name = ALIASES.get(key, key)
-            if name in IGNORED_KEYS:
-                ignored[key] = IGNORED_KEYS[name]
-                continue
             if name not in known:
+                note = kohya_keys.no_op_note(name, value)
+                if note is not None:
+                    ignored[key] = note
+                    continue
+                why = kohya_keys.refusal(name)
+                if why is not None:
+                    raise ConfigError(f"{key} = {_toml_value_or_repr(value)} is refused: {why}", where=where)
                 raise ConfigError(f"unknown key {key!r}", where=where, hint=_suggest(key, known))
             if name in flat:
                 raise ConfigError(f"key {key!r} is given twice", where=where, hint="keep one of them")
@@ -428,7 +595,7 @@ def _flatten(data: Mapping[str, Any], source: str) -> tuple[dict[str, Any], dict
 
 
 def _suggest(key: str, known: set[str]) -> str:
-    candidates = known | set(IGNORED_KEYS) | set(ALIASES)
+    candidates = known | set(kohya_keys.KEYS) | set(ALIASES)
     match = difflib.get_close_matches(key, sorted(candidates), n=1, cutoff=0.6)
     if match:
         return f"did you mean {match[0]!r}?"
@@ -437,15 +604,26 @@ def _suggest(key: str, known: set[str]) -> str:
 
 def _config_error(exc: ValidationError, source: str) -> ConfigError:
     first = exc.errors()[0]
-    key = ".".join(str(p) for p in first["loc"]) or "config"
-    section = SECTION_OF.get(str(first["loc"][0]) if first["loc"] else "")
-    where = f"{source}: [{section}].{key}" if section else f"{source}: {key}"
     message = first["msg"].removeprefix("Value error, ")
-    if "input" in first and first["type"] not in ("missing",):
+    loc = [str(p) for p in first["loc"]]
+    if not loc:  # a check across keys: its message starts with the key it is about
+        head = message.split(" ", 1)[0]
+        loc = [head] if head in TrainConfig.model_fields else []
+    key = ".".join(loc) or "config"
+    section = SECTION_OF.get(loc[0] if loc else "")
+    where = f"{source}: [{section}].{key}" if section else f"{source}: {key}"
+    if "input" in first and first["type"] not in ("missing",) and first["loc"]:
         message = f"{message} (got {first['input']!r})"
     more = len(exc.errors()) - 1
     hint = f"{more} more problem(s) after this one" if more else None
     return ConfigError(message, where=where, hint=hint)
+
+
+def _toml_value_or_repr(value: Any) -> str:
+    try:
+        return _toml_value(value)
+    except TypeError:
+        return repr(value)
 
 
 def _toml_value(value: Any) -> str:

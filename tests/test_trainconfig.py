@@ -53,9 +53,13 @@ def test_misspelled_key_suggests_the_closest(tmp_path: Path) -> None:
     ("toml", "fragment"),
     [
         ('[training]\nnetwork_dim = "big"\n', "[training].network_dim"),
-        ('[training]\noptimizer_type = "Lion"\n', "unsupported optimizer 'Lion'"),
+        ('[training]\noptimizer_type = "Lion"\n', "optimizer 'Lion' is not available (Lion needs the lion-pytorch"),
+        ('[training]\noptimizer_type = "SGD"\n', "unsupported optimizer 'SGD'"),
         ('[training]\nlr_scheduler = "warp"\n', "unsupported scheduler 'warp'"),
-        ("[dataset]\nresolution = 500\n", "multiple of 8"),
+        (
+            "[dataset]\nresolution = 40\n",
+            "[dataset].resolution: each side must be from 64 to 8192",
+        ),
         ("[dataset]\nmin_bucket_reso = 2048\nmax_bucket_reso = 1024\n", "larger than max_bucket_reso"),
         ('[training]\nsave_model_as = "ckpt"\n', "save_model_as"),
         ("[model]\nv2 = true\n[training]\nv2 = false\n", "given twice"),

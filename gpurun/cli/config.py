@@ -6,8 +6,9 @@ from pathlib import Path
 
 import typer
 
+from gpurun import kohya_keys
 from gpurun.cli.render import out, print_json, warn
-from gpurun.trainconfig import IGNORED_KEYS, SECTION_OF, TrainConfig
+from gpurun.trainconfig import SECTION_OF, TrainConfig
 
 config_app = typer.Typer(help="Training configuration: accepted keys and validation.", no_args_is_help=True)
 
@@ -27,7 +28,10 @@ def keys(as_json: bool = typer.Option(False, "--json", help="Print a JSON docume
             }
         )
     if as_json:
-        print_json({"keys": rows, "ignored": IGNORED_KEYS})
+        kohya = {
+            k: {"status": e.status, "note": e.note, "accepted_as": list(e.values)} for k, e in kohya_keys.KEYS.items()
+        }
+        print_json({"keys": rows, "kohya": kohya, "counts": kohya_keys.counts()})
         return
     from rich.table import Table
 
@@ -35,7 +39,10 @@ def keys(as_json: bool = typer.Option(False, "--json", help="Print a JSON docume
     for row in rows:
         table.add_row(row["section"], row["key"], repr(row["default"]))
     out.print(table)
-    out.print("Accepted and ignored (kohya keys gpurun does not need): " + ", ".join(sorted(IGNORED_KEYS)))
+    for status in ("no-op", "no-op at", "refused"):
+        names = sorted(k for k, e in kohya_keys.KEYS.items() if e.status == status)
+        out.print(f"kohya keys, {status}: " + ", ".join(names), highlight=False, markup=False)
+    out.print("Each key's rule and reason: docs/kohya-keys.md", highlight=False, markup=False)
 
 
 @config_app.command("check")
@@ -46,10 +53,10 @@ def check(
     """Validate a training config and print it with defaults filled in and paths resolved."""
     config = TrainConfig.from_toml(path)
     if as_json:
-        print_json({"ok": True, "config": config.model_dump(mode="json"), "ignored": config.ignored_keys})
+        print_json({"ok": True, "config": config.model_dump(mode="json"), "notes": config.kohya_notes()})
         return
-    for key, why in config.ignored_keys.items():
-        warn(f"{path}: {key} is ignored ({why})")
+    for key, why in config.kohya_notes().items():
+        warn(f"{path}: {key}: {why}")
     out.print(config.to_toml(), highlight=False, markup=False)
 
 

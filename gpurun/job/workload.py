@@ -72,7 +72,7 @@ def build_workload(
 
     resolution = NATIVE_RESOLUTION[family]
     batch_size: int | None = None
-    checkpointing, train_te, dim, cache_latents = False, True, DEFAULT_DIM, True
+    checkpointing, train_te, dim, cache_latents, conv_dim = False, True, DEFAULT_DIM, True, 0
     config_epochs: int | None = None
     if config is not None:
         width, height = config.resolution
@@ -82,6 +82,8 @@ def build_workload(
         checkpointing = config.gradient_checkpointing
         train_te = config.trains_text_encoder
         dim = config.network_dim
+        network = config.network
+        conv_dim = network.conv_dim if network.is_locon and network.conv_dim else 0
         cache_latents = config.cache_latents
         config_epochs = config.max_train_epochs
         if dataset is None and config.train_data_dir and Path(config.train_data_dir).is_dir():
@@ -121,6 +123,7 @@ def build_workload(
         gradient_checkpointing=checkpointing,
         train_text_encoder=train_te,
         network_dim=dim,
+        conv_dim=conv_dim,
         dataset_bytes=dataset_bytes,
         base_model_bytes=BASE_MODEL_BYTES[family],
         cache_latents=cache_latents,

@@ -52,6 +52,23 @@ BASE_MODEL_BYTES: dict[str, int] = {"sd15": 4_265_146_304, "sd2": 5_214_604_874,
 #: fp16 LoRA file bytes per unit of network_dim on kohya's default targets (lora-format.md §1.2: rank 32 is
 #: 37.7 MB for SD 1.5, 228 MB for SDXL); SD 2's TE (OpenCLIP-H, 23 layers) makes it a little larger than SD 1.5's
 LORA_BYTES_PER_DIM: dict[str, float] = {"sd15": 37.7e6 / 32, "sd2": 45e6 / 32, "sdxl": 228e6 / 32}
+#: LoCon's extra parameters per unit of rank, counted on the real UNets (tests/pricing/test_locon_size.py): the
+#: 3x3 convolutions of the ResNet blocks and samplers per unit of conv_dim, and the ResNets' time-embedding
+#: Linear and 1x1 shortcuts, which LoCon also adapts, per unit of network_dim
+LOCON_CONV_PARAMS_PER_DIM: dict[str, int] = {"sd15": 544_000, "sd2": 544_000, "sdxl": 355_840}
+LOCON_RESNET_PARAMS_PER_DIM: dict[str, int] = {"sd15": 82_880, "sd2": 82_880, "sdxl": 58_560}
+FP16_BYTES = 2
+
+
+def lora_file_bytes(family: str, network_dim: int, conv_dim: int = 0) -> float:
+    """fp16 bytes of the trained LoRA file: kohya's default targets, plus LoCon's modules when conv_dim > 0."""
+    size = LORA_BYTES_PER_DIM[family] * network_dim
+    if conv_dim > 0:
+        extra = LOCON_CONV_PARAMS_PER_DIM[family] * conv_dim + LOCON_RESNET_PARAMS_PER_DIM[family] * network_dim
+        size += FP16_BYTES * extra
+    return size
+
+
 #: a resumable checkpoint is the LoRA plus its fp32 copy and optimizer state
 CHECKPOINT_TO_LORA = 4.0
 MIN_RELIABILITY = 0.05
@@ -109,7 +126,7 @@ class CostModel:
         self.measurements = parse_calibration(calibration)
         self.overrides = {gpu_id(name): float(value) for name, value in a.efficiency.items()}
         family = workload.family
-        lora = LORA_BYTES_PER_DIM[family] * workload.network_dim
+        lora = lora_file_bytes(family, workload.network_dim, workload.conv_dim)
         checkpoints = max(0, workload.epochs // max(1, a.checkpoint_every_epochs))
         self.sample_images = workload.sample_images if workload.sample_images is not None else a.sample_images
         self.sample_steps = workload.sample_steps or a.sample_steps

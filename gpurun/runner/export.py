@@ -37,37 +37,83 @@ OPTIMIZER_CLASSES = {
     "AdamW": "torch.optim.adamw.AdamW",
     "AdamW8bit": "bitsandbytes.optim.adamw.AdamW8bit",
     "Prodigy": "prodigyopt.prodigy.Prodigy",
+    "Adafactor": "transformers.optimization.Adafactor",
 }
 
 
 def verify_kohya_file(
-    path: str | Path, family: str, *, network_dim: int | None = None, network_alpha: float | None = None
+    path: str | Path,
+    family: str,
+    *,
+    network_dim: int | None = None,
+    network_alpha: float | None = None,
+    conv_dim: int | None = None,
+    conv_alpha: float | None = None,
 ) -> list[str]:
     """Problems with a kohya LoRA file (empty list = OK). Torch-free; the client uses gpurun.lorafile directly."""
-    return verify_lora_file(path, family, network_dim=network_dim, network_alpha=network_alpha)  # type: ignore[arg-type]
+    return verify_lora_file(
+        path,
+        family,  # type: ignore[arg-type]
+        network_dim=network_dim,
+        network_alpha=network_alpha,
+        conv_dim=conv_dim,
+        conv_alpha=conv_alpha,
+    )
 
 
-def sgm_unet_path(path: str, layers_per_block: int = 2) -> str:
-    """diffusers UNet attention path → kohya's SDXL (sgm) path, e.g. down_blocks.1.attentions.0 → input_blocks.4.1."""
+#: diffusers ResnetBlock2D layer → the sgm ResBlock's (kohya's SDXL UNet)
+SGM_RESNET_LAYERS = {
+    "conv1": "in_layers.2",
+    "conv2": "out_layers.3",
+    "time_emb_proj": "emb_layers.1",
+    "conv_shortcut": "skip_connection",
+}
+
+
+def sgm_unet_path(path: str, layers_per_block: int = 2, attention_up_blocks: frozenset[int] = frozenset({0, 1})) -> str:
+    """diffusers UNet path → kohya's SDXL (sgm) path, e.g. down_blocks.1.attentions.0 → input_blocks.4.1,
+    down_blocks.0.resnets.1.conv1 → input_blocks.2.0.in_layers.2, down_blocks.0.downsamplers.0.conv →
+    input_blocks.3.0.op. An upsampler sits after the attention in an up block that has one (SDXL's 0 and 1)."""
     parts = path.split(".")
     per_level = layers_per_block + 1
-    if parts[0] == "down_blocks" and parts[2] == "attentions":
-        block = per_level * int(parts[1]) + int(parts[3]) + 1
-        return ".".join([f"input_blocks.{block}.1", *parts[4:]])
-    if parts[0] == "up_blocks" and parts[2] == "attentions":
-        block = per_level * int(parts[1]) + int(parts[3])
-        return ".".join([f"output_blocks.{block}.1", *parts[4:]])
+    if parts[0] in ("down_blocks", "up_blocks") and parts[2] in ("attentions", "resnets"):
+        level, index = int(parts[1]), int(parts[3])
+        block = per_level * level + index + (1 if parts[0] == "down_blocks" else 0)
+        kind = "input_blocks" if parts[0] == "down_blocks" else "output_blocks"
+        if parts[2] == "attentions":
+            return ".".join([f"{kind}.{block}.1", *parts[4:]])
+        return f"{kind}.{block}.0." + _sgm_resnet_layer(parts[4:], path)
+    if parts[0] == "down_blocks" and parts[2:] == ["downsamplers", "0", "conv"]:
+        return f"input_blocks.{per_level * (int(parts[1]) + 1)}.0.op"
+    if parts[0] == "up_blocks" and parts[2:] == ["upsamplers", "0", "conv"]:
+        level = int(parts[1])
+        return f"output_blocks.{per_level * level + layers_per_block}.{2 if level in attention_up_blocks else 1}.conv"
     if parts[:3] == ["mid_block", "attentions", "0"]:
         return ".".join(["middle_block.1", *parts[3:]])
+    if parts[:2] == ["mid_block", "resnets"] and parts[2] in ("0", "1"):
+        return f"middle_block.{0 if parts[2] == '0' else 2}." + _sgm_resnet_layer(parts[3:], path)
     raise ValueError(f"no sgm name for UNet module {path!r}")
 
 
-def kohya_module_name(family: str, component: str, path: str, layers_per_block: int = 2) -> str:
+def _sgm_resnet_layer(rest: list[str], path: str) -> str:
+    layer = ".".join(rest)
+    if layer not in SGM_RESNET_LAYERS:
+        raise ValueError(f"no sgm name for UNet module {path!r}")
+    return SGM_RESNET_LAYERS[layer]
+
+
+def kohya_module_name(
+    family: str,
+    component: str,
+    path: str,
+    layers_per_block: int = 2,
+    attention_up_blocks: frozenset[int] = frozenset({0, 1}),
+) -> str:
     """The kohya name of one adapted module, e.g. ("sdxl", "unet", "mid_block.attentions.0.proj_in") →
     "lora_unet_middle_block_1_proj_in"."""
     if component == "unet":
         if family == "sdxl":
-            path = sgm_unet_path(path, layers_per_block)
+            path = sgm_unet_path(path, layers_per_block, attention_up_blocks)
         return "lora_unet_" + path.replace(".", "_")
     prefix = TE_PREFIXES[family][TEXT_ENCODER_NAMES.index(component)]
     return f"{prefix}_text_model_" + path.removeprefix("text_model.").replace(".", "_")
@@ -82,11 +128,12 @@ def kohya_state_dict(model: LoadedModel) -> dict[str, torch.Tensor]:
     import torch
 
     lpb = int(model.unet.config.layers_per_block)
+    with_attention = frozenset(i for i, block in enumerate(model.unet.up_blocks) if hasattr(block, "attentions"))
     state: dict[str, torch.Tensor] = {}
     components = [("unet", model.unet), *zip(TEXT_ENCODER_NAMES, model.text_encoders, strict=False)]
     for component, root in components:
         for path, layer in _adapted_modules(root):
-            name = kohya_module_name(model.family, component, path, lpb)
+            name = kohya_module_name(model.family, component, path, lpb, with_attention)
             state[f"{name}.lora_down.weight"] = layer.lora_A[ADAPTER].weight.detach().float().cpu().contiguous()
             state[f"{name}.lora_up.weight"] = layer.lora_B[ADAPTER].weight.detach().float().cpu().contiguous()
             state[f"{name}.alpha"] = torch.tensor(float(layer.lora_alpha[ADAPTER]))
@@ -138,7 +185,8 @@ def build_metadata(
     optimizer = OPTIMIZER_CLASSES.get(config.optimizer_type, config.optimizer_type)
     if config.optimizer_args:
         optimizer += "(" + ",".join(config.optimizer_args) + ")"
-    te_lr = config.effective_text_encoder_lr
+    te_lrs = config.text_encoder_lrs(len(TE_PREFIXES[model.family]))
+    te_lr: float | list[float] = te_lrs[0] if len(set(te_lrs)) == 1 else te_lrs
     meta: dict[str, Any] = {
         "ss_session_id": dataset.get("session_id") or str(uuid.uuid4().int % 2**31),
         "ss_training_started_at": training_started_at,
@@ -158,8 +206,10 @@ def build_metadata(
         "ss_network_module": config.network_module,
         "ss_network_dim": config.network_dim,
         "ss_network_alpha": float(config.network_alpha),
-        "ss_network_dropout": None,
-        "ss_network_args": _json({a.split("=", 1)[0]: a.split("=", 1)[-1] for a in config.network_args}),
+        "ss_network_dropout": config.network_dropout,
+        "ss_scale_weight_norms": config.scale_weight_norms,
+        # only what shaped the trained network (kohya writes the parsed network_args here)
+        "ss_network_args": _json(config.network.metadata()),
         "ss_network_train_unet_only": not config.trains_text_encoder,
         "ss_mixed_precision": config.mixed_precision,
         "ss_full_fp16": False,
@@ -171,7 +221,19 @@ def build_metadata(
         "ss_seed": config.seed,
         "ss_lowram": False,
         "ss_noise_offset": config.noise_offset,
+        "ss_noise_offset_random_strength": config.noise_offset_random_strength,
+        "ss_multires_noise_iterations": config.multires_noise_iterations,
+        "ss_multires_noise_discount": config.multires_noise_discount,
+        "ss_adaptive_noise_scale": config.adaptive_noise_scale,
+        "ss_ip_noise_gamma": config.ip_noise_gamma,
+        "ss_ip_noise_gamma_random_strength": config.ip_noise_gamma_random_strength,
         "ss_min_snr_gamma": config.min_snr_gamma,
+        "ss_debiased_estimation": config.debiased_estimation_loss,
+        "ss_loss_type": config.loss_type,
+        "ss_huber_schedule": config.huber_schedule,
+        "ss_huber_c": config.huber_c,
+        "ss_huber_scale": config.huber_scale,
+        "ss_zero_terminal_snr": False,
         "ss_max_grad_norm": config.max_grad_norm,
         "ss_caption_dropout_rate": config.caption_dropout_rate,
         "ss_optimizer": optimizer,
@@ -193,7 +255,7 @@ def build_metadata(
         "ss_sd_model_name": model.base_name or model.source,
         "ss_sd_model_hash": model.base_model_hash or "",
         "ss_new_sd_model_hash": model.base_sha256 or "",
-        "ss_training_comment": f"trained with gpurun {__version__}",
+        "ss_training_comment": config.training_comment or f"trained with gpurun {__version__}",
         "ss_training_finished_at": time.time(),
         "ss_steps": steps,
         "ss_epoch": epoch,
@@ -204,7 +266,7 @@ def build_metadata(
         if model.family == "sdxl"
         else "diffusers",
         "modelspec.implementation_version": f"gpurun/{__version__}",
-        "modelspec.title": config.output_name,
+        "modelspec.title": config.metadata_title or config.output_name,
         "modelspec.resolution": f"{width}x{height}",
         "modelspec.date": datetime.datetime.fromtimestamp(int(training_started_at)).isoformat(),
         "modelspec.prediction_type": "v" if v_pred else "epsilon",
@@ -215,6 +277,10 @@ def build_metadata(
         meta["ss_vae_name"] = Path(config.vae).name
     if trigger:
         meta["modelspec.trigger_phrase"] = trigger
+    for field in ("author", "description", "license", "tags"):
+        value = getattr(config, f"metadata_{field}")
+        if value:
+            meta[f"modelspec.{field}"] = value
     if config.clip_skip:
         meta["modelspec.encoder_layer"] = config.clip_skip
     meta.update(extra or {})

@@ -1,6 +1,7 @@
-"""The loss of one batch, kohya's way: noise (with optional offset), random timesteps, epsilon or v target, MSE,
-optional min-SNR-γ weighting. Noise and timesteps come from the run's generator (saved with the state), so a resumed
-run draws the same ones; where it lives and what is cached per run is gpurun.runner.speed's business.
+"""The loss of one batch, kohya's way: noise (offset, adaptive, multires: runner.noise), timesteps in the configured
+window, input perturbation, epsilon or v target, l2/l1/Huber loss, min-SNR-γ and debiased weighting. Noise and
+timesteps come from the run's generator (saved with the state), so a resumed run draws the same ones; where it lives
+and what is cached per run is gpurun.runner.speed's business.
 """
 
 from __future__ import annotations
@@ -13,6 +14,14 @@ from typing import TYPE_CHECKING, Any
 
 from gpurun.runner.data import TrainData, batch_latents, caption_for_step
 from gpurun.runner.model.loaded import Conditioning, LoadedModel
+from gpurun.runner.noise import (
+    debiased_weights,
+    elementwise_loss,
+    huber_threshold,
+    input_perturbation,
+    sample_noise,
+    sample_timesteps,
+)
 from gpurun.runner.speed import StepSpeed
 from gpurun.runner.stepcache import StepCache
 
@@ -66,22 +75,17 @@ def conditioning(ctx: StepContext, captions: Sequence[str]) -> Conditioning:
 
 def batch_loss(ctx: StepContext, indices: Sequence[int]) -> torch.Tensor:
     """The mean training loss of one batch (a scalar with a graph back to the LoRA weights)."""
-    import torch
-    import torch.nn.functional as F
-
     model, config = ctx.model, ctx.config
     device = model.device
     latents = batch_latents(ctx.data, indices, ctx.rng) * model.vae_scaling_factor
     batch = latents.shape[0]
     # drawn where the generator lives (the training device, or the CPU on the reference path), in a fixed order
-    draw = {"generator": ctx.generator, "device": ctx.generator.device}
-    noise = torch.randn(latents.shape, **draw)
-    if config.noise_offset:
-        noise += config.noise_offset * torch.randn((batch, latents.shape[1], 1, 1), **draw)
+    noise = sample_noise(latents, config, ctx.generator, ctx.rng)
     scheduler = model.noise_scheduler
-    timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (batch,), **draw)
+    timesteps = sample_timesteps(batch, scheduler.config.num_train_timesteps, config, ctx.generator)
+    added_noise = input_perturbation(noise, config, ctx.generator)
     latents, noise, timesteps = latents.to(device), noise.to(device), timesteps.to(device)
-    noisy = scheduler.add_noise(latents, noise, timesteps)
+    noisy = scheduler.add_noise(latents, added_noise.to(device), timesteps)
     target = noise if model.prediction_type == "epsilon" else scheduler.get_velocity(latents, noise, timesteps)
 
     images = [ctx.data.images[i] for i in indices]
@@ -103,12 +107,14 @@ def batch_loss(ctx: StepContext, indices: Sequence[int]) -> torch.Tensor:
             encoder_hidden_states=cond.hidden_states.to(ctx.weight_dtype),
             added_cond_kwargs=added,
         ).sample
-    loss = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+    huber_c = huber_threshold(config, timesteps, scheduler)
+    loss = elementwise_loss(prediction.float(), target.float(), config.loss_type, huber_c).mean(dim=(1, 2, 3))
+    v_prediction = model.prediction_type == "v_prediction"
     if config.min_snr_gamma:
         weigh = ctx.cache.snr_weights if ctx.speed.step_caches else snr_weights
-        loss = loss * weigh(
-            scheduler.alphas_cumprod, timesteps, config.min_snr_gamma, model.prediction_type == "v_prediction"
-        )
+        loss = loss * weigh(scheduler.alphas_cumprod, timesteps, config.min_snr_gamma, v_prediction)
+    if config.debiased_estimation_loss:
+        loss = loss * debiased_weights(scheduler.alphas_cumprod, timesteps, v_prediction)
     return loss.mean()
 
 

@@ -1,4 +1,4 @@
-"""Optimizers (AdamW, bitsandbytes AdamW8bit, Prodigy) and learning-rate schedules, built from kohya's keys.
+"""Optimizers (AdamW, bitsandbytes AdamW8bit, Adafactor, Prodigy) and learning-rate schedules, built from kohya's keys.
 
 The schedule is a pure function of (step, total steps), the formulas of diffusers' get_scheduler, held in a
 LambdaLR whose total can change: after an out-of-memory fallback halves the batch, the run has more steps
@@ -58,6 +58,8 @@ def make_optimizer(name: str, param_groups: list[dict[str, Any]], args: list[str
                     hint="pip install 'gpurun[train]' (the locked stack has prodigyopt), or use AdamW8bit",
                 ) from None
             return Prodigy(param_groups, **kwargs)
+        if name == "Adafactor":
+            return _adafactor(param_groups, kwargs)
         if device == "cuda":
             kwargs.setdefault("fused", True)  # one kernel for all LoRA tensors: a measurable win on small tensors
         return torch.optim.AdamW(param_groups, **kwargs)
@@ -65,8 +67,24 @@ def make_optimizer(name: str, param_groups: list[dict[str, Any]], args: list[str
         raise ConfigError(f"bad optimizer argument for {name}: {exc}", where="optimizer_args") from None
 
 
+def _adafactor(param_groups: list[dict[str, Any]], kwargs: dict[str, Any]) -> Any:
+    """transformers' Adafactor as kohya builds it: relative_step defaults to True (and warmup_init forces it);
+    then Adafactor computes its own step size, so the groups' learning rates are dropped (kohya does the same)."""
+    from transformers.optimization import Adafactor
+
+    kwargs.setdefault("relative_step", True)
+    if kwargs.get("warmup_init"):
+        kwargs["relative_step"] = True
+    if kwargs["relative_step"]:
+        groups = [{k: v for k, v in group.items() if k != "lr"} for group in param_groups]
+        return Adafactor(groups, lr=None, **kwargs)
+    return Adafactor(param_groups, lr=param_groups[0]["lr"], **kwargs)
+
+
 def lr_factor(name: str, step: int, *, warmup: int, total: int, cycles: int = 1, power: float = 1.0) -> float:
     """The multiplier of the base lr at `step` (0-based), as diffusers' schedules compute it."""
+    if name == "adafactor":  # Adafactor's own step size; the lr in the groups is only reported
+        return 1.0
     if step < warmup:
         return float(step + 1) / float(max(1, warmup))  # +1: the first step is not wasted at lr 0
     if name in ("constant", "constant_with_warmup"):
@@ -95,6 +113,8 @@ class Schedule:
     total: int
     cycles: int = 1
     power: float = 1.0
+    #: the lr Adafactor's schedule reports before its first step (kohya: learning_rate)
+    initial_lr: float = 0.0
 
     def factor(self, step: int) -> float:
         return lr_factor(self.name, step, warmup=self.warmup, total=self.total, cycles=self.cycles, power=self.power)
@@ -102,12 +122,20 @@ class Schedule:
     def attach(self, optimizer: Any) -> torch.optim.lr_scheduler.LambdaLR:
         import torch
 
+        if self.name == "adafactor":
+            from transformers.optimization import AdafactorSchedule
+
+            return AdafactorSchedule(optimizer, self.initial_lr)
         return torch.optim.lr_scheduler.LambdaLR(optimizer, self.factor)
 
 
 def schedule_for(config: TrainConfig, total_steps: int) -> Schedule:
-    """kohya's `lr_scheduler` with `lr_warmup_steps` (a warmup longer than the run is clamped to it)."""
-    warmup = min(config.lr_warmup_steps, max(0, total_steps - 1))
+    """kohya's `lr_scheduler` with `lr_warmup_steps` (a fraction of the run when below 1, as kohya reads a float;
+    a warmup longer than the run is clamped to it)."""
+    warmup = min(config.warmup_steps(total_steps), max(0, total_steps - 1))
+    if config.optimizer_type == "Adafactor" and config.adafactor_relative_step:
+        # kohya replaces any lr_scheduler with Adafactor's own here ("use adafactor_scheduler")
+        return Schedule("adafactor", warmup=0, total=total_steps, initial_lr=config.learning_rate)
     return Schedule(
         config.lr_scheduler,
         warmup=warmup,

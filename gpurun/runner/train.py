@@ -23,6 +23,7 @@ from gpurun.runner.export import build_metadata, file_sha256, save_lora
 from gpurun.runner.lora import LoraParams, add_lora, load_lora_state, lora_state
 from gpurun.runner.loss import StepContext, batch_loss
 from gpurun.runner.lossmeter import LossMeter
+from gpurun.runner.maxnorm import adapted_layers, add_rank_dropout, apply_max_norm
 from gpurun.runner.memory import peak_memory_gb
 from gpurun.runner.model.load import load_base_model
 from gpurun.runner.optim import Schedule, make_optimizer, schedule_for
@@ -113,20 +114,25 @@ class Trainer:
             st.check_fingerprint(saved_progress.fingerprint, progress.fingerprint, folder)
             progress, saved = saved_progress, (lora_weights, optimizer_state, rng_state)
 
-        self.speed_notes = tune_device(model, self.speed)
+        self.speed_notes = tune_device(model, self.speed)  # before LoRA: only the base changes its memory layout
+        network = config.network
         lora = add_lora(
             model,
             rank=config.network_dim,
             alpha=config.network_alpha,
             train_text_encoder=config.trains_text_encoder,
             seed=progress.seed,
+            conv_dim=network.conv_dim if network.is_locon else None,
+            conv_alpha=network.conv_alpha or 1.0,
         )
+        if config.network_dropout:
+            add_rank_dropout(adapted_layers([model.unet, *model.text_encoders]), config.network_dropout)
         if progress.gradient_checkpointing:
             model.enable_gradient_checkpointing(text_encoders=config.trains_text_encoder)
         self.speed_notes += tune_for_training(model, self.speed)
         optimizer = make_optimizer(
             config.optimizer_type,
-            lora.param_groups(config.effective_unet_lr, config.effective_text_encoder_lr),
+            lora.param_groups(config.effective_unet_lr, config.text_encoder_lrs(len(model.text_encoders))),
             config.optimizer_args,
             precision.device,
         )
@@ -157,8 +163,8 @@ class Trainer:
     def _start_event(
         self, model: LoadedModel, data: TrainData, precision: Precision, progress: st.Progress, lora: LoraParams
     ) -> events.Start:
-        ignored = [f"{k} ignored: {why}" for k, why in self.config.ignored_keys.items()]
-        notes = [*precision.notes, *self.speed_notes, *ignored]
+        kohya = [f"{k}: {why}" for k, why in self.config.kohya_notes().items()]
+        notes = [*precision.notes, *self.speed_notes, *kohya]
         if data.cond_cache:
             notes.append(f"text-encoder outputs cached for {len(data.cond_cache)} captions (text encoders frozen)")
         return events.Start(
@@ -199,6 +205,7 @@ class _Loop:
         self.last_event = 0.0
         self.step_seconds: list[float] = []
         self.losses = LossMeter(progress.loss_window, LOSS_WINDOW)
+        self.lora_layers = adapted_layers([ctx.model.unet, *ctx.model.text_encoders])
 
     def run(self) -> int:
         p, accum = self.p, self.config.gradient_accumulation_steps
@@ -221,6 +228,10 @@ class _Loop:
                 p.batch_in_epoch = group_end
                 p.step += 1
                 self._after_step(sum(losses) / len(losses), time.monotonic() - started)
+                every = self.config.save_every_n_steps
+                if every and p.step % every == 0 and p.step < p.total_steps:
+                    self._save_lora(f"{self.config.output_name}-step{p.step:08d}.safetensors", p.epoch)
+                    self._save_state()
                 if self.t.stop.requested:
                     return self._stop_now()
             if p.batch_in_epoch >= len(batches):
@@ -285,6 +296,8 @@ class _Loop:
             self.optimizer.step()
         self.lr_scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
+        if self.config.scale_weight_norms:
+            apply_max_norm(self.lora_layers, self.config.scale_weight_norms)
 
     def _after_step(self, loss: Any, seconds: float) -> None:
         p = self.p
@@ -398,7 +411,9 @@ class _Loop:
             "ss_gradient_checkpointing": p.gradient_checkpointing,
         }
         if p.changes:
-            extra["ss_training_comment"] = "; ".join(p.changes)
+            extra["ss_training_comment"] = "; ".join(
+                [*([config.training_comment] if config.training_comment else []), *p.changes]
+            )
         metadata = build_metadata(
             config=config,
             model=self.ctx.model,
@@ -436,7 +451,11 @@ class _Loop:
             weights=config.sample_weights,
             seeds=config.sample_seeds,
             steps=config.sample_steps,
-            resolution=config.resolution,
+            # a "512,650" training area (bucketing) renders at the nearest size the pipeline takes: multiples of 8
+            resolution=(
+                config.resolution[0] - config.resolution[0] % 8,
+                config.resolution[1] - config.resolution[1] % 8,
+            ),
             out_path=self.out / name,
             sampler=config.sample_sampler,
         )

@@ -131,6 +131,22 @@ def test_metadata_is_kohyas(family: str, exported: dict[str, tuple[Any, Path]]) 
     assert len(meta["sshs_legacy_hash"]) == 8
 
 
+def test_modelspec_metadata_keys_as_kohya_writes_them(tmp_path: Path) -> None:
+    model, _ = lora_model("sd15", perturb=False)
+    path = save_lora_file(
+        model,
+        tmp_path / "meta.safetensors",
+        metadata_title="Robot v1",
+        metadata_author="me",
+        metadata_license="CreativeML Open RAIL-M",
+        metadata_tags="robot, toy",
+    )
+    meta = read_header(path).metadata
+    assert (meta["modelspec.title"], meta["modelspec.author"]) == ("Robot v1", "me")
+    assert meta["modelspec.license"] == "CreativeML Open RAIL-M" and meta["modelspec.tags"] == "robot, toy"
+    assert "modelspec.description" not in meta and meta["ss_output_name"] == "mi_lora"
+
+
 def test_v_prediction_and_sd2_versions() -> None:
     from gpurun.runner.export import base_model_version, modelspec_architecture
 

@@ -30,11 +30,22 @@ def tutorial_config(**changes: Any) -> TrainConfig:
     return TrainConfig.from_toml(TUTORIAL_CONFIG).model_copy(update=changes)
 
 
-def lora_model(family: str, *, train_te: bool = True, perturb: bool = True, rank: int = DIM, alpha: float = ALPHA):
-    """A tiny `family` base with LoRA injected; `perturb` moves the weights as if trained (lora_up starts at zero,
-    which would hide every mistake)."""
+def lora_model(
+    family: str,
+    *,
+    train_te: bool = True,
+    perturb: bool = True,
+    rank: int = DIM,
+    alpha: float = ALPHA,
+    conv_dim: int | None = None,
+    conv_alpha: float = 1.0,
+):
+    """A tiny `family` base with LoRA (LoCon with `conv_dim`) injected; `perturb` moves the weights as if trained
+    (lora_up starts at zero, which would hide every mistake)."""
     model = load_base_model(TINY_NAME[family])
-    params = add_lora(model, rank=rank, alpha=alpha, train_text_encoder=train_te, seed=0)
+    params = add_lora(
+        model, rank=rank, alpha=alpha, train_text_encoder=train_te, seed=0, conv_dim=conv_dim, conv_alpha=conv_alpha
+    )
     if perturb:
         gen = torch.Generator().manual_seed(1)
         with torch.no_grad():

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from gpurun.lorafile import read_header, read_scalar, text_encoder_module_names, unet_module_names
-from tests.support.lora_files import ALPHA, DATASET, DIM, TINY_NAME, lora_model, save_lora_file
+from tests.support.lora_files import ALPHA, DATASET, DIM, TINY_NAME, WarningRecords, lora_model, save_lora_file
 from tests.support.tiny_models import TinyModel
 
 torch = pytest.importorskip("torch")
@@ -269,15 +269,6 @@ def test_lora_state_round_trips_and_refuses_a_different_network() -> None:
         load_lora_state(smaller, state)
 
 
-class _Records(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("family", ["sd15", "sdxl"])
 def test_diffusers_loads_the_file_silently_and_reproduces_the_model(
@@ -314,7 +305,7 @@ def test_diffusers_loads_the_file_silently_and_reproduces_the_model(
     for precision, tol in [("float", 1e-6), ("fp16", 3e-3)]:
         path = save_lora_file(model, tmp_path / f"lora-{precision}.safetensors", precision=precision)
         adapter = f"kohya_{precision}"
-        handler = _Records()
+        handler = WarningRecords()
         loggers = [logging.getLogger(n) for n in ("", "diffusers", "peft", "transformers")]
         for logger in loggers:
             logger.addHandler(handler)

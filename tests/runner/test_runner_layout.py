@@ -16,6 +16,8 @@ HEAVY = {"torch", "diffusers", "transformers", "peft", "safetensors", "accelerat
 DELIBERATE = {
     "gpurun.runner.__main__": {"gpurun.trainconfig", "gpurun.runner.train"},
     "gpurun.runner.smoke": {"gpurun.runner.lora", "gpurun.runner.model.load", "gpurun.runner.optim"},
+    # the sampler's entry point, like __main__: a broken stack still ends as an error event
+    "gpurun.runner.sampling": {"gpurun.runner.model.load", "gpurun.runner.precision", "gpurun.runner.sample"},
 }
 
 

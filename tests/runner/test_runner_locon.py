@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from gpurun.lorafile import locon_module_names, read_header, read_scalar, unet_module_names
-from tests.support.lora_files import ALPHA, DIM, lora_model, save_lora_file
+from tests.support.lora_files import ALPHA, DIM, WarningRecords, lora_model, save_lora_file
 from tests.support.tiny_models import TinyModel
 
 torch = pytest.importorskip("torch")
@@ -78,15 +78,6 @@ def test_plain_lora_file_says_no_network_args(tmp_path: Path) -> None:
     assert read_header(path).metadata["ss_network_args"] == "{}"
 
 
-class _Records(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("family", ["sd15", "sdxl"])
 def test_diffusers_loads_every_locon_key_and_reproduces_the_model(
@@ -105,7 +96,7 @@ def test_diffusers_loads_every_locon_key_and_reproduces_the_model(
     pipe = cls.from_pretrained(str(tiny.diffusers_dir), local_files_only=True)
     with torch.no_grad():
         base = pipe.unet(lat, t, encoder_hidden_states=cond.hidden_states, added_cond_kwargs=added).sample
-    handler = _Records()
+    handler = WarningRecords()
     loggers = [logging.getLogger(n) for n in ("", "diffusers", "peft", "transformers")]
     for logger in loggers:
         logger.addHandler(handler)

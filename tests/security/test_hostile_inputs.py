@@ -58,8 +58,10 @@ def test_config_values_that_would_fail_on_the_box_fail_here(key: str, value: obj
 
 def test_bucket_steps_larger_than_the_smallest_bucket_are_refused() -> None:
     with pytest.raises(ConfigError) as caught:
-        TrainConfig.from_mapping({"dataset": {"bucket_reso_steps": 512, "min_bucket_reso": 256}})
+        TrainConfig.from_mapping({"dataset": {"enable_bucket": True, "bucket_reso_steps": 512, "min_bucket_reso": 256}})
     assert "bucket_reso_steps" in caught.value.one_line()
+    # without buckets kohya never reads bucket_reso_steps, so neither does gpurun (GUI configs carry odd values)
+    TrainConfig.from_mapping({"dataset": {"enable_bucket": False, "bucket_reso_steps": 512, "min_bucket_reso": 256}})
 
 
 def test_a_deeply_nested_toml_is_a_config_error(tmp_path: Path) -> None:

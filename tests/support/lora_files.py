@@ -3,6 +3,7 @@ saved with kohya metadata, for the tests that read, load or render such files.""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -66,3 +67,14 @@ def save_lora_file(model, path: Path, *, precision: str = "fp16", **config_chang
     )
     save_lora(model, path, metadata=meta, precision=precision)  # type: ignore[arg-type]
     return path
+
+
+class WarningRecords(logging.Handler):
+    """Collects the warnings a library logs (diffusers' "unexpected keys" when it loads a LoRA file)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)

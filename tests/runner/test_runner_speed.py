@@ -55,14 +55,15 @@ def _job(root: Path, **changes: Any) -> TrainConfig:
     return TrainConfig(**values)
 
 
-def _train(root: Path, speed: StepSpeed, changes: dict[str, Any]) -> tuple[dict[str, Any], list[float]]:
+def _train(root: Path, speed: StepSpeed, changes: dict[str, Any]) -> tuple[dict[str, Any], dict[int, float]]:
     from safetensors.torch import load_file
 
     from gpurun.runner.train import Trainer
 
     seen: list[events.Event] = []
     assert Trainer(_job(root, **changes), emit=seen.append, install_signals=False, speed=speed).run() == 0
-    losses = [e.loss for e in seen if isinstance(e, events.Step)]
+    # which steps get an event depends on the clock (one every few seconds, plus the first and the last)
+    losses = {e.step: e.loss for e in seen if isinstance(e, events.Step)}
     return load_file(str(root / "out" / "state" / "lora.safetensors")), losses
 
 
@@ -75,8 +76,9 @@ def test_fast_step_trains_the_same_lora_as_the_reference(family: str, tmp_path: 
     moved = max(fast[k].abs().max().item() for k in fast if "lora_B" in k)
     assert moved > 0  # trained: lora_B starts at zero
     assert max((reference[k] - fast[k]).abs().max().item() for k in fast) <= 1e-6
-    assert len(fast_losses) == len(ref_losses) >= 2
-    assert fast_losses == pytest.approx(ref_losses, rel=1e-6, abs=1e-7)
+    common = sorted(fast_losses.keys() & ref_losses.keys())
+    assert len(common) >= 2  # at least the first and the last step
+    assert [fast_losses[s] for s in common] == pytest.approx([ref_losses[s] for s in common], rel=1e-6, abs=1e-7)
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 from gpurun import __version__
-from gpurun.report import charts
 from gpurun.report.images import dataset_thumbs, grid_uri
 from gpurun.report.rundata import RunData, read_run
 
@@ -88,6 +87,9 @@ def _problems(run: RunData) -> str:
 def _training(run: RunData) -> str:
     if not run.steps:
         return "<h2>Training</h2><p class='muted'>No step logged yet.</p>"
+    # matplotlib loads in about half a second: only when a page is drawn, never on every `gpurun` command
+    from gpurun.report import charts
+
     parts = [
         "<h2>Training</h2>",
         f"<p class='muted'>{len(run.steps)} logged steps, from step {run.steps[0].step} to {run.steps[-1].step}; "
@@ -122,6 +124,8 @@ def _receipt(run: RunData) -> str:
     def num(line: dict[str, Any], key: str) -> float | None:
         value = line.get(key)
         return float(value) if isinstance(value, (int, float)) else None
+
+    from gpurun.report import charts  # late, as in _training
 
     phases = [str(line.get("phase", "?")) for line in lines]
     rows = "".join(

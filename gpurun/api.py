@@ -26,11 +26,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gpurun.errors import JournalError
-from gpurun.job import control, run, sampling, teardown
+from gpurun.job import control, fleet, run, sampling, teardown
 from gpurun.job.context import RunContext
 from gpurun.job.offers import OffersResult, ProviderFailure, offers
 from gpurun.job.options import JobOptions
 from gpurun.job.plan import TrainPlan, TrainRequest, measured_calibration, plan_train
+from gpurun.job.queuefile import QueuedJob, jobs_from_datasets, load_queue
+from gpurun.job.queueplan import QueuePlan, QueueRequest
+from gpurun.job.queueplan import plan_queue as plan_queue_jobs
+from gpurun.job.queuereceipt import QueueReceipt
 from gpurun.job.receipt import Receipt
 from gpurun.job.sampling import SamplePlan, SampleRequest
 from gpurun.job.teardown import Stray, Target
@@ -47,6 +51,10 @@ __all__ = [
     "Money",
     "OffersResult",
     "ProviderFailure",
+    "QueuePlan",
+    "QueueReceipt",
+    "QueueRequest",
+    "QueuedJob",
     "Receipt",
     "RunContext",
     "RunsListing",
@@ -66,10 +74,13 @@ __all__ = [
     "down_targets",
     "find_strays",
     "forget_stray_keys",
+    "jobs_from_datasets",
+    "load_queue",
     "mask_secret",
     "min_cuda_for",
     "offers",
     "plan",
+    "plan_queue",
     "plan_sample",
     "provider_key_env",
     "providers_overview",
@@ -80,6 +91,7 @@ __all__ = [
     "sample",
     "save_api_key",
     "train",
+    "train_queue",
     "usable_providers",
 ]
 
@@ -118,6 +130,23 @@ async def train(
     with Journal.open() as journal:
         try:
             return await run.run(the_plan, view, journal, JobOptions.from_env(detach=detach), on_start)
+        finally:
+            view.close()
+
+
+async def plan_queue(request: QueueRequest) -> QueuePlan:
+    """Check every job and price the queue on one machine, on --parallel machines and as separate rentals:
+    what `gpurun train A/ B/ --dry-run` shows. Rents nothing."""
+    return await plan_queue_jobs(request, calibration=measured_calibration())
+
+
+async def train_queue(the_plan: QueuePlan, *, view: View | None = None) -> QueueReceipt:
+    """Run a planned queue: rent its machines, run every job (a failed job does not stop the others), fetch each
+    LoRA, destroy every machine; returns the queue's receipt (also `<output>/<queue>/receipt.json`)."""
+    view = view or SilentView()
+    with Journal.open() as journal:
+        try:
+            return await fleet.run_queue(the_plan, view, journal, JobOptions.from_env())
         finally:
             view.close()
 

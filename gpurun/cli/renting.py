@@ -44,13 +44,20 @@ def _dataset_lines(plan: Any) -> list[str]:
 
 def confirm_rent(plan: Any, yes: bool, *, what: str) -> None:
     """Ask before renting anything that bills (refuse without --yes when nobody can answer)."""
-    if plan.chosen.offer.price_per_hour <= 0 or yes:
+    chosen = plan.chosen
+    confirm_cost(chosen.offer.price_per_hour, f"Rent {chosen.offer.key} and {what}", chosen.expected_dollars, yes)
+
+
+def confirm_cost(price_per_hour: float, question: str, expected: float, yes: bool) -> None:
+    """Ask "`question` (expected $X)?" when the machines bill; --yes answers it, and without a terminal it is
+    required."""
+    if price_per_hour <= 0 or yes:
         return
     if not sys.stdin.isatty():
         raise ConfigError(
             "renting needs confirmation", where="--yes", hint="pass --yes to rent without asking (the plan is above)"
         )
-    if not typer.confirm(f"Rent {plan.chosen.offer.key} and {what} (expected ${plan.chosen.expected_dollars:.2f})?"):
+    if not typer.confirm(f"{question} (expected ${expected:.2f})?"):
         raise typer.Exit(1)
 
 

@@ -50,6 +50,9 @@ class RunContext:
     current_phase: RunPhase | None = None
     phase_started: float = 0.0
     last_step: Step | None = None
+    #: set when this run is one job of a queue: the run that rented the machine (it arms, renews and destroys;
+    #: this one only uses it)
+    machine: RunContext | None = None
 
     @property
     def run_id(self) -> str:

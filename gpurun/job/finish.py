@@ -13,9 +13,9 @@ from gpurun.job.teardown import keep_for_debugging, teardown
 from gpurun.report import write_report
 
 
-async def finish(ctx: RunContext, outcome: str, error: GpurunError | None) -> None:
-    """Terminate (unless detached), record everything, write the receipt. `outcome`: done | failed | cancelled |
-    detached."""
+async def finish(ctx: RunContext, outcome: str, error: GpurunError | None, *, report: bool = True) -> None:
+    """Terminate (unless detached, or the machine belongs to a queue: `ctx.machine`), record everything, write the
+    receipt (and report.html when `report`). `outcome`: done | failed | cancelled | detached."""
     if ctx.lease_task is not None:
         ctx.lease_task.cancel()
     for task in ctx.fetches:
@@ -28,6 +28,8 @@ async def finish(ctx: RunContext, outcome: str, error: GpurunError | None) -> No
             f"detached: training goes on. `gpurun attach {ctx.run_id}` follows it and fetches "
             f"the result; `gpurun cancel {ctx.run_id}` stops it and destroys the machine"
         )
+    elif ctx.machine is not None:
+        pass  # one job of a queue: the machine goes on to the next job, and its own run destroys it
     elif ctx.instance is not None and ctx.provider is not None:
         keep = record.keep_on_failure_min
         if outcome == "failed" and keep > 0 and ctx.transport is not None and ctx.layout is not None:
@@ -48,7 +50,7 @@ async def finish(ctx: RunContext, outcome: str, error: GpurunError | None) -> No
     )  # fmt: skip
     ctx.out_dir.mkdir(parents=True, exist_ok=True)
     ctx.receipt.write(ctx.out_dir / "receipt.json")
-    if outcome != "detached":
+    if outcome != "detached" and report:
         _write_report(ctx)
     if outcome != "detached":
         ctx.journal.record_cost(ctx.run_id, "total", billed, ctx.receipt.actual_total_usd)
@@ -57,6 +59,8 @@ async def finish(ctx: RunContext, outcome: str, error: GpurunError | None) -> No
         ctx.journal.mark_finished(ctx.run_id, "done")
     elif outcome in ("failed", "cancelled"):
         ctx.journal.mark_finished(ctx.run_id, outcome, None if error is None else error.one_line())
+    if ctx.machine is not None:
+        return
     if ctx.transport is not None:
         with contextlib.suppress(Exception):
             await ctx.transport.close()

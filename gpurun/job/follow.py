@@ -47,6 +47,8 @@ async def _renew_leases(ctx: RunContext) -> None:
 async def reconnect(ctx: RunContext) -> Transport:
     assert ctx.transport is not None
     ctx.transport = await ctx.transport.reconnect(deadline=time.monotonic() + ctx.options.connect_timeout_s)
+    if ctx.machine is not None:
+        ctx.machine.transport = ctx.transport  # the machine's lease renewals go over the new connection too
     return ctx.transport
 
 

@@ -39,6 +39,8 @@ class BoxLayout:
     python: str = "python3"
     #: the folder with the locked training stack, first on the runner's PYTHONPATH; "" on a warm image
     pythonpath: str = ""
+    #: where the gpurun bundle is, when not in this run folder (a queue's job uses its machine's)
+    bundle: str = ""
 
     def path(self, *parts: str) -> str:
         return posixpath.join(self.root, *parts)
@@ -127,7 +129,7 @@ def dataset_target(layout: BoxLayout, dataset: Path, kind: str, repeats: int | N
 
 def bundle_dir(layout: BoxLayout) -> str:
     """The folder on the machine that holds the gpurun package (what goes on PYTHONPATH)."""
-    return layout.path("bundle")
+    return layout.bundle or layout.path("bundle")
 
 
 async def ship_bundle(transport: Transport, layout: BoxLayout) -> int:

@@ -271,8 +271,26 @@ def measured_calibration() -> Calibration | None:
     return calibration or None
 
 
-async def plan_train(request: TrainRequest, *, calibration: Calibration | None = None) -> TrainPlan:
-    """Everything `gpurun train` decides before renting. Raises the user's mistakes as GpurunErrors."""
+@dataclass(frozen=True)
+class PreparedJob:
+    """A training job checked locally, before any offer is asked for: its settled config, base model (checked on
+    the hub), dataset check and workload."""
+
+    request: TrainRequest
+    config: TrainConfig
+    base: BaseSpec
+    dataset: Path
+    report: DatasetReport
+    workload: Workload
+    notes: tuple[str, ...]
+
+    def upload(self) -> UploadSummary:
+        return summarise_upload(self.dataset, self.base)
+
+
+async def prepare_job(request: TrainRequest) -> PreparedJob:
+    """Everything about one job that needs no offer: options, config, dataset, base. Raises the user's
+    mistakes as GpurunErrors."""
     validate_request(request)
     config, base, dataset, notes = settle_config(request)
     report = check_training_data(config, base, dataset, request)
@@ -282,7 +300,14 @@ async def plan_train(request: TrainRequest, *, calibration: Calibration | None =
         scan=report.scan,
     )  # fmt: skip
     workload = dataclasses.replace(source.workload, base_model_bytes=base.bytes, tiny=base.kind == "builtin")
-    notes += list(source.notes)
+    return PreparedJob(request, config, base, dataset, report, workload, (*notes, *source.notes))
+
+
+async def plan_train(request: TrainRequest, *, calibration: Calibration | None = None) -> TrainPlan:
+    """Everything `gpurun train` decides before renting. Raises the user's mistakes as GpurunErrors."""
+    job = await prepare_job(request)
+    config, base, dataset, report, workload = job.config, job.base, job.dataset, job.report, job.workload
+    notes = list(job.notes)
     budget = request.budget if request.budget else None  # $0 = "free providers only", checked below
     min_cuda = min_cuda_for(request.image)
     if request.image and min_cuda is None:
@@ -295,7 +320,7 @@ async def plan_train(request: TrainRequest, *, calibration: Calibration | None =
         budget=budget, limit=None, calibration=calibration,
     )  # fmt: skip
     ranking = result.ranking
-    pool, refused = _usable_with_image(list(ranking.estimates), request.image)
+    pool, refused = usable_with_image(list(ranking.estimates), request.image)
     notes += [f"{name} offers left out: {error.message}" for name, error in refused.items()]
     if request.offer:
         wanted = result.find(request.offer)
@@ -316,9 +341,7 @@ async def plan_train(request: TrainRequest, *, calibration: Calibration | None =
     )  # fmt: skip
 
 
-def _usable_with_image(
-    pool: list[CostEstimate], image: str | None
-) -> tuple[list[CostEstimate], dict[str, ConfigError]]:
+def usable_with_image(pool: list[CostEstimate], image: str | None) -> tuple[list[CostEstimate], dict[str, ConfigError]]:
     """Drop offers of providers that cannot run `image` (RunPod starts sshd only in its own images), with why."""
     if not image:
         return pool, {}

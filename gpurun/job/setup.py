@@ -179,3 +179,15 @@ async def bootstrap(ctx: RunContext, base: BaseSpec) -> str:
     if base.kind == "builtin":
         return base.ref
     return result.model_path or base.ref
+
+
+async def point_watchdog(ctx: RunContext, runner_pid_file: str) -> None:
+    """Have the machine's watchdog watch another runner (the next job of a queue, `runner_pid_file` relative to
+    the machine's run folder), with the same deadline, lease and grace: while the job trains, a client that goes
+    away leaves the job to finish before the machine is destroyed, as for a single run."""
+    assert ctx.transport is not None and ctx.layout is not None and ctx.provider is not None
+    await watchdog.arm_watchdog(
+        ctx.transport, ctx.layout, ctx.run_id, ctx.provider.self_destroy(ctx.instance), deadline=ctx.record.deadline,
+        lease_ttl_s=ctx.options.lease_ttl_s, artifact_grace_s=ctx.record.artifact_grace_s,
+        poll_s=ctx.options.watchdog_poll_s, fallback=ctx.options.watchdog_fallback, runner_pid_file=runner_pid_file,
+    )  # fmt: skip

@@ -52,3 +52,25 @@ class SilentView:
 
     def close(self) -> None:
         pass
+
+
+class LabelledView:
+    """Another view, with every phase and message marked with whose it is (a queue's job, a fleet's machine)."""
+
+    def __init__(self, inner: View, label: str) -> None:
+        self.inner, self.label = inner, label
+
+    def phase(self, name: str, detail: str = "") -> None:
+        self.inner.phase(f"{self.label}: {name}", detail)
+
+    def event(self, event: Event) -> None:
+        self.inner.event(event)
+
+    def money(self, money: Money) -> None:
+        self.inner.money(money)
+
+    def message(self, text: str) -> None:
+        self.inner.message(f"{self.label}: {text}")
+
+    def close(self) -> None:
+        """The inner view outlives its labels: the queue closes it."""

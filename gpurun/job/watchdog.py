@@ -128,14 +128,18 @@ async def arm_watchdog(
     artifact_grace_s: float,
     poll_s: float,
     fallback: bool = True,
+    runner_pid_file: str | None = None,
 ) -> WatchdogArmed:
     """Arm the dead-man switch, or adopt the one the provider started at container start: write our config and
     a fresh lease, start it (a running one keeps its lock, and reloads the rewritten config instead), then wait
-    until its status shows our config. `fallback=False` drops the shutdown fallback (tests, shared hosts)."""
+    until its status shows our config. `fallback=False` drops the shutdown fallback (tests, shared hosts).
+    `runner_pid_file`: the runner it watches, relative to the run folder (a queue's job: jobs/NAME/runner.pid)."""
     options: dict[str, Any] = {"lease_ttl_s": lease_ttl_s, "artifact_grace_s": artifact_grace_s, "poll_s": poll_s}
     if not fallback:
         options["fallback_command"] = None
-    config = build_config(run_id, destroy, deadline=deadline, runner_pid_file=Path(layout.pid).name, **options)
+    config = build_config(
+        run_id, destroy, deadline=deadline, runner_pid_file=runner_pid_file or Path(layout.pid).name, **options
+    )
     text = config_json(config)
     before = await watchdog_status(transport, layout)
     await renew_lease(transport, layout, run_id, 0)

@@ -26,17 +26,6 @@ from tests.support.sshd import SshServer
 pytest.importorskip("torch")
 pytestmark = [pytest.mark.slow, pytest.mark.sshd]
 
-TINY_REPO = "gpurun-tests/tiny-sd15"
-
-
-@pytest.fixture
-def tiny_hub_repo(fake_hub: FakeHub, tiny_sd15: Any) -> str:
-    """The tiny SD 1.5 model as a diffusers repo on the fake hub, as a user's fine-tune would be."""
-    folder = Path(tiny_sd15.diffusers_dir)
-    files = {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
-    fake_hub.add_repo(TINY_REPO, files)
-    return TINY_REPO
-
 
 @pytest.mark.parametrize("provider", ["vast", "runpod"])
 def test_a_stock_pytorch_image_gets_the_locked_stack_trains_and_is_destroyed(

@@ -153,6 +153,38 @@ def fresh_box(fresh_box_host: tuple[Box, SshServer]) -> Iterator[Box]:
     box.destroy()
 
 
+@pytest.fixture(scope="session")
+def second_warm_box_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Box, SshServer]]:
+    """A second warm host and its sshd (a fleet rents two machines at once)."""
+    yield from _box_host("gpurun-box2", "warm", WARM_IMAGE_ENV, tmp_path_factory.mktemp("warm-box2-sshd"))
+
+
+@pytest.fixture
+def vast_on_two_boxes(
+    fake_vast: Any, warm_box_host: tuple[Box, SshServer], warm_box: Box, second_warm_box_host: tuple[Box, SshServer]
+) -> Iterator[Any]:
+    """The fake Vast, renting the warm box and a second warm box: two instances can run at once."""
+    box, server = second_warm_box_host
+    box.reset(keep=(".gpurun", ".cache"))
+    fake_vast.attach_box(warm_box, warm_box_host[1].host, warm_box_host[1].port)
+    fake_vast.add_box(box, server.host, server.port)
+    yield fake_vast
+    box.destroy()
+
+
+#: the tiny SD 1.5 model's repo on the fake hub (`tiny_hub_repo`)
+TINY_REPO = "gpurun-tests/tiny-sd15"
+
+
+@pytest.fixture
+def tiny_hub_repo(fake_hub: Any, tiny_sd15: Any) -> str:
+    """The tiny SD 1.5 model as a diffusers repo on the fake hub, as a user's fine-tune would be."""
+    folder = Path(tiny_sd15.diffusers_dir)
+    files = {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    fake_hub.add_repo(TINY_REPO, files)
+    return TINY_REPO
+
+
 @pytest.fixture
 def box_runs(warm_box: Box) -> Any:
     """The run folders on the warm box (each test starts with none); once the instance is destroyed, the folders

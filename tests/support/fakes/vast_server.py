@@ -59,6 +59,8 @@ class FakeVastInstance:
     destroyed_at: float | None = None
     #: its container was started on the box (onstart ran)
     booted_at: float | None = None
+    #: the host (index into `FakeVast.hosts`) its container runs on, once booted
+    host: int | None = None
 
 
 def _err(status: int, error: str, msg: str) -> Response:
@@ -99,6 +101,8 @@ class FakeVast(FakeServer):
         self._key_ids = itertools.count(101)
         #: the box instances run on (None: an SSH endpoint only)
         self.box: Box | None = None
+        #: every box instances may run on, with its sshd: an instance boots on the first box no live instance holds
+        self.hosts: list[tuple[Box, tuple[str, int]]] = []
         #: start the container at this poll (None: at the poll that shows it running)
         self.boot_after_polls: int | None = None
 
@@ -122,6 +126,12 @@ class FakeVast(FakeServer):
         with self.lock:
             self.box = box
             self._ssh = (host, int(port))
+            self.hosts = [(box, self._ssh)]
+
+    def add_box(self, box: Box, host: str, port: int) -> None:
+        """One more machine: instances boot on the first box that no live instance holds (a fleet needs two)."""
+        with self.lock:
+            self.hosts.append((box, (host, int(port))))
 
     def set_proxy_endpoint(self, host: str, port: int) -> None:
         with self.lock:
@@ -327,7 +337,8 @@ class FakeVast(FakeServer):
         running = status == "running"
         if running and inst.running_since is None:
             inst.running_since = time.time()
-        proxy = self._proxy or self._ssh
+        ssh = self.hosts[inst.host][1] if inst.host is not None else self._ssh
+        proxy = self._proxy or ssh
         body = inst.body
         return {
             "id": int(inst.id),
@@ -346,8 +357,8 @@ class FakeVast(FakeServer):
             "ssh_host": proxy[0] if running else None,
             "ssh_idx": "5" if running else None,
             "ssh_port": proxy[1] if running else None,
-            "public_ipaddr": self._ssh[0] if running else None,
-            "ports": {"22/tcp": [{"HostIp": "0.0.0.0", "HostPort": str(self._ssh[1])}]}
+            "public_ipaddr": ssh[0] if running else None,
+            "ports": {"22/tcp": [{"HostIp": "0.0.0.0", "HostPort": str(ssh[1])}]}
             if running and inst.direct
             else None,
             "direct_port_count": offer.get("direct_port_count"),
@@ -387,17 +398,22 @@ class FakeVast(FakeServer):
         """Start the container on the box: Vast's key setup for the login user, then `onstart` in the background
         with the instance's environment."""
         due = self.pending_polls + 1 if self.boot_after_polls is None else self.boot_after_polls
-        box = self.box
-        if box is None or inst.booted_at is not None or inst.stopped or inst.outbid or inst.polls < due:
+        if not self.hosts or inst.booted_at is not None or inst.stopped or inst.outbid or inst.polls < due:
             return
         if inst.never_ready and self.boot_after_polls is None:
             return  # the image never finished pulling
+        held = {o.host for o in self.instances.values() if o.destroyed_at is None and o.booted_at is not None}
+        free = [index for index in range(len(self.hosts)) if index not in held]
+        if not free:
+            return  # every machine is taken: the container waits, as on a host without capacity
+        inst.host = free[0]
+        box, ssh = self.hosts[inst.host]
         inst.booted_at = time.time()
         keys = [str(k["public_key"]) for k in self.ssh_keys]
         box.write(".ssh/authorized_keys", "".join(f"{k}\n" for k in [*box.authorized_keys(), *keys]), mode=0o600)
         box.write("onstart.sh", str(inst.body.get("onstart") or ""), mode=0o700)
         env = {k: str(v) for k, v in (inst.body.get("env") or {}).items() if not str(k).startswith("-")}
-        env.update(CONTAINER_ID=inst.id, CONTAINER_API_KEY=inst.api_key, VAST_TCP_PORT_22=str(self._ssh[1]))
+        env.update(CONTAINER_ID=inst.id, CONTAINER_API_KEY=inst.api_key, VAST_TCP_PORT_22=str(ssh[1]))
         box.start("bash ~/onstart.sh", env)
 
     def _manage(self, instance_id: str, body: dict[str, Any]) -> Response:
@@ -422,9 +438,11 @@ class FakeVast(FakeServer):
             if inst is None or inst.destroyed_at is not None:
                 return _err(404, "not_found", "Instance not found")
             inst.destroyed_at = time.time()
-            if self.box is not None and inst.booted_at is not None:
-                self.box.destroy()  # the machine goes with everything running on it (before the record: tests wait
-            self.destroyed.append(DestroyRecord(instance_id, by))  # on the record, then look at the remains)
+            if inst.host is not None and inst.booted_at is not None:
+                # the machine goes with everything running on it (before the record: tests wait on the record,
+                # then look at the remains)
+                self.hosts[inst.host][0].destroy()
+            self.destroyed.append(DestroyRecord(instance_id, by))
         return Response(200, {"success": True})
 
     def _list_v1(self, query: dict[str, str]) -> Response:

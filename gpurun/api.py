@@ -45,6 +45,9 @@ from gpurun.provision import status
 from gpurun.provision.http import mask_secret
 from gpurun.provision.registry import PROVIDER_NAMES, min_cuda_for
 from gpurun.report import write_report
+from gpurun.report.index import read_queue_receipt
+from gpurun.report.index import write_index as write_index_page
+from gpurun.safenames import component_problem
 
 __all__ = [
     "PROVIDER_NAMES",
@@ -214,6 +217,12 @@ def report(run: str | Path) -> Path:
     if not folder.is_dir():
         raise JournalError("the run's output folder is gone", where=str(folder),
                            hint="was it moved? pass the folder itself: gpurun report PATH")  # fmt: skip
+    queue = read_queue_receipt(folder)
+    if queue is not None:  # a queue's folder: refresh each job's report and the index
+        for job in queue.get("jobs") or []:
+            if (folder / str(job.get("name"))).is_dir() and component_problem(str(job.get("name"))) is None:
+                write_report(folder / str(job["name"]))
+        return write_index_page(folder, queue)
     return write_report(folder)
 
 

@@ -3,6 +3,7 @@ machine, self-contained and script-free like every report page."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -74,3 +75,12 @@ def write_index(folder: Path, receipt: dict[str, Any]) -> Path:
     tmp.write_text(render_index(folder, receipt), encoding="utf-8")
     tmp.replace(target)
     return target
+
+
+def read_queue_receipt(folder: Path) -> dict[str, Any] | None:
+    """The queue receipt in `folder`, or None when the folder is not a queue's (or its receipt is unreadable)."""
+    try:
+        data = json.loads((folder / "receipt.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and data.get("type") == "queue" else None

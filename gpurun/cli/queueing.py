@@ -44,6 +44,7 @@ def render_queue_plan(plan: api.QueuePlan) -> Any:
         if budget is not None
         else "budget: none (free machines only)",
         "a job that fails is reported and the others go on; a lost machine's job goes to another machine",
+        "Ctrl-C stops the queue: every runner is stopped, what exists is fetched, every machine destroyed",
     ]
     lines += [f"note: {note}" for note in plan.notes]
     lines += [f"provider {name} failed: {message}" for name, message in plan.provider_errors.items()]

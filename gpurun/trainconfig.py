@@ -28,6 +28,7 @@ from pydantic import (
 
 from gpurun import kohya_keys
 from gpurun.errors import ConfigError
+from gpurun.kohya_dataset import DATASET_KEYS, SUBSET_KEYS, load_dataset_config
 from gpurun.network_args import LYCORIS_HINT, NetworkArgs, NetworkArgsError, parse_network_args
 from gpurun.safenames import component_problem, has_control_chars
 
@@ -55,7 +56,8 @@ def _section(name: str, keys: str) -> None:
 _section("model", "pretrained_model_name_or_path v2 v_parameterization model_family vae clip_skip")
 _section(
     "dataset",
-    "train_data_dir resolution batch_size enable_bucket min_bucket_reso max_bucket_reso bucket_reso_steps "
+    "train_data_dir reg_data_dir dataset_config prior_loss_weight resolution batch_size enable_bucket min_bucket_reso "
+    "max_bucket_reso bucket_reso_steps "
     "bucket_no_upscale caption_extension shuffle_caption keep_tokens flip_aug caption_dropout_rate "
     "cache_latents cache_latents_to_disk cache_text_encoder_outputs",
 )
@@ -135,6 +137,12 @@ class TrainConfig(BaseModel):
 
     # [dataset]
     train_data_dir: str | None = None
+    #: kohya's regularization images: <repeats>_<class>/ folders, balanced against the training images as kohya does
+    reg_data_dir: str | None = None
+    #: kohya's dataset config TOML ([general], [[datasets]], [[datasets.subsets]]); replaces train_data_dir
+    dataset_config: str | None = None
+    #: the loss weight of regularization images (kohya's default 1)
+    prior_loss_weight: float = Field(default=1.0, ge=0)
     resolution: tuple[int, int] = (512, 512)
     batch_size: int = Field(default=1, ge=1, le=256)
     enable_bucket: bool = False
@@ -473,6 +481,14 @@ class TrainConfig(BaseModel):
                 f"{width}x{height} crops are encoded to {width // 8}x{height // 8} latents (as in kohya), which "
                 f"cover {width - width % 8}x{height - height % 8}; samples render at that size"
             )
+        if self.dataset_config:
+            dataset = load_dataset_config(self.dataset_config)
+            regs = sum(1 for subset in dataset.subsets if subset.get("is_reg"))
+            notes["dataset_config"] = (
+                f"{len(dataset.subsets)} subset(s){f', {regs} of them regularization' if regs else ''}; its "
+                "resolution, batch size and bucket keys replace this file's, and each subset's own captions, "
+                "repeats and flip_aug win over this file's (kohya's precedence: subset > dataset > [general] > here)"
+            )
         if isinstance(self.lr_warmup_steps, float):
             notes["lr_warmup_steps"] = f"{self.lr_warmup_steps:g} of the run's steps, rounded down (as kohya)"
         return notes
@@ -494,6 +510,12 @@ class TrainConfig(BaseModel):
     ) -> TrainConfig:
         """Validate a parsed TOML document (sectioned or flat). Raises ConfigError naming the key."""
         flat, ignored = _flatten(data, source)
+        if flat.get("dataset_config"):
+            flat = _with_dataset_settings(flat, base_dir, source)
+            for key in ("train_data_dir", "reg_data_dir"):
+                if flat.pop(key, None) is not None:
+                    # kohya: "ignoring the following options because config file is found"
+                    ignored[key] = "ignored: dataset_config names the images (as kohya does)"
         try:
             config = cls(**flat)
         except ValidationError as exc:
@@ -535,7 +557,7 @@ class TrainConfig(BaseModel):
     def resolved_against(self, base_dir: Path) -> TrainConfig:
         """Copy with relative local paths made absolute against base_dir (hub ids are left alone)."""
         updates: dict[str, Any] = {}
-        for key in ("train_data_dir", "output_dir"):
+        for key in ("train_data_dir", "reg_data_dir", "dataset_config", "output_dir"):
             value = getattr(self, key)
             if value and not Path(value).is_absolute():
                 updates[key] = str((base_dir / value).resolve())
@@ -559,6 +581,25 @@ class TrainConfig(BaseModel):
                 value = value[0] if value[0] == value[1] else f"{value[0]},{value[1]}"
             sections.setdefault(SECTION_OF.get(key, "training"), []).append(f"{key} = {_toml_value(value)}")
         return "\n".join(f"[{name}]\n" + "\n".join(lines) + "\n" for name, lines in sections.items())
+
+
+def dataset_fallback(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The training config's values a dataset config falls back to (kohya's argparse values), by kohya's names."""
+    defaults = {key: TrainConfig.model_fields[key].default for key in (*DATASET_KEYS, *SUBSET_KEYS)}
+    return {key: values.get(key, default) for key, default in defaults.items()}
+
+
+def _with_dataset_settings(flat: dict[str, Any], base_dir: Path | None, source: str) -> dict[str, Any]:
+    """The dataset config's resolution, batch size and bucket keys win over the training config's (kohya reads
+    them from the dataset config, falling back to the training config)."""
+    value = flat["dataset_config"]
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError("must be the path of a dataset config TOML", where=f"{source}: dataset_config")
+    path = Path(value).expanduser()
+    if not path.is_absolute():
+        path = (base_dir or Path.cwd()) / path
+    dataset = load_dataset_config(path)
+    return {**flat, **dataset.settings(dataset_fallback(flat))}
 
 
 def _looks_like_local_path(value: str) -> bool:

@@ -173,8 +173,9 @@ def build_metadata(
 ) -> dict[str, str]:
     """kohya `ss_*` + ModelSpec `modelspec.*` metadata for a saved LoRA; every value a string.
 
-    `dataset` keys read (all optional): "tag_frequency" {dir: {tag: count}}, "dataset_dirs"
-    {dir: {"n_repeats": int, "img_count": int}}, "num_train_images" (images × repeats), "num_reg_images",
+    `dataset` keys read (all optional): "tag_frequency" {dir: {tag: count}}, "dataset_dirs" and
+    "reg_dataset_dirs" {dir: {"n_repeats": int, "img_count": int}}, "num_train_images" (images × repeats),
+    "num_reg_images" (regularization images × their folder's repeats, as kohya counts them),
     "num_batches_per_epoch", "max_train_steps", "bucket_info" (JSON-able), "trigger" (str | None),
     "session_id". `extra` overrides or adds keys last (e.g. the resolved "ss_mixed_precision", or
     "ss_gradient_checkpointing" after an out-of-memory fallback); non-string values are JSON-encoded.
@@ -252,6 +253,8 @@ def build_metadata(
         "ss_caption_extension": config.caption_extension,
         "ss_tag_frequency": _json(dataset.get("tag_frequency", {})),
         "ss_dataset_dirs": _json(dataset.get("dataset_dirs", {})),
+        "ss_reg_dataset_dirs": _json(dataset.get("reg_dataset_dirs", {})),
+        "ss_prior_loss_weight": config.prior_loss_weight,
         "ss_sd_model_name": model.base_name or model.source,
         "ss_sd_model_hash": model.base_model_hash or "",
         "ss_new_sd_model_hash": model.base_sha256 or "",

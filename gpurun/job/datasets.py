@@ -1,0 +1,54 @@
+"""Which local folders hold a run's images and where each goes on the machine, so the runner there reads the
+same training set the local check counted: the dataset as a kohya root under data/, reg_data_dir under reg/, or
+each subset of a dataset config in subsets/<i>/ with a resolved copy of the dataset config beside job.toml.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gpurun.dataset.trainset import dataset_subsets
+from gpurun.kohya_dataset import canonical_toml
+from gpurun.trainconfig import TrainConfig, dataset_fallback
+
+#: the dataset config's name on the machine, in the run folder (beside job.toml)
+BOX_DATASET_CONFIG = "dataset.toml"
+
+
+@dataclass(frozen=True, slots=True)
+class DatasetUpload:
+    """The folders to push (local folder, path relative to the run folder), files to write there, and the
+    training config's dataset keys as the runner reads them."""
+
+    folders: list[tuple[Path, str]]
+    files: dict[str, str] = field(default_factory=dict)
+    job_keys: dict[str, Any] = field(default_factory=dict)
+
+
+def dataset_upload(
+    config: TrainConfig, dataset: Path, kind: str, repeats: int | None, trigger: str | None
+) -> DatasetUpload:
+    """Where the run's images go: `kind` is the scan's layout (kohya-root, concept-folder, plain or
+    dataset-config); a plain folder or one concept folder becomes a folder of the data/ kohya root."""
+    if config.dataset_config:
+        file, subsets = dataset_subsets(config)
+        targets = [f"subsets/{index}" for index in range(len(subsets))]
+        text = canonical_toml(file, dataset_fallback(config.model_dump()), targets)
+        return DatasetUpload(
+            folders=[(subset.image_dir, target) for subset, target in zip(subsets, targets, strict=True)],
+            files={BOX_DATASET_CONFIG: text},
+            job_keys={"dataset_config": BOX_DATASET_CONFIG, "train_data_dir": None, "reg_data_dir": None},
+        )
+    if kind == "concept-folder":
+        target = f"data/{dataset.name}"
+    elif kind == "plain":
+        target = f"data/{repeats or 1}_{trigger or dataset.name}"
+    else:
+        target = "data"
+    folders = [(dataset, target)]
+    if config.reg_data_dir:
+        folders.append((Path(config.reg_data_dir), "reg"))
+    keys = {"train_data_dir": "data", "reg_data_dir": "reg" if config.reg_data_dir else None}
+    return DatasetUpload(folders=folders, job_keys=keys)

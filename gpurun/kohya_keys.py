@@ -118,6 +118,12 @@ _add("implemented", "lr_scheduler_num_cycles lr_scheduler_power", "shape of cosi
 _add("implemented", "network_module", "networks.lora (kohya's LoRA, and its LoCon with conv_dim in network_args)")
 _add("implemented", "network_dim network_alpha", "LoRA rank and alpha (scale alpha/rank)")
 _add("implemented", "network_args", "conv_dim and conv_alpha (kohya's LoCon); any other argument is refused by name")
+_add(
+    "implemented",
+    "network_weights",
+    "start from a kohya LoRA file (continued training); its rank, alpha and base family are checked before renting",
+)
+_add("implemented", "dim_from_weights", "take network_dim/network_alpha (and LoCon's conv_dim) from network_weights")
 _add("implemented", "network_train_unet_only", "freeze the text encoders (no lora_te keys in the file)")
 _add("implemented", "optimizer_type", "AdamW, AdamW8bit, Adafactor, Prodigy, in any case")
 _add("implemented", "optimizer_args", 'key=value arguments of the optimizer, e.g. ["weight_decay=0.01"]')
@@ -179,17 +185,14 @@ _add("no-op at", "masked_loss alpha_mask", "masks are not implemented", _FALSE)
 _add("no-op at", "weighted_captions", "caption weighting (a:1.2) is not implemented", _FALSE)
 _add("no-op at", "color_aug random_crop", "images are centre-cropped to their bucket", _FALSE)
 _add("no-op at", "network_train_text_encoder_only", "the UNet is always trained", _FALSE)
-_add("no-op at", "dim_from_weights", "needs network_weights, which is not implemented", _FALSE)
 _add("no-op at", "fp8_base fp8_base_unet", "the base weights are fp16/bf16/fp32", _FALSE)
 _add("no-op at", "sample_every_n_steps save_last_n_steps save_last_n_steps_state", "", _ZERO)
 _add("no-op at", "save_last_n_epochs save_last_n_epochs_state", "every checkpoint is kept", _ZERO)
 _add("no-op at", "save_state_on_train_end", "gpurun always saves a resumable state", (True, False))
 _add("no-op at", "huggingface_repo_id huggingface_path_in_repo huggingface_repo_type", "no uploads", ("",))
-_add("no-op at", "network_weights", "not implemented", ("",))
 
 # ---- refused ------------------------------------------------------------------------------------------------------
 _REFUSED = {
-    "network_weights": "continuing from a LoRA file is not implemented; continue a gpurun run with resume",
     "sample_every_n_steps": "step-based sampling is not implemented; use sample_every_n_epochs",
     "save_last_n_steps": "gpurun keeps every checkpoint; delete old ones after the run",
     "save_last_n_steps_state": "step-based saving is not implemented; gpurun keeps one resumable state",
@@ -212,7 +215,6 @@ _REFUSED = {
     "max_token_length": "only 75-token prompts are supported; shorten the captions (kohya truncates too)",
     "lr_scheduler_args": "extra scheduler arguments are not taken; use lr_scheduler_num_cycles/_power",
     "lr_scheduler_type": "custom scheduler classes are not supported; use lr_scheduler",
-    "dim_from_weights": "needs network_weights, which is not implemented",
     "huggingface_repo_id": "gpurun does not upload; the LoRA comes back to this machine",
     "huggingface_path_in_repo": "gpurun does not upload",
     "huggingface_repo_type": "gpurun does not upload",

@@ -27,8 +27,10 @@ from pydantic import (
 )
 
 from gpurun import kohya_keys
+from gpurun.configfiles import dataset_settings, with_weights_settings
 from gpurun.errors import ConfigError
 from gpurun.kohya_dataset import DATASET_KEYS, SUBSET_KEYS, load_dataset_config
+from gpurun.lorainit import read_lora_weights
 from gpurun.network_args import LYCORIS_HINT, NetworkArgs, NetworkArgsError, parse_network_args
 from gpurun.safenames import component_problem, has_control_chars
 
@@ -65,7 +67,8 @@ _section(
     "training",
     "output_dir output_name max_train_epochs max_train_steps learning_rate unet_lr text_encoder_lr lr_scheduler "
     "lr_warmup_steps lr_scheduler_num_cycles lr_scheduler_power network_module network_dim network_alpha "
-    "network_train_unet_only network_args optimizer_type optimizer_args mixed_precision save_precision "
+    "network_train_unet_only network_args network_weights dim_from_weights optimizer_type optimizer_args "
+    "mixed_precision save_precision "
     "save_every_n_epochs save_every_n_steps save_model_as gradient_checkpointing gradient_accumulation_steps "
     "max_grad_norm seed "
     "noise_offset min_snr_gamma max_token_length resume noise_offset_random_strength adaptive_noise_scale "
@@ -181,6 +184,10 @@ class TrainConfig(BaseModel):
     network_alpha: float = Field(default=1.0, gt=0)
     network_train_unet_only: bool = False
     network_args: list[str] = Field(default_factory=list)
+    #: a kohya LoRA file to start from (kohya's continued training); its rank and alpha must be the config's
+    network_weights: str | None = None
+    #: take network_dim, network_alpha and LoCon's conv_dim/conv_alpha from network_weights (kohya's meaning)
+    dim_from_weights: bool = False
     optimizer_type: str = "AdamW"
     optimizer_args: list[str] = Field(default_factory=list)
     #: auto = bf16 where the GPU supports it, else fp16 on CUDA, fp32 on CPU
@@ -489,6 +496,17 @@ class TrainConfig(BaseModel):
                 "resolution, batch size and bucket keys replace this file's, and each subset's own captions, "
                 "repeats and flip_aug win over this file's (kohya's precedence: subset > dataset > [general] > here)"
             )
+        if self.network_weights:
+            weights = read_lora_weights(self.network_weights)
+            conv = f", LoCon conv rank {weights.conv_dim}" if weights.conv_dim else ""
+            fresh = "" if weights.has_text_encoder or not self.trains_text_encoder else (
+                "; the text encoders have no weights there and start fresh (as in kohya)"
+            )  # fmt: skip
+            notes["network_weights"] = (
+                f"training starts from {weights.path.name} (rank {weights.dim}, alpha {weights.alpha:g}{conv})"
+                + (", its rank and alpha taken by dim_from_weights" if self.dim_from_weights else "")
+                + fresh
+            )
         if isinstance(self.lr_warmup_steps, float):
             notes["lr_warmup_steps"] = f"{self.lr_warmup_steps:g} of the run's steps, rounded down (as kohya)"
         return notes
@@ -511,11 +529,16 @@ class TrainConfig(BaseModel):
         """Validate a parsed TOML document (sectioned or flat). Raises ConfigError naming the key."""
         flat, ignored = _flatten(data, source)
         if flat.get("dataset_config"):
-            flat = _with_dataset_settings(flat, base_dir, source)
+            fallback = dataset_fallback(flat)
+            flat = {**flat, **dataset_settings(flat["dataset_config"], fallback, base_dir, source)}
             for key in ("train_data_dir", "reg_data_dir"):
                 if flat.pop(key, None) is not None:
                     # kohya: "ignoring the following options because config file is found"
                     ignored[key] = "ignored: dataset_config names the images (as kohya does)"
+        if flat.get("network_weights"):
+            flat = with_weights_settings(flat, base_dir, source)
+        elif flat.get("dim_from_weights"):
+            raise ConfigError("dim_from_weights needs network_weights (kohya's)", where=f"{source}: dim_from_weights")
         try:
             config = cls(**flat)
         except ValidationError as exc:
@@ -557,7 +580,7 @@ class TrainConfig(BaseModel):
     def resolved_against(self, base_dir: Path) -> TrainConfig:
         """Copy with relative local paths made absolute against base_dir (hub ids are left alone)."""
         updates: dict[str, Any] = {}
-        for key in ("train_data_dir", "reg_data_dir", "dataset_config", "output_dir"):
+        for key in ("train_data_dir", "reg_data_dir", "dataset_config", "network_weights", "output_dir"):
             value = getattr(self, key)
             if value and not Path(value).is_absolute():
                 updates[key] = str((base_dir / value).resolve())
@@ -587,19 +610,6 @@ def dataset_fallback(values: Mapping[str, Any]) -> dict[str, Any]:
     """The training config's values a dataset config falls back to (kohya's argparse values), by kohya's names."""
     defaults = {key: TrainConfig.model_fields[key].default for key in (*DATASET_KEYS, *SUBSET_KEYS)}
     return {key: values.get(key, default) for key, default in defaults.items()}
-
-
-def _with_dataset_settings(flat: dict[str, Any], base_dir: Path | None, source: str) -> dict[str, Any]:
-    """The dataset config's resolution, batch size and bucket keys win over the training config's (kohya reads
-    them from the dataset config, falling back to the training config)."""
-    value = flat["dataset_config"]
-    if not isinstance(value, str) or not value.strip():
-        raise ConfigError("must be the path of a dataset config TOML", where=f"{source}: dataset_config")
-    path = Path(value).expanduser()
-    if not path.is_absolute():
-        path = (base_dir or Path.cwd()) / path
-    dataset = load_dataset_config(path)
-    return {**flat, **dataset.settings(dataset_fallback(flat))}
 
 
 def _looks_like_local_path(value: str) -> bool:

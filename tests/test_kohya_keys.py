@@ -169,6 +169,8 @@ def test_the_corpus_covers_the_shapes() -> None:
     dataset = configs["dataset-config-sd15"]
     assert dataset.dataset_config and (dataset.batch_size, dataset.enable_bucket) == (2, True)  # from the dataset TOML
     assert dataset.prior_loss_weight == 0.8 and configs["reg-sd15"].reg_data_dir
+    continued = configs["continue-sd15"]  # dim_from_weights: the file's rank 8 and alpha 4, not network_alpha 1
+    assert continued.network_weights and (continued.network_dim, continued.network_alpha) == (8, 4.0)
 
 
 def test_config_keys_and_check_speak_the_rules(tmp_path: Path, gpurun_cli) -> None:

@@ -1,6 +1,7 @@
 """Which local folders hold a run's images and where each goes on the machine, so the runner there reads the
 same training set the local check counted: the dataset as a kohya root under data/, reg_data_dir under reg/, or
-each subset of a dataset config in subsets/<i>/ with a resolved copy of the dataset config beside job.toml.
+each subset of a dataset config in subsets/<i>/ with a resolved copy of the dataset config beside job.toml. A LoRA
+file to continue from (network_weights) goes beside job.toml too.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from gpurun.trainconfig import TrainConfig, dataset_fallback
 
 #: the dataset config's name on the machine, in the run folder (beside job.toml)
 BOX_DATASET_CONFIG = "dataset.toml"
+#: network_weights' name on the machine, in the run folder
+BOX_NETWORK_WEIGHTS = "network_weights.safetensors"
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +28,24 @@ class DatasetUpload:
     folders: list[tuple[Path, str]]
     files: dict[str, str] = field(default_factory=dict)
     job_keys: dict[str, Any] = field(default_factory=dict)
+    #: single local files to copy (local file, path relative to the run folder)
+    copies: list[tuple[Path, str]] = field(default_factory=list)
+
+
+def run_upload(
+    config: TrainConfig, dataset: Path, kind: str, repeats: int | None, trigger: str | None
+) -> DatasetUpload:
+    """The dataset's upload (see dataset_upload) plus the LoRA file to continue from, when there is one: the
+    config already holds its rank and alpha (dim_from_weights was applied when it was read)."""
+    upload = dataset_upload(config, dataset, kind, repeats, trigger)
+    if not config.network_weights:
+        return upload
+    return DatasetUpload(
+        folders=upload.folders,
+        files=upload.files,
+        job_keys={**upload.job_keys, "network_weights": BOX_NETWORK_WEIGHTS, "dim_from_weights": False},
+        copies=[(Path(config.network_weights), BOX_NETWORK_WEIGHTS)],
+    )
 
 
 def dataset_upload(

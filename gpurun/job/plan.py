@@ -18,11 +18,12 @@ from gpurun.errors import BudgetError, ConfigError, DatasetError
 from gpurun.job.basecheck import BaseChecker
 from gpurun.job.bases import BaseSpec, resolve_base
 from gpurun.job.bundle import bundle_plan
-from gpurun.job.datasets import dataset_upload
+from gpurun.job.datasets import run_upload
 from gpurun.job.offers import check_budget, offers
 from gpurun.job.payload import TrainingPayload
 from gpurun.job.workload import build_workload
 from gpurun.journal import Journal
+from gpurun.lorainit import check_family, read_lora_weights
 from gpurun.models import CostEstimate, GpuRequest, Workload, to_dict
 from gpurun.pricing import Calibration, calibration_key
 from gpurun.pricing.serial import estimate_to_dict
@@ -184,6 +185,9 @@ def settle_config(request: TrainRequest) -> tuple[TrainConfig, BaseSpec, Path, l
             updates.update(max_train_epochs=4, save_every_n_epochs=2)  # a demo that ends in about a minute
         notes.append("tiny demo model: 64 px, random weights — it proves the pipeline, it learns nothing")
     config = config.model_copy(update=updates)
+    if config.network_weights and base.family_known:
+        # the file is the user's: its keys must be this base's LoRA modules before anything is rented
+        check_family(read_lora_weights(config.network_weights), base.family)
     if config.dataset_config:
         if request.dataset is not None:
             raise ConfigError(
@@ -236,11 +240,13 @@ def check_training_data(config: TrainConfig, base: BaseSpec, dataset: Path, requ
 def summarise_upload(config: TrainConfig, dataset: Path, report: DatasetReport, base: BaseSpec) -> UploadSummary:
     """What goes up to the instance: the dataset's folders (after excludes), the gpurun bundle, a local base
     model."""
-    upload = dataset_upload(config, dataset, report.scan.layout, None, None)
+    upload = run_upload(config, dataset, report.scan.layout, None, None)
     plans = [plan_upload(folder, upload_excludes(folder)) for folder, _ in upload.folders]
     bundle = bundle_plan()
     parts = {"dataset": sum(p.bytes for p in plans), "gpurun": bundle.bytes}
-    files = sum(p.files for p in plans) + len(upload.files) + bundle.files
+    if upload.copies:
+        parts["network weights"] = sum(local.stat().st_size for local, _ in upload.copies)
+    files = sum(p.files for p in plans) + len(upload.files) + len(upload.copies) + bundle.files
     if base.kind == "local":
         parts["base model"] = base.bytes
         files += 1

@@ -20,6 +20,7 @@ from gpurun.runner import oom
 from gpurun.runner import state as st
 from gpurun.runner.data import TrainData, cache_conditioning, cache_latents, can_cache_conditioning, scan_training_data
 from gpurun.runner.export import build_metadata, file_sha256, save_lora
+from gpurun.runner.initweights import load_network_weights
 from gpurun.runner.lora import LoraParams, add_lora, load_lora_state, lora_state
 from gpurun.runner.loss import StepContext, batch_loss
 from gpurun.runner.lossmeter import LossMeter
@@ -125,6 +126,8 @@ class Trainer:
             conv_dim=network.conv_dim if network.is_locon else None,
             conv_alpha=network.conv_alpha or 1.0,
         )
+        if config.network_weights and saved is None:  # a resumed state already holds what training made of it
+            lora.counts.update(load_network_weights(model, Path(config.network_weights)))
         if config.network_dropout:
             add_rank_dropout(adapted_layers([model.unet, *model.text_encoders]), config.network_dropout)
         if progress.gradient_checkpointing:

@@ -7,9 +7,10 @@ import shutil
 from pathlib import Path
 
 from gpurun.dataset.trainset import scan_training_set
-from gpurun.job.datasets import BOX_DATASET_CONFIG, dataset_upload
+from gpurun.job.datasets import BOX_DATASET_CONFIG, BOX_NETWORK_WEIGHTS, dataset_upload, run_upload
 from gpurun.job.machine import job_config
 from gpurun.trainconfig import TrainConfig
+from tests.support.fake_lora import UNET_LINEAR, write_lora
 from tests.support.kohya_datasets import make_dataset_config, make_reg_dirs
 
 
@@ -60,3 +61,21 @@ def test_a_plain_folder_still_becomes_one_concept_folder(tmp_path: Path) -> None
     upload = dataset_upload(config, tmp_path / "photos", "plain", 5, "sks")
     assert upload.folders == [(tmp_path / "photos", "data/5_sks")]
     assert upload.job_keys == {"train_data_dir": "data", "reg_data_dir": None}
+
+
+def test_a_lora_to_continue_from_travels_beside_job_toml(tmp_path: Path) -> None:
+    local, box = tmp_path / "laptop", tmp_path / "box"
+    train, _ = make_reg_dirs(local)
+    write_lora(local / "w.safetensors", {UNET_LINEAR: (8, 4.0, False)})
+    (local / "c.toml").write_text(
+        f'network_weights = "w.safetensors"\ndim_from_weights = true\ntrain_data_dir = "{train}"\n'
+    )
+    config = TrainConfig.from_toml(local / "c.toml")
+    upload = run_upload(config, train, "kohya-root", None, None)
+    assert upload.copies == [(local / "w.safetensors", BOX_NETWORK_WEIGHTS)] and upload.folders == [(train, "data")]
+    box.mkdir()
+    shutil.copy(local / "w.safetensors", box / BOX_NETWORK_WEIGHTS)
+    (box / "job.toml").write_text(job_config(config, "tiny-sd", upload.job_keys).to_toml())
+    there = TrainConfig.from_toml(box / "job.toml")
+    assert there.network_weights == str(box / BOX_NETWORK_WEIGHTS) and not there.dim_from_weights
+    assert (there.network_dim, there.network_alpha, there.network_train_unet_only) == (8, 4.0, True)

@@ -18,6 +18,7 @@ from gpurun.trainconfig import TrainConfig, _toml_value, tomllib
 from tests.support.env import subprocess_env
 from tests.support.imaging import make_image
 from tests.support.kohya_datasets import make_images
+from tests.support.lora_files import lora_model, save_lora_file
 from tests.support.tiny_models import TinyModel
 
 torch = pytest.importorskip("torch")
@@ -27,7 +28,7 @@ CORPUS = Path(__file__).resolve().parent.parent / "support" / "fixtures" / "kohy
 STEPS = 3
 
 
-def gui_config(tmp: Path, name: str, base: Path) -> Path:
+def gui_config(tmp: Path, name: str, base: Path, family: str) -> Path:
     """The corpus file with its paths at test data, a tiny size and STEPS steps; every other key as written."""
     doc: dict[str, Any] = tomllib.loads((CORPUS / f"{name}.toml").read_text())
     data = tmp / "training_data" / "2_sks robot"
@@ -38,6 +39,10 @@ def gui_config(tmp: Path, name: str, base: Path) -> Path:
         doc["dataset_config"] = str(tiny_dataset_config(tmp, CORPUS / doc["dataset_config"]))
     else:
         doc["train_data_dir"] = str(data.parent)
+    if "network_weights" in doc:
+        # a LoRA of this tiny base to continue from (the corpus file is one of the real model's shape)
+        model, _ = lora_model(family, rank=4, alpha=2.0)
+        doc["network_weights"] = str(save_lora_file(model, tmp / "start.safetensors"))
     if "reg_data_dir" in doc:
         doc["reg_data_dir"] = str(make_images(tmp / "reg" / "1_robot", 3, seed=70, caption="robot").parent)
     doc.update(
@@ -86,7 +91,7 @@ def test_the_corpus_trains_and_writes_what_it_trained(
 ) -> None:
     family = "sdxl" if name.endswith("sdxl") else "sd15"
     tiny: TinyModel = request.getfixturevalue(f"tiny_{family}")
-    path = gui_config(tmp_path, name, tiny.single_file)
+    path = gui_config(tmp_path, name, tiny.single_file, family)
     config = TrainConfig.from_toml(path)
     proc = subprocess.run(
         [sys.executable, "-m", "gpurun.runner", "--config", str(path)],
@@ -129,6 +134,8 @@ def test_the_corpus_trains_and_writes_what_it_trained(
     assert json.loads(meta["ss_text_encoder_lr"]) == (rates[0] if len(set(rates)) == 1 else rates)
     if config.training_comment:
         assert meta["ss_training_comment"] == config.training_comment
+    if config.network_weights:
+        assert start.dataset["lora"]["modules_fresh"] == 0 and config.network_dim == 4  # dim_from_weights
     if config.dataset_config or config.reg_data_dir:
         # the regularization images trained, and the file says so as kohya's does
         assert [name for name, f in start.dataset["folders"].items() if f.get("is_reg")]

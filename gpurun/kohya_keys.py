@@ -186,8 +186,14 @@ _add("no-op at", "weighted_captions", "caption weighting (a:1.2) is not implemen
 _add("no-op at", "color_aug random_crop", "images are centre-cropped to their bucket", _FALSE)
 _add("no-op at", "network_train_text_encoder_only", "the UNet is always trained", _FALSE)
 _add("no-op at", "fp8_base fp8_base_unet", "the base weights are fp16/bf16/fp32", _FALSE)
-_add("no-op at", "sample_every_n_steps save_last_n_steps save_last_n_steps_state", "", _ZERO)
-_add("no-op at", "save_last_n_epochs save_last_n_epochs_state", "every checkpoint is kept", _ZERO)
+_add("no-op at", "sample_every_n_steps save_last_n_steps", "", _ZERO)
+_add("no-op at", "save_last_n_epochs", "every checkpoint is kept", _ZERO)
+_add(
+    "no-op at",
+    "save_last_n_epochs_state save_last_n_steps_state",
+    "gpurun keeps one resumable state, the latest: kohya's value 1 (0 leaves it to save_last_n_epochs/_steps)",
+    (0, 1),
+)
 _add("no-op at", "save_state_on_train_end", "gpurun always saves a resumable state", (True, False))
 _add("no-op at", "huggingface_repo_id huggingface_path_in_repo huggingface_repo_type", "no uploads", ("",))
 
@@ -195,9 +201,9 @@ _add("no-op at", "huggingface_repo_id huggingface_path_in_repo huggingface_repo_
 _REFUSED = {
     "sample_every_n_steps": "step-based sampling is not implemented; use sample_every_n_epochs",
     "save_last_n_steps": "gpurun keeps every checkpoint; delete old ones after the run",
-    "save_last_n_steps_state": "step-based saving is not implemented; gpurun keeps one resumable state",
+    "save_last_n_steps_state": "gpurun keeps exactly one resumable state, the latest; older ones cannot be kept",
     "save_last_n_epochs": "gpurun keeps every checkpoint; delete old ones after the run",
-    "save_last_n_epochs_state": "gpurun keeps one resumable state",
+    "save_last_n_epochs_state": "gpurun keeps exactly one resumable state, the latest; older ones cannot be kept",
     "v_pred_like_loss": "not implemented; leave it 0",
     "zero_terminal_snr": "not implemented; train on the base model's schedule",
     "scale_v_pred_loss_like_noise_pred": "not implemented",

@@ -62,6 +62,7 @@ def test_every_refusal_says_why() -> None:
         ('noise_offset_type = "Multires"', 'no effect at "Multires"'),
         ('wandb_run_name = "x"', "nothing is sent"),
         ("save_last_n_steps = 0", "no effect at 0"),
+        ("save_last_n_epochs_state = 1", "no effect at 1: gpurun keeps one resumable state, the latest"),
     ],
 )
 def test_no_op_keys_are_accepted_and_reported(tmp_path: Path, line: str, said: str) -> None:
@@ -99,6 +100,7 @@ def test_no_op_keys_are_accepted_and_reported(tmp_path: Path, line: str, said: s
         ("min_timestep = 500\nmax_timestep = 400", "min_timestep (500) is larger than max_timestep (400)"),
         ('loss_type = "l3"', "[training].loss_type"),
         ("totally_unknown_key = 1", "unknown key 'totally_unknown_key'"),
+        ("save_last_n_steps_state = 3", "gpurun keeps exactly one resumable state, the latest"),
     ],
 )
 def test_refusals_name_the_key_and_the_reason(tmp_path: Path, text: str, said: str) -> None:

@@ -1,7 +1,7 @@
 """Which local folders hold a run's images and where each goes on the machine, so the runner there reads the
 same training set the local check counted: the dataset as a kohya root under data/, reg_data_dir under reg/, or
-each subset of a dataset config in subsets/<i>/ with a resolved copy of the dataset config beside job.toml. A LoRA
-file to continue from (network_weights) goes beside job.toml too.
+each subset of a dataset config in subsets/<i>/<name>/ with a resolved copy of the dataset config beside
+job.toml. A LoRA file to continue from (network_weights) goes beside job.toml too.
 """
 
 from __future__ import annotations
@@ -55,7 +55,9 @@ def dataset_upload(
     dataset-config); a plain folder or one concept folder becomes a folder of the data/ kohya root."""
     if config.dataset_config:
         file, subsets = dataset_subsets(config)
-        targets = [f"subsets/{index}" for index in range(len(subsets))]
+        # subsets/<i>/<the folder's own name>: kohya names a subset by its folder in the metadata (ss_dataset_dirs,
+        # ss_tag_frequency), and two subsets may share a name
+        targets = [f"subsets/{index}/{subset.image_dir.name}" for index, subset in enumerate(subsets)]
         text = canonical_toml(file, dataset_fallback(config.model_dump()), targets)
         return DatasetUpload(
             folders=[(subset.image_dir, target) for subset, target in zip(subsets, targets, strict=True)],

@@ -11,7 +11,7 @@ from gpurun.dataset import check_dataset
 from gpurun.dataset.subsets import balance_regularization
 from gpurun.dataset.trainset import scan_training_set
 from gpurun.dataset.types import ConceptFolder, DatasetScan, ImageItem
-from gpurun.errors import ConfigError
+from gpurun.errors import ConfigError, DatasetError
 from gpurun.kohya_dataset import CaptionRules
 from gpurun.trainconfig import TrainConfig
 from tests.support.kohya_datasets import make_dataset_config, make_reg_dirs
@@ -106,5 +106,5 @@ def test_reg_data_dir_joins_the_training_folders(tmp_path: Path) -> None:
     # 6 training samples, 2 reg images: 1 each, then +1 each twice
     assert [i.repeats for i in scan.folders[1].items] == [3, 3] and scan.samples_per_epoch == 12
     missing = TrainConfig(train_data_dir=str(train), reg_data_dir=str(tmp_path / "nothing"))
-    with pytest.raises(Exception, match="dataset folder not found"):
+    with pytest.raises(DatasetError, match="dataset folder not found"):
         scan_training_set(missing)

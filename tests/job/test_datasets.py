@@ -3,12 +3,20 @@ give the runner there the same training set the local check counted."""
 
 from __future__ import annotations
 
+import asyncio
+import io
+import json
 import shutil
 from pathlib import Path
 
+import pytest
+
+from gpurun.api import TrainRequest, plan, train
+from gpurun.cli.live import JsonView
 from gpurun.dataset.trainset import scan_training_set
 from gpurun.job.datasets import BOX_DATASET_CONFIG, BOX_NETWORK_WEIGHTS, dataset_upload, run_upload
 from gpurun.job.machine import job_config
+from gpurun.lorafile import read_header, verify_lora_file
 from gpurun.trainconfig import TrainConfig
 from tests.support.fake_lora import UNET_LINEAR, write_lora
 from tests.support.kohya_datasets import make_dataset_config, make_reg_dirs
@@ -37,13 +45,13 @@ def test_a_dataset_config_travels_as_subsets_and_a_resolved_copy(tmp_path: Path)
     (local / "config.toml").write_text('dataset_config = "dataset.toml"\ntrain_batch_size = 1\n')
     config = TrainConfig.from_toml(local / "config.toml")
     upload = dataset_upload(config, Path(config.dataset_config or ""), "dataset-config", None, None)
-    assert [target for _, target in upload.folders] == ["subsets/0", "subsets/1", "subsets/2"]
+    assert [target for _, target in upload.folders] == ["subsets/0/robot", "subsets/1/closeups", "subsets/2/reg"]
     assert [folder.name for folder, _ in upload.folders] == ["robot", "closeups", "reg"]
     assert upload.job_keys == {"dataset_config": BOX_DATASET_CONFIG, "train_data_dir": None, "reg_data_dir": None}
     box = on_the_box(tmp_path / "box", config, Path(config.dataset_config or ""), "dataset-config")
     assert box.dataset_config == str(tmp_path / "box" / BOX_DATASET_CONFIG) and box.batch_size == 2
-    mine, theirs = samples(config), samples(box)
-    assert [row[1:] for row in theirs] == [row[1:] for row in mine]  # same repeats, balance and options
+    # the same folders (by name, as the metadata names them), repeats, balance and options
+    assert samples(box) == samples(config)
 
 
 def test_reg_data_dir_travels_beside_the_data(tmp_path: Path) -> None:
@@ -79,3 +87,30 @@ def test_a_lora_to_continue_from_travels_beside_job_toml(tmp_path: Path) -> None
     there = TrainConfig.from_toml(box / "job.toml")
     assert there.network_weights == str(box / BOX_NETWORK_WEIGHTS) and not there.dim_from_weights
     assert (there.network_dim, there.network_alpha, there.network_train_unet_only) == (8, 4.0, True)
+
+
+@pytest.mark.slow
+def test_a_dataset_config_with_reg_images_and_a_start_lora_trains_on_the_local_machine(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    from tests.support.lora_files import lora_model, save_lora_file
+
+    make_dataset_config(tmp_path)
+    model, _ = lora_model("sd15", train_te=False, rank=4, alpha=2.0)
+    save_lora_file(model, tmp_path / "start.safetensors")
+    config = tmp_path / "training_config.toml"
+    config.write_text(
+        'dataset_config = "dataset.toml"\nnetwork_weights = "start.safetensors"\ndim_from_weights = true\n'
+        "prior_loss_weight = 0.5\nmax_train_epochs = 1\nsample_steps = 1\nsample_seeds = [1]\n"
+        "sample_weights = [1.0]\n"
+    )
+    request = TrainRequest(config=config, base="tiny-sd", providers=("local",), output=tmp_path / "runs")
+    the_plan = asyncio.run(plan(request))
+    assert the_plan.upload.parts["network weights"] > 0
+    seen: list = []
+    receipt = asyncio.run(train(the_plan, view=JsonView(io.StringIO()), on_start=seen.append))
+    assert receipt.outcome == "done"
+    lora = Path(seen[0].out_dir) / "lora.safetensors"
+    assert verify_lora_file(lora, "sd15", network_dim=4, network_alpha=2.0) == []
+    meta = read_header(lora).metadata
+    assert json.loads(meta["ss_reg_dataset_dirs"]) == {"reg": {"n_repeats": 1, "img_count": 3}}
+    assert set(json.loads(meta["ss_dataset_dirs"])) == {"robot", "closeups"} and meta["ss_prior_loss_weight"] == "0.5"

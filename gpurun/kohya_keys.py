@@ -75,6 +75,18 @@ _add("implemented", "pretrained_model_name_or_path vae", "the base model (hub id
 _add("implemented", "v2 v_parameterization", "SD 2.x base / v-prediction target, as kohya")
 _add("implemented", "clip_skip", "use the output of the n-th last CLIP layer")
 _add("implemented", "train_data_dir", "kohya's folder layout: <repeats>_<name>/ with captions beside the images")
+_add(
+    "implemented",
+    "dataset_config",
+    "kohya's dataset config TOML ([general], one [[datasets]], [[datasets.subsets]] with per-subset repeats, "
+    "captions, class tokens, augmentation and is_reg); relative image_dir paths are relative to the file's folder",
+)
+_add(
+    "implemented",
+    "reg_data_dir",
+    "regularization images in <repeats>_<class>/ folders, repeated to match the training images as kohya does",
+)
+_add("implemented", "prior_loss_weight", "the loss weight of regularization images, as kohya")
 _add("implemented", "resolution", 'training size: 512, "512" or "width,height"')
 _add("implemented", "train_batch_size", "images per step (also spelt batch_size)")
 _add(
@@ -106,6 +118,12 @@ _add("implemented", "lr_scheduler_num_cycles lr_scheduler_power", "shape of cosi
 _add("implemented", "network_module", "networks.lora (kohya's LoRA, and its LoCon with conv_dim in network_args)")
 _add("implemented", "network_dim network_alpha", "LoRA rank and alpha (scale alpha/rank)")
 _add("implemented", "network_args", "conv_dim and conv_alpha (kohya's LoCon); any other argument is refused by name")
+_add(
+    "implemented",
+    "network_weights",
+    "start from a kohya LoRA file (continued training); its rank, alpha and base family are checked before renting",
+)
+_add("implemented", "dim_from_weights", "take network_dim/network_alpha (and LoCon's conv_dim) from network_weights")
 _add("implemented", "network_train_unet_only", "freeze the text encoders (no lora_te keys in the file)")
 _add("implemented", "optimizer_type", "AdamW, AdamW8bit, Adafactor, Prodigy, in any case")
 _add("implemented", "optimizer_args", 'key=value arguments of the optimizer, e.g. ["weight_decay=0.01"]')
@@ -149,7 +167,6 @@ _add("no-op", "dynamo_backend", "gpurun does not compile the model")
 _add("no-op", "epoch", "kohya_ss GUI field that sd-scripts does not read (the GUI turns it into max_train_steps)")
 
 # ---- accepted only at the value where they change nothing ---------------------------------------------------------
-_add("no-op at", "prior_loss_weight", "weighs regularization images, which gpurun does not train with", (1, 1.0))
 _add("no-op at", "lr_scheduler_args", "no extra scheduler arguments are taken", ([],))
 _add("no-op at", "lr_scheduler_type", "gpurun's schedulers are lr_scheduler's names", ("",))
 _add("no-op at", "max_token_length", "prompts are 75 tokens (150/225 need kohya's chunked encoding)", (75,))
@@ -168,24 +185,25 @@ _add("no-op at", "masked_loss alpha_mask", "masks are not implemented", _FALSE)
 _add("no-op at", "weighted_captions", "caption weighting (a:1.2) is not implemented", _FALSE)
 _add("no-op at", "color_aug random_crop", "images are centre-cropped to their bucket", _FALSE)
 _add("no-op at", "network_train_text_encoder_only", "the UNet is always trained", _FALSE)
-_add("no-op at", "dim_from_weights", "needs network_weights, which is not implemented", _FALSE)
 _add("no-op at", "fp8_base fp8_base_unet", "the base weights are fp16/bf16/fp32", _FALSE)
-_add("no-op at", "sample_every_n_steps save_last_n_steps save_last_n_steps_state", "", _ZERO)
-_add("no-op at", "save_last_n_epochs save_last_n_epochs_state", "every checkpoint is kept", _ZERO)
+_add("no-op at", "sample_every_n_steps save_last_n_steps", "", _ZERO)
+_add("no-op at", "save_last_n_epochs", "every checkpoint is kept", _ZERO)
+_add(
+    "no-op at",
+    "save_last_n_epochs_state save_last_n_steps_state",
+    "gpurun keeps one resumable state, the latest: kohya's value 1 (0 leaves it to save_last_n_epochs/_steps)",
+    (0, 1),
+)
 _add("no-op at", "save_state_on_train_end", "gpurun always saves a resumable state", (True, False))
 _add("no-op at", "huggingface_repo_id huggingface_path_in_repo huggingface_repo_type", "no uploads", ("",))
-_add("no-op at", "reg_data_dir dataset_config network_weights", "not implemented", ("",))
 
 # ---- refused ------------------------------------------------------------------------------------------------------
 _REFUSED = {
-    "dataset_config": "kohya's dataset config TOML is not read yet; use train_data_dir with <repeats>_<name> folders",
-    "reg_data_dir": "regularization images are not implemented; train without them",
-    "network_weights": "continuing from a LoRA file is not implemented; continue a gpurun run with resume",
     "sample_every_n_steps": "step-based sampling is not implemented; use sample_every_n_epochs",
     "save_last_n_steps": "gpurun keeps every checkpoint; delete old ones after the run",
-    "save_last_n_steps_state": "step-based saving is not implemented; gpurun keeps one resumable state",
+    "save_last_n_steps_state": "gpurun keeps exactly one resumable state, the latest; older ones cannot be kept",
     "save_last_n_epochs": "gpurun keeps every checkpoint; delete old ones after the run",
-    "save_last_n_epochs_state": "gpurun keeps one resumable state",
+    "save_last_n_epochs_state": "gpurun keeps exactly one resumable state, the latest; older ones cannot be kept",
     "v_pred_like_loss": "not implemented; leave it 0",
     "zero_terminal_snr": "not implemented; train on the base model's schedule",
     "scale_v_pred_loss_like_noise_pred": "not implemented",
@@ -203,8 +221,6 @@ _REFUSED = {
     "max_token_length": "only 75-token prompts are supported; shorten the captions (kohya truncates too)",
     "lr_scheduler_args": "extra scheduler arguments are not taken; use lr_scheduler_num_cycles/_power",
     "lr_scheduler_type": "custom scheduler classes are not supported; use lr_scheduler",
-    "prior_loss_weight": "it weighs regularization images, which are not implemented",
-    "dim_from_weights": "needs network_weights, which is not implemented",
     "huggingface_repo_id": "gpurun does not upload; the LoRA comes back to this machine",
     "huggingface_path_in_repo": "gpurun does not upload",
     "huggingface_repo_type": "gpurun does not upload",

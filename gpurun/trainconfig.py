@@ -27,7 +27,10 @@ from pydantic import (
 )
 
 from gpurun import kohya_keys
+from gpurun.configfiles import dataset_settings, with_weights_settings
 from gpurun.errors import ConfigError
+from gpurun.kohya_dataset import DATASET_KEYS, SUBSET_KEYS, load_dataset_config
+from gpurun.lorainit import read_lora_weights
 from gpurun.network_args import LYCORIS_HINT, NetworkArgs, NetworkArgsError, parse_network_args
 from gpurun.safenames import component_problem, has_control_chars
 
@@ -55,7 +58,8 @@ def _section(name: str, keys: str) -> None:
 _section("model", "pretrained_model_name_or_path v2 v_parameterization model_family vae clip_skip")
 _section(
     "dataset",
-    "train_data_dir resolution batch_size enable_bucket min_bucket_reso max_bucket_reso bucket_reso_steps "
+    "train_data_dir reg_data_dir dataset_config prior_loss_weight resolution batch_size enable_bucket min_bucket_reso "
+    "max_bucket_reso bucket_reso_steps "
     "bucket_no_upscale caption_extension shuffle_caption keep_tokens flip_aug caption_dropout_rate "
     "cache_latents cache_latents_to_disk cache_text_encoder_outputs",
 )
@@ -63,7 +67,8 @@ _section(
     "training",
     "output_dir output_name max_train_epochs max_train_steps learning_rate unet_lr text_encoder_lr lr_scheduler "
     "lr_warmup_steps lr_scheduler_num_cycles lr_scheduler_power network_module network_dim network_alpha "
-    "network_train_unet_only network_args optimizer_type optimizer_args mixed_precision save_precision "
+    "network_train_unet_only network_args network_weights dim_from_weights optimizer_type optimizer_args "
+    "mixed_precision save_precision "
     "save_every_n_epochs save_every_n_steps save_model_as gradient_checkpointing gradient_accumulation_steps "
     "max_grad_norm seed "
     "noise_offset min_snr_gamma max_token_length resume noise_offset_random_strength adaptive_noise_scale "
@@ -135,6 +140,12 @@ class TrainConfig(BaseModel):
 
     # [dataset]
     train_data_dir: str | None = None
+    #: kohya's regularization images: <repeats>_<class>/ folders, balanced against the training images as kohya does
+    reg_data_dir: str | None = None
+    #: kohya's dataset config TOML ([general], [[datasets]], [[datasets.subsets]]); replaces train_data_dir
+    dataset_config: str | None = None
+    #: the loss weight of regularization images (kohya's default 1)
+    prior_loss_weight: float = Field(default=1.0, ge=0)
     resolution: tuple[int, int] = (512, 512)
     batch_size: int = Field(default=1, ge=1, le=256)
     enable_bucket: bool = False
@@ -173,6 +184,10 @@ class TrainConfig(BaseModel):
     network_alpha: float = Field(default=1.0, gt=0)
     network_train_unet_only: bool = False
     network_args: list[str] = Field(default_factory=list)
+    #: a kohya LoRA file to start from (kohya's continued training); its rank and alpha must be the config's
+    network_weights: str | None = None
+    #: take network_dim, network_alpha and LoCon's conv_dim/conv_alpha from network_weights (kohya's meaning)
+    dim_from_weights: bool = False
     optimizer_type: str = "AdamW"
     optimizer_args: list[str] = Field(default_factory=list)
     #: auto = bf16 where the GPU supports it, else fp16 on CUDA, fp32 on CPU
@@ -473,6 +488,25 @@ class TrainConfig(BaseModel):
                 f"{width}x{height} crops are encoded to {width // 8}x{height // 8} latents (as in kohya), which "
                 f"cover {width - width % 8}x{height - height % 8}; samples render at that size"
             )
+        if self.dataset_config:
+            dataset = load_dataset_config(self.dataset_config)
+            regs = sum(1 for subset in dataset.subsets if subset.get("is_reg"))
+            notes["dataset_config"] = (
+                f"{len(dataset.subsets)} subset(s){f', {regs} of them regularization' if regs else ''}; its "
+                "resolution, batch size and bucket keys replace this file's, and each subset's own captions, "
+                "repeats and flip_aug win over this file's (kohya's precedence: subset > dataset > [general] > here)"
+            )
+        if self.network_weights:
+            weights = read_lora_weights(self.network_weights)
+            conv = f", LoCon conv rank {weights.conv_dim}" if weights.conv_dim else ""
+            fresh = "" if weights.has_text_encoder or not self.trains_text_encoder else (
+                "; the text encoders have no weights there and start fresh (as in kohya)"
+            )  # fmt: skip
+            notes["network_weights"] = (
+                f"training starts from {weights.path.name} (rank {weights.dim}, alpha {weights.alpha:g}{conv})"
+                + (", its rank and alpha taken by dim_from_weights" if self.dim_from_weights else "")
+                + fresh
+            )
         if isinstance(self.lr_warmup_steps, float):
             notes["lr_warmup_steps"] = f"{self.lr_warmup_steps:g} of the run's steps, rounded down (as kohya)"
         return notes
@@ -494,6 +528,17 @@ class TrainConfig(BaseModel):
     ) -> TrainConfig:
         """Validate a parsed TOML document (sectioned or flat). Raises ConfigError naming the key."""
         flat, ignored = _flatten(data, source)
+        if flat.get("dataset_config"):
+            fallback = dataset_fallback(flat)
+            flat = {**flat, **dataset_settings(flat["dataset_config"], fallback, base_dir, source)}
+            for key in ("train_data_dir", "reg_data_dir"):
+                if flat.pop(key, None) is not None:
+                    # kohya: "ignoring the following options because config file is found"
+                    ignored[key] = "ignored: dataset_config names the images (as kohya does)"
+        if flat.get("network_weights"):
+            flat = with_weights_settings(flat, base_dir, source)
+        elif flat.get("dim_from_weights"):
+            raise ConfigError("dim_from_weights needs network_weights (kohya's)", where=f"{source}: dim_from_weights")
         try:
             config = cls(**flat)
         except ValidationError as exc:
@@ -535,7 +580,7 @@ class TrainConfig(BaseModel):
     def resolved_against(self, base_dir: Path) -> TrainConfig:
         """Copy with relative local paths made absolute against base_dir (hub ids are left alone)."""
         updates: dict[str, Any] = {}
-        for key in ("train_data_dir", "output_dir"):
+        for key in ("train_data_dir", "reg_data_dir", "dataset_config", "network_weights", "output_dir"):
             value = getattr(self, key)
             if value and not Path(value).is_absolute():
                 updates[key] = str((base_dir / value).resolve())
@@ -559,6 +604,12 @@ class TrainConfig(BaseModel):
                 value = value[0] if value[0] == value[1] else f"{value[0]},{value[1]}"
             sections.setdefault(SECTION_OF.get(key, "training"), []).append(f"{key} = {_toml_value(value)}")
         return "\n".join(f"[{name}]\n" + "\n".join(lines) + "\n" for name, lines in sections.items())
+
+
+def dataset_fallback(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The training config's values a dataset config falls back to (kohya's argparse values), by kohya's names."""
+    defaults = {key: TrainConfig.model_fields[key].default for key in (*DATASET_KEYS, *SUBSET_KEYS)}
+    return {key: values.get(key, default) for key, default in defaults.items()}
 
 
 def _looks_like_local_path(value: str) -> bool:

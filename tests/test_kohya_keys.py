@@ -56,12 +56,13 @@ def test_every_refusal_says_why() -> None:
 @pytest.mark.parametrize(
     ("line", "said"),
     [
-        ("prior_loss_weight = 1.0", "no effect at 1.0"),
+        ("caption_tag_dropout_rate = 0.0", "no effect at 0.0"),
         ("lr_scheduler_args = []", "no effect at []"),
         ("epoch = 10", "sd-scripts does not read"),
         ('noise_offset_type = "Multires"', 'no effect at "Multires"'),
         ('wandb_run_name = "x"', "nothing is sent"),
         ("save_last_n_steps = 0", "no effect at 0"),
+        ("save_last_n_epochs_state = 1", "no effect at 1: gpurun keeps one resumable state, the latest"),
     ],
 )
 def test_no_op_keys_are_accepted_and_reported(tmp_path: Path, line: str, said: str) -> None:
@@ -74,8 +75,8 @@ def test_no_op_keys_are_accepted_and_reported(tmp_path: Path, line: str, said: s
 @pytest.mark.parametrize(
     ("text", "said"),
     [
-        ("prior_loss_weight = 0.5", "prior_loss_weight = 0.5 is refused: it weighs regularization images"),
-        ('reg_data_dir = "./reg"', 'reg_data_dir = "./reg" is refused: regularization images are not implemented'),
+        ("prior_loss_weight = -1", "[dataset].prior_loss_weight"),
+        ('dataset_config = "./nowhere.toml"', "nowhere.toml: dataset config file not found"),
         ("sample_every_n_steps = 100", "sample_every_n_steps = 100 is refused: step-based sampling is not implemented"),
         ("max_token_length = 225", "only the standard 75-token prompt length"),
         ("network_dropout = 1.0", "[training].network_dropout"),
@@ -99,6 +100,7 @@ def test_no_op_keys_are_accepted_and_reported(tmp_path: Path, line: str, said: s
         ("min_timestep = 500\nmax_timestep = 400", "min_timestep (500) is larger than max_timestep (400)"),
         ('loss_type = "l3"', "[training].loss_type"),
         ("totally_unknown_key = 1", "unknown key 'totally_unknown_key'"),
+        ("save_last_n_steps_state = 3", "gpurun keeps exactly one resumable state, the latest"),
     ],
 )
 def test_refusals_name_the_key_and_the_reason(tmp_path: Path, text: str, said: str) -> None:
@@ -166,21 +168,28 @@ def test_the_corpus_covers_the_shapes() -> None:
     assert configs["per-encoder-lr-sdxl"].text_encoder_lrs(2) == [5e-5, 1e-5]
     assert configs["lora-sd15"].resolution == (512, 650) and not configs["lora-sd15"].enable_bucket
     assert configs["lora-sd15"].training_comment == "trigger: sks"
+    dataset = configs["dataset-config-sd15"]
+    assert dataset.dataset_config and (dataset.batch_size, dataset.enable_bucket) == (2, True)  # from the dataset TOML
+    assert dataset.prior_loss_weight == 0.8 and configs["reg-sd15"].reg_data_dir
+    continued = configs["continue-sd15"]  # dim_from_weights: the file's rank 8 and alpha 4, not network_alpha 1
+    assert continued.network_weights and (continued.network_dim, continued.network_alpha) == (8, 4.0)
 
 
 def test_config_keys_and_check_speak_the_rules(tmp_path: Path, gpurun_cli) -> None:
     listing = json.loads(gpurun_cli("config", "keys", "--json").stdout)
     assert listing["counts"] == kohya_keys.counts()
-    assert listing["kohya"]["prior_loss_weight"] == {
+    assert listing["kohya"]["caption_tag_dropout_rate"] == {
         "status": "no-op at",
-        "note": kohya_keys.KEYS["prior_loss_weight"].note,
-        "accepted_as": [1, 1.0],
+        "note": kohya_keys.KEYS["caption_tag_dropout_rate"].note,
+        "accepted_as": [0, 0.0],
     }
     path = tmp_path / "gui.toml"
-    path.write_text('prior_loss_weight = 1\nepoch = 3\nnetwork_args = ["conv_dim=4"]\n')
+    path.write_text('caption_tag_dropout_rate = 0\nepoch = 3\nnetwork_args = ["conv_dim=4"]\n')
     checked = gpurun_cli("config", "check", str(path))
     assert checked.returncode == 0
-    assert "prior_loss_weight: no effect at 1" in checked.stderr and "epoch: kohya_ss GUI field" in checked.stderr
-    path.write_text('reg_data_dir = "./reg"\n')
+    assert (
+        "caption_tag_dropout_rate: no effect at 0" in checked.stderr and "epoch: kohya_ss GUI field" in checked.stderr
+    )
+    path.write_text("stop_text_encoder_training = 5\n")
     refused = gpurun_cli("config", "check", str(path))
-    assert refused.returncode == 1 and "reg_data_dir" in refused.stderr and "regularization images" in refused.stderr
+    assert refused.returncode == 1 and "stop_text_encoder_training" in refused.stderr and "part-way" in refused.stderr

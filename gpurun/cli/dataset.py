@@ -45,7 +45,8 @@ PATH may also be one such folder, or a plain folder of images with --repeats.
 Examples:
   gpurun dataset check examples/dataset
   gpurun dataset check ./training_data --model sdxl --trigger sks
-  gpurun dataset check --config training_config.toml      (dataset, resolution, batch, epochs from it)
+  gpurun dataset check --config training_config.toml      (dataset, resolution, batch, epochs from it;
+                                                           its dataset_config and reg_data_dir too)
   gpurun dataset check ./photos --repeats 10 --json
 
 Without --config the settings are the preset of --model (sd15: 512 px, batch 2, 10 epochs). Exit code 1 when
@@ -85,13 +86,21 @@ def check(
     ),
 ) -> None:
     from gpurun.dataset import check_dataset
+    from gpurun.dataset.trainset import scan_training_set
     from gpurun.errors import ConfigError
     from gpurun.trainconfig import TrainConfig
 
     train_config = TrainConfig.from_toml(config) if config is not None else None
     family = model.value if model is not None else _family_from(train_config)
     base = train_config or TrainConfig.preset(PRESET_FOR_MODEL[family])
+    scan = None
+    if base.dataset_config or base.reg_data_dir:
+        # the config's whole training set: a dataset config's subsets, or the folder plus reg_data_dir's images
+        chosen = base.model_copy(update={"caption_extension": caption_ext}) if caption_ext else base
+        scan = scan_training_set(chosen, dataset=path, repeats=repeats, trigger=trigger)
     dataset = path if path is not None else (Path(base.train_data_dir) if base.train_data_dir else None)
+    if base.dataset_config:
+        dataset = Path(base.dataset_config)
     if dataset is None:
         where = f"{config}: [dataset].train_data_dir" if config else "PATH"
         raise ConfigError("no dataset folder given", where=where, hint="gpurun dataset check PATH")
@@ -118,6 +127,7 @@ def check(
             max_train_steps=max_train_steps,
             verify=not no_verify,
             progress=progress,
+            scan=scan,
         )
     if as_json:
         print_json(report.to_dict())
@@ -154,7 +164,12 @@ def _render(report: DatasetReport, *, settings_from: str) -> None:
 
     scan, settings = report.scan, report.settings
     minimum = MIN_IMAGE_SIDE[settings.model]
-    layouts = {"kohya-root": "kohya layout", "concept-folder": "one concept folder", "plain": "plain folder"}
+    layouts = {
+        "kohya-root": "kohya layout",
+        "concept-folder": "one concept folder",
+        "plain": "plain folder",
+        "dataset-config": "kohya dataset config",
+    }
     folders, images = _count(len(report.folders), "concept folder"), _count(report.images, "image")
     out.print(
         f"[bold]{safe(printable(scan.root, one_line=True))}[/] — {layouts[scan.layout]}, {folders}, {images}, "
@@ -166,7 +181,9 @@ def _render(report: DatasetReport, *, settings_from: str) -> None:
         table = Table(title=f"[bold]{name}[/]", title_justify="left", show_header=False, box=None, padding=(0, 2))
         table.add_column(style="dim", no_wrap=True)
         table.add_column()
-        table.add_row("repeats", str(folder.repeats))
+        table.add_row(
+            "repeats", str(folder.repeats) + (" (regularization, balanced as kohya)" if folder.is_reg else "")
+        )
         table.add_row("images", f"{folder.images} ({folder.captioned} with a caption file)")
         if folder.trigger is None:
             table.add_row("trigger", "none (the folder name has no class token; use --trigger WORD)")
@@ -183,9 +200,12 @@ def _render(report: DatasetReport, *, settings_from: str) -> None:
             )
         table.add_row("aspect ratios", ", ".join(f"{label} ×{n}" for label, n in folder.aspect_ratios.items()) or "–")
         table.add_row("buckets", ", ".join(f"{label} ×{n}" for label, n in folder.buckets.items()) or "–")
-        table.add_row(
-            "samples/epoch", f"{folder.samples_per_epoch} ({folder.images} images × {folder.repeats} repeats)"
+        how = (
+            "balanced to the training samples"
+            if folder.is_reg
+            else f"{folder.images} images × {folder.repeats} repeats"
         )
+        table.add_row("samples/epoch", f"{folder.samples_per_epoch} ({how})")
         out.print(table, highlight=False)
 
     reso = f"{settings.resolution[0]}×{settings.resolution[1]}"

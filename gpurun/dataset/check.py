@@ -47,12 +47,14 @@ def check_dataset(
     max_train_steps: int | None = None,
     verify: bool = True,
     progress: Progress | None = None,
+    scan: DatasetScan | None = None,
 ) -> DatasetReport:
     """Scan and check a dataset (see gpurun.dataset for the report's facts and issue codes).
 
     verify=True decodes every image (catching truncated files) and hashes it (exact duplicates); verify=False
     reads headers only. `max_train_steps`, when given, replaces `epochs` as kohya does. `progress(done, total)`
-    is called as images are verified.
+    is called as images are verified. `scan`, when given (a dataset config's subsets, reg images: see
+    dataset.trainset), is checked instead of scanning `path`.
     """
     settings = _validated(
         CheckSettings(
@@ -70,7 +72,8 @@ def check_dataset(
         )
     )
     trigger = trigger.strip() if trigger and trigger.strip() else None
-    scan = scan_dataset(path, caption_ext=caption_ext, repeats=repeats, trigger=trigger)
+    if scan is None:
+        scan = scan_dataset(path, caption_ext=caption_ext, repeats=repeats, trigger=trigger)
     issues = IssueLog(scan.issues)
     if verify:
         scan = _verified(scan, issues, progress)
@@ -264,8 +267,9 @@ def _folder_facts(
     folder: ConceptFolder, trigger: str | None, minimum: int, choices: dict[Path, BucketChoice], issues: IssueLog
 ) -> FolderFacts:
     items = folder.items
-    wanted = trigger or folder.class_token.strip() or None
-    source = "option" if trigger else ("folder" if wanted else None)
+    # regularization captions describe the class, not the trigger
+    wanted = None if folder.is_reg else trigger or folder.class_token.strip() or None
+    source = None if wanted is None else "option" if trigger else "folder"
     with_trigger = 0
     if wanted is not None:
         pattern = _trigger_pattern(wanted)
@@ -296,6 +300,7 @@ def _folder_facts(
         buckets={_wxh(b): n for b, n in sorted(Counter(choices[item.path].bucket for item in items).items())},
         samples_per_epoch=folder.samples_per_epoch,
         bytes=sum(item.size_bytes for item in items),
+        is_reg=folder.is_reg,
     )
 
 
@@ -306,7 +311,7 @@ def _trigger_pattern(trigger: str) -> re.Pattern[str]:
 
 
 def _count_warnings(scan: DatasetScan, issues: IssueLog) -> None:
-    count = scan.images
+    count = sum(len(folder.items) for folder in scan.folders if not folder.is_reg)
     if 0 < count < FEW_IMAGES:
         issues.warn(
             "few-images",

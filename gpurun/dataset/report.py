@@ -53,6 +53,8 @@ class FolderFacts:
     buckets: dict[str, int]
     samples_per_epoch: int
     bytes: int
+    #: regularization images (reg_data_dir, is_reg): repeats balanced against the training images
+    is_reg: bool = False
 
     def to_dict(self, root: Path) -> dict[str, Any]:
         data = dataclasses.asdict(self)

@@ -120,7 +120,7 @@ def scan_dataset(
                     "a plain folder of images has no repeat count: pass --repeats N, "
                     "or move the images into a folder named like 10_name (10 repeats per epoch)",
                 )
-            folder = _scan_folder(root, root, trigger or "", repeats or 1, caption_ext, issues)
+            folder = scan_folder(root, root, trigger or "", repeats or 1, caption_ext, issues)
             folders.append(folder)
         elif own_name is not None:
             layout = "concept-folder"
@@ -192,7 +192,7 @@ def _add_concept(
             f"folder, so its {count} image(s) would not be trained — rename it like 1_{class_token or 'name'}",
         )
         return
-    folders.append(_scan_folder(directory, root, class_token, repeats_override or prefix, caption_ext, issues))
+    folders.append(scan_folder(directory, root, class_token, repeats_override or prefix, caption_ext, issues))
 
 
 def _report_unprefixed(directory: Path, root: Path, issues: IssueLog) -> None:
@@ -212,9 +212,10 @@ def _count_images(directory: Path, root: Path) -> int:
     return sum(1 for entry in _visible_entries(directory, root) if entry.is_file() and is_image_name(entry.name))
 
 
-def _scan_folder(
+def scan_folder(
     directory: Path, root: Path, class_token: str, repeats: int, caption_ext: str, issues: IssueLog
 ) -> ConceptFolder:
+    """One folder of images and captions (no recursion); links are followed only when they stay inside `root`."""
     entries = _visible_entries(directory, root, issues)
     names = {entry.name for entry in entries if entry.is_file()}
     used_captions: set[str] = set()

@@ -7,8 +7,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from gpurun.kohya_dataset import CaptionRules
+
 Severity = Literal["error", "warning"]
-Layout = Literal["kohya-root", "concept-folder", "plain"]
+Layout = Literal["kohya-root", "concept-folder", "plain", "dataset-config"]
 
 
 def relative_path(path: Path, root: Path) -> str:
@@ -62,10 +64,15 @@ class ConceptFolder:
     repeats: int
     class_token: str
     items: list[ImageItem] = field(default_factory=list)
+    #: regularization images (kohya's reg_data_dir / is_reg): loss weighted by prior_loss_weight
+    is_reg: bool = False
+    #: the subset's own caption and flip options (a dataset config); None = the training config's
+    rules: CaptionRules | None = None
 
     @property
     def samples_per_epoch(self) -> int:
-        return self.repeats * len(self.items)
+        # per image: regularization images are repeated to balance the training images (see dataset.subsets)
+        return sum(item.repeats for item in self.items)
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,6 +14,7 @@ import shlex
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from gpurun.errors import RunnerError, SyncError
 from gpurun.job.bases import BaseSpec
@@ -116,17 +117,6 @@ def local_python_env() -> dict[str, str]:
     return {"GPURUN_PYTHON": sys.executable, **bootstrap_env()}
 
 
-def dataset_target(layout: BoxLayout, dataset: Path, kind: str, repeats: int | None, trigger: str | None) -> str:
-    """Where the dataset goes so the machine always sees a kohya root (`data/N_name/...`); `kind` is the scan's
-    layout: kohya-root, concept-folder or plain."""
-    if kind == "concept-folder":
-        return layout.path("data", dataset.name)
-    if kind == "plain":
-        name = trigger or dataset.name
-        return layout.path("data", f"{repeats or 1}_{name}")
-    return layout.path("data")
-
-
 def bundle_dir(layout: BoxLayout) -> str:
     """The folder on the machine that holds the gpurun package (what goes on PYTHONPATH)."""
     return layout.bundle or layout.path("bundle")
@@ -160,11 +150,13 @@ async def upload_base_model(transport: Transport, layout: BoxLayout, base: BaseS
     return target
 
 
-def job_config(config: TrainConfig, model_path: str) -> TrainConfig:
-    """The config as the runner on the machine reads it: paths relative to the run folder."""
+def job_config(config: TrainConfig, model_path: str, dataset_keys: dict[str, Any] | None = None) -> TrainConfig:
+    """The config as the runner on the machine reads it: paths relative to the run folder (`dataset_keys`: where
+    the images went, see job.datasets; data/ by default)."""
     return config.model_copy(
         update={
             "train_data_dir": "data",
+            **(dataset_keys or {}),
             "output_dir": "out",
             "resume": False,
             "pretrained_model_name_or_path": model_path,

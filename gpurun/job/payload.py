@@ -12,6 +12,7 @@ from typing import Protocol
 from gpurun.dataset import DatasetReport
 from gpurun.job import machine
 from gpurun.job.context import RunContext
+from gpurun.job.datasets import DatasetUpload, run_upload
 from gpurun.report.rundata import DATASET_FILE
 from gpurun.trainconfig import TrainConfig
 
@@ -56,12 +57,20 @@ class TrainingPayload:
     def upload_detail(self) -> str:
         return f"{self.upload_files} files, {self.upload_bytes / 1e6:.1f} MB"
 
+    def _upload(self) -> DatasetUpload:
+        return run_upload(self.config, self.dataset, self.report.scan.layout, self.repeats, self.trigger)
+
     async def ship(self, ctx: RunContext) -> None:
         assert ctx.transport is not None and ctx.layout is not None
-        target = machine.dataset_target(ctx.layout, self.dataset, self.report.scan.layout, self.repeats,
-                                        self.trigger)  # fmt: skip
-        await machine.ship_dataset(ctx.transport, self.dataset, target)
+        upload = self._upload()
+        for folder, target in upload.folders:
+            await machine.ship_dataset(ctx.transport, folder, ctx.layout.path(*target.split("/")))
+        for name, text in upload.files.items():
+            await ctx.transport.put_text(ctx.layout.path(name), text)
+        for local, name in upload.copies:
+            await ctx.transport.put_file(local, ctx.layout.path(name))
 
     async def launch(self, ctx: RunContext, model_path: str) -> None:
         assert ctx.transport is not None and ctx.layout is not None
-        await machine.launch_runner(ctx.transport, ctx.layout, machine.job_config(self.config, model_path))
+        job = machine.job_config(self.config, model_path, self._upload().job_keys)
+        await machine.launch_runner(ctx.transport, ctx.layout, job)

@@ -13,14 +13,17 @@ from pathlib import Path
 from typing import Any
 
 from gpurun.dataset import DatasetReport, check_dataset
+from gpurun.dataset.trainset import scan_training_set
 from gpurun.errors import BudgetError, ConfigError, DatasetError
 from gpurun.job.basecheck import BaseChecker
 from gpurun.job.bases import BaseSpec, resolve_base
 from gpurun.job.bundle import bundle_plan
+from gpurun.job.datasets import run_upload
 from gpurun.job.offers import check_budget, offers
 from gpurun.job.payload import TrainingPayload
 from gpurun.job.workload import build_workload
 from gpurun.journal import Journal
+from gpurun.lorainit import check_family, read_lora_weights
 from gpurun.models import CostEstimate, GpuRequest, Workload, to_dict
 from gpurun.pricing import Calibration, calibration_key
 from gpurun.pricing.serial import estimate_to_dict
@@ -182,6 +185,18 @@ def settle_config(request: TrainRequest) -> tuple[TrainConfig, BaseSpec, Path, l
             updates.update(max_train_epochs=4, save_every_n_epochs=2)  # a demo that ends in about a minute
         notes.append("tiny demo model: 64 px, random weights — it proves the pipeline, it learns nothing")
     config = config.model_copy(update=updates)
+    if config.network_weights and base.family_known:
+        # the file is the user's: its keys must be this base's LoRA modules before anything is rented
+        check_family(read_lora_weights(config.network_weights), base.family)
+    if config.dataset_config:
+        if request.dataset is not None:
+            raise ConfigError(
+                "a dataset folder and dataset_config were both given",
+                where=str(request.dataset),
+                hint="drop the folder: the dataset config names the images",
+            )
+        # the dataset is the dataset config file: its subsets name the folders (see job.datasets)
+        return config, base, Path(config.dataset_config), notes
     dataset = request.dataset or (Path(config.train_data_dir) if config.train_data_dir else None)
     if dataset is None:
         raise ConfigError("no dataset", where="DATASET", hint="pass the training folder, or set train_data_dir")
@@ -201,8 +216,11 @@ async def check_base(base: BaseSpec) -> BaseSpec:
 
 def check_training_data(config: TrainConfig, base: BaseSpec, dataset: Path, request: TrainRequest) -> DatasetReport:
     """The local dataset check; errors stop the run before anything is rented."""
+    scan = scan_training_set(
+        config, dataset=None if config.dataset_config else dataset, repeats=request.repeats, trigger=request.trigger
+    )
     report = check_dataset(
-        dataset, model=base.family, caption_ext=config.caption_extension, repeats=request.repeats,
+        dataset, scan=scan, model=base.family, caption_ext=config.caption_extension, repeats=request.repeats,
         trigger=request.trigger, epochs=config.epochs, batch_size=config.batch_size, resolution=config.resolution,
         enable_bucket=config.enable_bucket, min_bucket_reso=config.min_bucket_reso,
         max_bucket_reso=config.max_bucket_reso, bucket_reso_steps=config.bucket_reso_steps,
@@ -219,12 +237,16 @@ def check_training_data(config: TrainConfig, base: BaseSpec, dataset: Path, requ
     return report
 
 
-def summarise_upload(dataset: Path, base: BaseSpec) -> UploadSummary:
-    """What goes up to the instance: the dataset (after excludes), the gpurun bundle, a local base model."""
-    data = plan_upload(dataset, upload_excludes(dataset))
+def summarise_upload(config: TrainConfig, dataset: Path, report: DatasetReport, base: BaseSpec) -> UploadSummary:
+    """What goes up to the instance: the dataset's folders (after excludes), the gpurun bundle, a local base
+    model."""
+    upload = run_upload(config, dataset, report.scan.layout, None, None)
+    plans = [plan_upload(folder, upload_excludes(folder)) for folder, _ in upload.folders]
     bundle = bundle_plan()
-    parts = {"dataset": data.bytes, "gpurun": bundle.bytes}
-    files = data.files + bundle.files
+    parts = {"dataset": sum(p.bytes for p in plans), "gpurun": bundle.bytes}
+    if upload.copies:
+        parts["network weights"] = sum(local.stat().st_size for local, _ in upload.copies)
+    files = sum(p.files for p in plans) + len(upload.files) + len(upload.copies) + bundle.files
     if base.kind == "local":
         parts["base model"] = base.bytes
         files += 1
@@ -335,8 +357,9 @@ async def plan_train(request: TrainRequest, *, calibration: Calibration | None =
     affordable = affordable_or_raise(pool, request)
     return TrainPlan(
         request=request, config=config, base=base, dataset=dataset, report=report, workload=workload,
-        candidates=tuple(affordable[: max(1, request.max_attempts)]), upload=summarise_upload(dataset, base),
-        notes=tuple(notes), offers_considered=ranking.considered,
+        candidates=tuple(affordable[: max(1, request.max_attempts)]),
+        upload=summarise_upload(config, dataset, report, base), notes=tuple(notes),
+        offers_considered=ranking.considered,
         provider_errors={name: failure.message for name, failure in result.errors.items()},
     )  # fmt: skip
 

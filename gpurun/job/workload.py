@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gpurun.dataset import DatasetScan, scan_dataset
+from gpurun.dataset.trainset import scan_training_set
 from gpurun.errors import ConfigError, DatasetError
 from gpurun.models import MODEL_FAMILIES, NATIVE_RESOLUTION, ModelFamily, Workload
 from gpurun.pricing import BASE_MODEL_BYTES
@@ -86,14 +87,22 @@ def build_workload(
         conv_dim = network.conv_dim if network.is_locon and network.conv_dim else 0
         cache_latents = config.cache_latents
         config_epochs = config.max_train_epochs
-        if dataset is None and config.train_data_dir and Path(config.train_data_dir).is_dir():
+        if dataset is None and config.dataset_config:
+            dataset = Path(config.dataset_config)
+        elif dataset is None and config.train_data_dir and Path(config.train_data_dir).is_dir():
             dataset = Path(config.train_data_dir)
 
     source = "options"
     dataset_bytes: int | None = None
     scanned_images = scanned_repeats = None
     if dataset is not None:
-        scanned = scan if scan is not None else scan_dataset(dataset, repeats=repeats)
+        scanned = scan
+        if scanned is None and config is not None:
+            # the config's whole training set: a dataset config's subsets, reg_data_dir's images
+            folder = None if config.dataset_config else dataset
+            scanned = scan_training_set(config, dataset=folder, repeats=repeats)
+        elif scanned is None:
+            scanned = scan_dataset(dataset, repeats=repeats)
         scanned_images, scanned_repeats, dataset_bytes, scan_notes = _measure(scanned, dataset)
         notes += scan_notes
         source = "dataset"

@@ -20,9 +20,10 @@ from typing import TYPE_CHECKING, Any
 
 from gpurun.buckets import BucketChoice, predefined_buckets, select_bucket
 from gpurun.dataset.images import load_image
-from gpurun.dataset.scan import scan_dataset
+from gpurun.dataset.trainset import scan_training_set
 from gpurun.dataset.types import DatasetScan, ImageItem
 from gpurun.errors import ConfigError, DatasetError
+from gpurun.kohya_dataset import CaptionRules
 from gpurun.runner.model.loaded import Conditioning, LoadedModel
 
 if TYPE_CHECKING:
@@ -40,6 +41,10 @@ class TrainImage:
 
     item: ImageItem
     choice: BucketChoice
+    #: the image's subset options (caption shuffle/dropout, flip): a dataset config's, else the training config's
+    rules: CaptionRules = field(default_factory=CaptionRules)
+    #: a regularization image: its loss is weighted by prior_loss_weight
+    is_reg: bool = False
     latent: torch.Tensor | None = None
     flipped: torch.Tensor | None = None
 
@@ -97,15 +102,18 @@ class TrainData:
 
     @property
     def trigger(self) -> str | None:
-        """The first concept folder's class token: the trigger word of a kohya dataset."""
-        return self.scan.folders[0].class_token if self.scan.folders else None
+        """The first training folder's class token: the trigger word of a kohya dataset."""
+        return next((f.class_token for f in self.scan.folders if not f.is_reg), None)
 
     def facts(self) -> dict[str, Any]:
         """Dataset facts for the start event and the LoRA metadata."""
         return {
             "path": str(self.scan.root),
             "images": len(self.images),
-            "folders": {f.name: {"n_repeats": f.repeats, "img_count": len(f.items)} for f in self.scan.folders},
+            "folders": {
+                f.name: {"n_repeats": f.repeats, "img_count": len(f.items), **({"is_reg": True} if f.is_reg else {})}
+                for f in self.scan.folders
+            },
             "samples_per_epoch": self.samples_per_epoch,
             "buckets": {f"{w}x{h}": len(s) for (w, h), s in sorted(self.buckets.items())},
         }
@@ -114,9 +122,7 @@ class TrainData:
 def scan_training_data(config: TrainConfig) -> TrainData:
     """Scan the dataset and assign every image its bucket (nothing decoded yet). Raises DatasetError on the scan's
     errors, ConfigError on an impossible bucket range."""
-    if not config.train_data_dir:
-        raise ConfigError("no dataset given", where="train_data_dir", hint="set train_data_dir to your image folder")
-    scan = scan_dataset(config.train_data_dir, caption_ext=config.caption_extension)
+    scan = scan_training_set(config)
     if scan.errors:
         first = scan.errors[0]
         more = f" (and {len(scan.errors) - 1} more)" if len(scan.errors) > 1 else ""
@@ -138,14 +144,23 @@ def scan_training_data(config: TrainConfig) -> TrainData:
         )
     except ValueError as exc:
         raise ConfigError(str(exc), where="min_bucket_reso/max_bucket_reso") from None
+    default_rules = CaptionRules(
+        shuffle_caption=config.shuffle_caption,
+        keep_tokens=config.keep_tokens,
+        caption_dropout_rate=config.caption_dropout_rate,
+        flip_aug=config.flip_aug,
+    )
     images = [
         TrainImage(
             item,
             select_bucket(
                 item.width, item.height, predefined, no_upscale=no_upscale, resolution=config.resolution, step=step
             ),
+            rules=folder.rules or default_rules,
+            is_reg=folder.is_reg,
         )
-        for item in scan.items
+        for folder in scan.folders
+        for item in folder.items
     ]
     buckets: dict[tuple[int, int], list[int]] = {}
     for index, image in enumerate(images):
@@ -176,8 +191,9 @@ def _cache_key(image: TrainImage, vae_tag: str) -> str:
     return hashlib.sha256(raw.encode()).hexdigest()[:32]
 
 
-def cache_latents(model: LoadedModel, images: Sequence[TrainImage], *, flip: bool, disk_dir: Path | None) -> int:
-    """Encode every image once with the VAE (same-bucket batches); returns how many came from the disk cache."""
+def cache_latents(model: LoadedModel, images: Sequence[TrainImage], *, disk_dir: Path | None) -> int:
+    """Encode every image once with the VAE (same-bucket batches), a flipped copy too for images whose subset has
+    flip_aug; returns how many came from the disk cache."""
     import torch
     from safetensors.torch import load_file, save_file
 
@@ -189,7 +205,7 @@ def cache_latents(model: LoadedModel, images: Sequence[TrainImage], *, flip: boo
         path = cached.get(id(image))
         if path is not None and path.is_file():
             stored = load_file(str(path))
-            if "latent" in stored and (not flip or "flipped" in stored):
+            if "latent" in stored and (not image.rules.flip_aug or "flipped" in stored):
                 image.latent, image.flipped = stored["latent"], stored.get("flipped")
                 reused += 1
                 continue
@@ -203,9 +219,10 @@ def cache_latents(model: LoadedModel, images: Sequence[TrainImage], *, flip: boo
                     chunk, _encode(model, [pixel_tensor(i) for i in chunk], generator), strict=True
                 ):
                     image.latent = latent
-                if flip:
-                    flipped = _encode(model, [pixel_tensor(i, flip=True) for i in chunk], generator)
-                    for image, latent in zip(chunk, flipped, strict=True):
+                flips = [image for image in chunk if image.rules.flip_aug]
+                if flips:
+                    flipped = _encode(model, [pixel_tensor(i, flip=True) for i in flips], generator)
+                    for image, latent in zip(flips, flipped, strict=True):
                         image.flipped = latent
                 for image in chunk if disk_dir is not None else ():
                     tensors = {"latent": image.latent}
@@ -247,23 +264,30 @@ def cache_conditioning(model: LoadedModel, captions: Sequence[str], clip_skip: i
     return cache
 
 
-def caption_for_step(caption: str, config: TrainConfig, rng: random.Random) -> str:
+def caption_for_step(caption: str, rules: CaptionRules, rng: random.Random) -> str:
     """kohya's caption augmentation: caption dropout, then shuffling the comma-separated tags after keep_tokens."""
-    if config.caption_dropout_rate and rng.random() < config.caption_dropout_rate:
+    if rules.caption_dropout_rate and rng.random() < rules.caption_dropout_rate:
         return ""
-    if not config.shuffle_caption:
+    if not rules.shuffle_caption:
         return caption
     tags = [t.strip() for t in caption.split(",")]
-    fixed, rest = tags[: config.keep_tokens], tags[config.keep_tokens :]
+    fixed, rest = tags[: rules.keep_tokens], tags[rules.keep_tokens :]
     rng.shuffle(rest)
     return ", ".join(t for t in fixed + rest if t)
 
 
-def can_cache_conditioning(config: TrainConfig) -> bool:
+def can_cache_conditioning(config: TrainConfig, data: TrainData) -> bool:
     """Frozen text encoders and captions that never change between epochs (kohya's rule for the TE cache)."""
-    if config.trains_text_encoder or config.shuffle_caption or config.caption_dropout_rate > 0:
+    if config.trains_text_encoder:
+        return False
+    if any(image.rules.shuffle_caption or image.rules.caption_dropout_rate > 0 for image in data.images):
         return False
     return config.cache_text_encoder_outputs is not False
+
+
+def loss_weights(data: TrainData, indices: Sequence[int], prior_loss_weight: float) -> list[float]:
+    """kohya's per-sample loss weights: prior_loss_weight for regularization images, 1 for the others."""
+    return [prior_loss_weight if data.images[i].is_reg else 1.0 for i in indices]
 
 
 def batch_latents(data: TrainData, indices: Sequence[int], rng: random.Random) -> torch.Tensor:

@@ -123,20 +123,27 @@ def _adapted_modules(module: Any) -> list[tuple[str, Any]]:
     return [(n, m) for n, m in module.named_modules() if hasattr(m, "lora_A") and ADAPTER in getattr(m, "lora_A", {})]
 
 
+def kohya_modules(model: LoadedModel) -> dict[str, Any]:
+    """The injected LoRA layers by their kohya module name (e.g. "lora_unet_mid_block_attentions_0_proj_in")."""
+    lpb = int(model.unet.config.layers_per_block)
+    with_attention = frozenset(i for i, block in enumerate(model.unet.up_blocks) if hasattr(block, "attentions"))
+    components = [("unet", model.unet), *zip(TEXT_ENCODER_NAMES, model.text_encoders, strict=False)]
+    return {
+        kohya_module_name(model.family, component, path, lpb, with_attention): layer
+        for component, root in components
+        for path, layer in _adapted_modules(root)
+    }
+
+
 def kohya_state_dict(model: LoadedModel) -> dict[str, torch.Tensor]:
     """The injected LoRA as kohya tensors: <name>.lora_down.weight, <name>.lora_up.weight, <name>.alpha (fp32, CPU)."""
     import torch
 
-    lpb = int(model.unet.config.layers_per_block)
-    with_attention = frozenset(i for i, block in enumerate(model.unet.up_blocks) if hasattr(block, "attentions"))
     state: dict[str, torch.Tensor] = {}
-    components = [("unet", model.unet), *zip(TEXT_ENCODER_NAMES, model.text_encoders, strict=False)]
-    for component, root in components:
-        for path, layer in _adapted_modules(root):
-            name = kohya_module_name(model.family, component, path, lpb, with_attention)
-            state[f"{name}.lora_down.weight"] = layer.lora_A[ADAPTER].weight.detach().float().cpu().contiguous()
-            state[f"{name}.lora_up.weight"] = layer.lora_B[ADAPTER].weight.detach().float().cpu().contiguous()
-            state[f"{name}.alpha"] = torch.tensor(float(layer.lora_alpha[ADAPTER]))
+    for name, layer in kohya_modules(model).items():
+        state[f"{name}.lora_down.weight"] = layer.lora_A[ADAPTER].weight.detach().float().cpu().contiguous()
+        state[f"{name}.lora_up.weight"] = layer.lora_B[ADAPTER].weight.detach().float().cpu().contiguous()
+        state[f"{name}.alpha"] = torch.tensor(float(layer.lora_alpha[ADAPTER]))
     if not state:
         raise ValueError("the model has no LoRA adapter to export (call add_lora first)")
     return state
@@ -173,8 +180,9 @@ def build_metadata(
 ) -> dict[str, str]:
     """kohya `ss_*` + ModelSpec `modelspec.*` metadata for a saved LoRA; every value a string.
 
-    `dataset` keys read (all optional): "tag_frequency" {dir: {tag: count}}, "dataset_dirs"
-    {dir: {"n_repeats": int, "img_count": int}}, "num_train_images" (images × repeats), "num_reg_images",
+    `dataset` keys read (all optional): "tag_frequency" {dir: {tag: count}}, "dataset_dirs" and
+    "reg_dataset_dirs" {dir: {"n_repeats": int, "img_count": int}}, "num_train_images" (images × repeats),
+    "num_reg_images" (regularization images × their folder's repeats, as kohya counts them),
     "num_batches_per_epoch", "max_train_steps", "bucket_info" (JSON-able), "trigger" (str | None),
     "session_id". `extra` overrides or adds keys last (e.g. the resolved "ss_mixed_precision", or
     "ss_gradient_checkpointing" after an out-of-memory fallback); non-string values are JSON-encoded.
@@ -252,6 +260,8 @@ def build_metadata(
         "ss_caption_extension": config.caption_extension,
         "ss_tag_frequency": _json(dataset.get("tag_frequency", {})),
         "ss_dataset_dirs": _json(dataset.get("dataset_dirs", {})),
+        "ss_reg_dataset_dirs": _json(dataset.get("reg_dataset_dirs", {})),
+        "ss_prior_loss_weight": config.prior_loss_weight,
         "ss_sd_model_name": model.base_name or model.source,
         "ss_sd_model_hash": model.base_model_hash or "",
         "ss_new_sd_model_hash": model.base_sha256 or "",

@@ -12,7 +12,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from gpurun.runner.data import TrainData, batch_latents, caption_for_step
+from gpurun.runner.data import TrainData, batch_latents, caption_for_step, loss_weights
 from gpurun.runner.model.loaded import Conditioning, LoadedModel
 from gpurun.runner.noise import (
     debiased_weights,
@@ -89,7 +89,7 @@ def batch_loss(ctx: StepContext, indices: Sequence[int]) -> torch.Tensor:
     target = noise if model.prediction_type == "epsilon" else scheduler.get_velocity(latents, noise, timesteps)
 
     images = [ctx.data.images[i] for i in indices]
-    captions = [caption_for_step(image.caption, config, ctx.rng) for image in images]
+    captions = [caption_for_step(image.caption, image.rules, ctx.rng) for image in images]
     cond = conditioning(ctx, captions)
     if ctx.speed.step_caches:
         added = ctx.cache.added_cond(model, ctx.data, indices, cond)
@@ -110,6 +110,10 @@ def batch_loss(ctx: StepContext, indices: Sequence[int]) -> torch.Tensor:
     huber_c = huber_threshold(config, timesteps, scheduler)
     loss = elementwise_loss(prediction.float(), target.float(), config.loss_type, huber_c).mean(dim=(1, 2, 3))
     v_prediction = model.prediction_type == "v_prediction"
+    if any(image.is_reg for image in images):
+        # kohya: per-sample loss weights (prior_loss_weight for regularization images) before min-SNR/debiasing
+        weights = loss_weights(ctx.data, indices, config.prior_loss_weight)
+        loss = loss * loss.new_tensor(weights)
     if config.min_snr_gamma:
         weigh = ctx.cache.snr_weights if ctx.speed.step_caches else snr_weights
         loss = loss * weigh(scheduler.alphas_cumprod, timesteps, config.min_snr_gamma, v_prediction)

@@ -20,6 +20,7 @@ from gpurun.runner import oom
 from gpurun.runner import state as st
 from gpurun.runner.data import TrainData, cache_conditioning, cache_latents, can_cache_conditioning, scan_training_data
 from gpurun.runner.export import build_metadata, file_sha256, save_lora
+from gpurun.runner.initweights import load_network_weights
 from gpurun.runner.lora import LoraParams, add_lora, load_lora_state, lora_state
 from gpurun.runner.loss import StepContext, batch_loss
 from gpurun.runner.lossmeter import LossMeter
@@ -99,10 +100,10 @@ class Trainer:
         )
         self.emit(events.Phase(name="cache_latents", detail=f"{len(data.images)} images"))
         disk = self.out / ".cache" / "latents" if config.cache_latents_to_disk else None
-        cache_latents(model, data.images, flip=config.flip_aug, disk_dir=disk)
+        cache_latents(model, data.images, disk_dir=disk)
         if self.speed.device_data:
             move_latents(data.images, model.device)
-        use_cond_cache = can_cache_conditioning(config)
+        use_cond_cache = can_cache_conditioning(config, data)
         if use_cond_cache:
             data.cond_cache = cache_conditioning(model, [i.caption for i in data.images], config.clip_skip)
 
@@ -125,6 +126,8 @@ class Trainer:
             conv_dim=network.conv_dim if network.is_locon else None,
             conv_alpha=network.conv_alpha or 1.0,
         )
+        if config.network_weights and saved is None:  # a resumed state already holds what training made of it
+            lora.counts.update(load_network_weights(model, Path(config.network_weights)))
         if config.network_dropout:
             add_rank_dropout(adapted_layers([model.unet, *model.text_encoders]), config.network_dropout)
         if progress.gradient_checkpointing:
@@ -395,10 +398,18 @@ class _Loop:
     def _save_lora(self, name: str, epoch: int, *, final: bool = False, announce: bool = True) -> tuple[str, int]:
         data, p, config = self.ctx.data, self.p, self.config
         facts = data.facts()
+        folders = data.scan.folders
         dataset = {
             "tag_frequency": data.scan.tag_frequency(),
-            "dataset_dirs": facts["folders"],
-            "num_train_images": data.samples_per_epoch,
+            # kohya: training and regularization folders apart, each with its own repeats
+            "dataset_dirs": {
+                f.name: {"n_repeats": f.repeats, "img_count": len(f.items)} for f in folders if not f.is_reg
+            },
+            "reg_dataset_dirs": {
+                f.name: {"n_repeats": f.repeats, "img_count": len(f.items)} for f in folders if f.is_reg
+            },
+            "num_train_images": sum(f.samples_per_epoch for f in folders if not f.is_reg),
+            "num_reg_images": sum(f.repeats * len(f.items) for f in folders if f.is_reg),
             "num_batches_per_epoch": data.batches_per_epoch(p.batch_size),
             "max_train_steps": p.total_steps,
             "bucket_info": {"buckets": facts["buckets"]},

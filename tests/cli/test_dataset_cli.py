@@ -13,6 +13,7 @@ from PIL import Image
 
 from tests.support.env import REPO_ROOT, TUTORIAL_CONFIG, subprocess_env
 from tests.support.imaging import make_concept, make_image
+from tests.support.kohya_datasets import make_dataset_config, make_reg_dirs
 
 ROOT = REPO_ROOT
 EXAMPLES = ROOT / "examples" / "dataset"
@@ -162,6 +163,35 @@ def test_config_supplies_dataset_and_settings(gpurun_cli, tmp_path: Path) -> Non
 
     text = gpurun_cli("dataset", "check", "--config", str(config))
     assert f"settings ({config})" in text.stdout
+
+
+def test_config_with_a_dataset_config_checks_its_subsets(gpurun_cli, tmp_path: Path) -> None:
+    make_dataset_config(tmp_path)
+    config = tmp_path / "training_config.toml"
+    config.write_text('dataset_config = "dataset.toml"\nmax_train_epochs = 1\n')
+    result = gpurun_cli("dataset", "check", "--config", str(config), "--json", "--model", "sd15")
+    assert result.returncode == 0, result.stdout + result.stderr
+    document = json.loads(result.stdout)
+    assert document["layout"] == "dataset-config" and document["path"] == str(tmp_path)
+    folders = {f["path"]: (f["repeats"], f["samples_per_epoch"], f["is_reg"]) for f in document["folders"]}
+    # paths relative to the dataset config's folder; the reg subset balanced to the 8 training samples
+    assert folders == {"images/robot": (3, 6, False), "images/closeups": (2, 2, False), "images/reg": (1, 8, True)}
+    assert document["settings"]["batch_size"] == 2 and document["totals"]["total_steps"] == 8
+    text = gpurun_cli("dataset", "check", "--config", str(config))
+    assert "kohya dataset config" in text.stdout and "regularization, balanced as kohya" in text.stdout
+    both = gpurun_cli("dataset", "check", str(tmp_path), "--config", str(config))
+    assert both.returncode == 1 and "dataset_config were both given" in both.stderr
+
+
+def test_config_with_reg_data_dir_counts_the_reg_images(gpurun_cli, tmp_path: Path) -> None:
+    train, reg = make_reg_dirs(tmp_path)
+    config = tmp_path / "training_config.toml"
+    config.write_text(f'train_data_dir = "{train}"\nreg_data_dir = "{reg}"\ntrain_batch_size = 1\n')
+    document = json.loads(gpurun_cli("dataset", "check", "--config", str(config), "--json").stdout)
+    assert [(f["name"], f["is_reg"], f["samples_per_epoch"]) for f in document["folders"]] == [
+        ("2_sks robot", False, 6),
+        ("1_robot", True, 6),
+    ]
 
 
 def test_config_pointing_at_a_missing_folder(gpurun_cli, tmp_path: Path) -> None:

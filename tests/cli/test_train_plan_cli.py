@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 
 from tests.support.env import REPO_ROOT
+from tests.support.fake_lora import SDXL_TE, write_lora
 from tests.support.imaging import make_image
+from tests.support.kohya_datasets import make_dataset_config
 
 EXAMPLE = REPO_ROOT / "examples" / "dataset"
 
@@ -88,6 +90,32 @@ def test_local_tiny_dry_run_needs_no_budget(gpurun_cli, dataset: Path) -> None:
     assert plan["chosen"]["provider"] == "local"
     assert plan["hard_deadline_s"] is None
     assert plan["config"]["resolution"] == [64, 64]
+
+
+def test_a_dataset_config_plans_its_subsets(gpurun_cli, tmp_path: Path) -> None:
+    make_dataset_config(tmp_path)
+    config = tmp_path / "training_config.toml"
+    config.write_text('dataset_config = "dataset.toml"\nprior_loss_weight = 0.5\nmax_train_epochs = 1\n')
+    args = ("--config", str(config), "--provider", "local", "--base", "tiny-sd", "--dry-run", "--json")
+    result = gpurun_cli("train", *args)
+    assert result.returncode == 0, result.stderr
+    plan = json.loads(result.stdout)
+    # 6 images in three folders, the dataset config written beside job.toml, the images counted with reg balance
+    assert plan["upload"]["files"] >= 6 + 1 and plan["upload"]["parts"]["dataset"] > 0
+    assert plan["config"]["dataset_config"] == str(tmp_path / "dataset.toml")
+    assert plan["config"]["prior_loss_weight"] == 0.5 and plan["config"]["batch_size"] == 2
+    both = gpurun_cli("train", str(tmp_path), *args)
+    assert both.returncode == 1 and "dataset_config were both given" in both.stderr
+
+
+def test_a_lora_of_another_family_is_refused_before_renting(gpurun_cli, dataset: Path, tmp_path: Path) -> None:
+    write_lora(tmp_path / "xl.safetensors", {SDXL_TE: (8, 4.0, False)})
+    config = tmp_path / "training_config.toml"
+    config.write_text('network_weights = "xl.safetensors"\nnetwork_dim = 8\nnetwork_alpha = 4\n')
+    args = ("--config", str(config), "--provider", "local", "--base", "tiny-sd", "--dry-run", "--json")
+    result = gpurun_cli("train", str(dataset), *args)
+    assert result.returncode == 1 and "the file is a sdxl LoRA, the base model is sd15" in result.stderr
+    assert str(tmp_path / "xl.safetensors") in result.stderr
 
 
 def test_the_plan_rents_the_providers_image_on_a_host_whose_driver_runs_it(gpurun_cli, fake_vast, dataset) -> None:

@@ -17,6 +17,8 @@ from gpurun.lorafile import read_header, verify_lora_file
 from gpurun.trainconfig import TrainConfig, _toml_value, tomllib
 from tests.support.env import subprocess_env
 from tests.support.imaging import make_image
+from tests.support.kohya_datasets import make_images
+from tests.support.lora_files import lora_model, save_lora_file
 from tests.support.tiny_models import TinyModel
 
 torch = pytest.importorskip("torch")
@@ -26,16 +28,25 @@ CORPUS = Path(__file__).resolve().parent.parent / "support" / "fixtures" / "kohy
 STEPS = 3
 
 
-def gui_config(tmp: Path, name: str, base: Path) -> Path:
+def gui_config(tmp: Path, name: str, base: Path, family: str) -> Path:
     """The corpus file with its paths at test data, a tiny size and STEPS steps; every other key as written."""
     doc: dict[str, Any] = tomllib.loads((CORPUS / f"{name}.toml").read_text())
     data = tmp / "training_data" / "2_sks robot"
     for index in range(2):
         make_image(data / f"square{index}.jpg", (96, 96), seed=index, caption="sks robot, on a table")
         make_image(data / f"wide{index}.png", (128, 80), seed=10 + index, caption="sks robot, wide")
+    if "dataset_config" in doc:
+        doc["dataset_config"] = str(tiny_dataset_config(tmp, CORPUS / doc["dataset_config"]))
+    else:
+        doc["train_data_dir"] = str(data.parent)
+    if "network_weights" in doc:
+        # a LoRA of this tiny base to continue from (the corpus file is one of the real model's shape)
+        model, _ = lora_model(family, rank=4, alpha=2.0)
+        doc["network_weights"] = str(save_lora_file(model, tmp / "start.safetensors"))
+    if "reg_data_dir" in doc:
+        doc["reg_data_dir"] = str(make_images(tmp / "reg" / "1_robot", 3, seed=70, caption="robot").parent)
     doc.update(
         pretrained_model_name_or_path=str(base),
-        train_data_dir=str(data.parent),
         output_dir=str(tmp / "out"),
         max_train_steps=STEPS,
         train_batch_size=min(int(doc.get("train_batch_size", 1)), 2),
@@ -54,6 +65,25 @@ def gui_config(tmp: Path, name: str, base: Path) -> Path:
     return path
 
 
+def tiny_dataset_config(tmp: Path, corpus_file: Path) -> Path:
+    """The corpus dataset config as written, its subsets pointed at a few tiny images each and its [[datasets]]
+    at a tiny size."""
+    doc: dict[str, Any] = tomllib.loads(corpus_file.read_text())
+    (dataset,) = doc["datasets"]
+    dataset.update(resolution=64, min_bucket_reso=64, max_bucket_reso=128, bucket_reso_steps=64)
+    for index, subset in enumerate(dataset["subsets"]):
+        ext = subset.get("caption_extension", doc.get("general", {}).get("caption_extension", ".caption"))
+        folder = make_images(tmp / "subsets" / str(index), 2, seed=100 * index, caption="sks robot, a", ext=ext)
+        subset["image_dir"] = str(folder)
+    lines = ["[general]", *(f"{k} = {_toml_value(v)}" for k, v in doc.get("general", {}).items()), "[[datasets]]"]
+    lines += [f"{k} = {_toml_value(v)}" for k, v in dataset.items() if k != "subsets"]
+    for subset in dataset["subsets"]:
+        lines += ["[[datasets.subsets]]", *(f"{k} = {_toml_value(v)}" for k, v in subset.items())]
+    path = tmp / "dataset.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(p.stem for p in CORPUS.glob("*.toml")))
 def test_the_corpus_trains_and_writes_what_it_trained(
@@ -61,7 +91,7 @@ def test_the_corpus_trains_and_writes_what_it_trained(
 ) -> None:
     family = "sdxl" if name.endswith("sdxl") else "sd15"
     tiny: TinyModel = request.getfixturevalue(f"tiny_{family}")
-    path = gui_config(tmp_path, name, tiny.single_file)
+    path = gui_config(tmp_path, name, tiny.single_file, family)
     config = TrainConfig.from_toml(path)
     proc = subprocess.run(
         [sys.executable, "-m", "gpurun.runner", "--config", str(path)],
@@ -104,6 +134,12 @@ def test_the_corpus_trains_and_writes_what_it_trained(
     assert json.loads(meta["ss_text_encoder_lr"]) == (rates[0] if len(set(rates)) == 1 else rates)
     if config.training_comment:
         assert meta["ss_training_comment"] == config.training_comment
+    if config.network_weights:
+        assert start.dataset["lora"]["modules_fresh"] == 0 and config.network_dim == 4  # dim_from_weights
+    if config.dataset_config or config.reg_data_dir:
+        # the regularization images trained, and the file says so as kohya's does
+        assert [name for name, f in start.dataset["folders"].items() if f.get("is_reg")]
+        assert json.loads(meta["ss_reg_dataset_dirs"]) and meta["ss_prior_loss_weight"] == str(config.prior_loss_weight)
     header = read_header(final)
     conv = [k for k in header.tensors if k.endswith(".lora_down.weight") and len(header.tensors[k].shape) == 4]
     assert any(header.tensors[k].shape[2:] == (3, 3) for k in conv) == network.is_locon

@@ -180,7 +180,5 @@ def test_the_optional_features_train_together(tmp_path: Path) -> None:
     from gpurun.runner.model.load import load_base_model
 
     data = scan_training_data(config)
-    reused = cache_latents(
-        load_base_model("tiny-sd"), data.images, flip=True, disk_dir=tmp_path / "out" / ".cache" / "latents"
-    )
+    reused = cache_latents(load_base_model("tiny-sd"), data.images, disk_dir=tmp_path / "out" / ".cache" / "latents")
     assert reused == 2 and all(i.latent is not None and i.flipped is not None for i in data.images)

@@ -307,7 +307,7 @@ class PreparedJob:
     notes: tuple[str, ...]
 
     def upload(self) -> UploadSummary:
-        return summarise_upload(self.dataset, self.base)
+        return summarise_upload(self.config, self.dataset, self.report, self.base)
 
 
 async def prepare_job(request: TrainRequest) -> PreparedJob:

@@ -107,8 +107,20 @@ _add("implemented", "network_module", "networks.lora (kohya's LoRA, and its LoCo
 _add("implemented", "network_dim network_alpha", "LoRA rank and alpha (scale alpha/rank)")
 _add("implemented", "network_args", "conv_dim and conv_alpha (kohya's LoCon); any other argument is refused by name")
 _add("implemented", "network_train_unet_only", "freeze the text encoders (no lora_te keys in the file)")
-_add("implemented", "optimizer_type", "AdamW, AdamW8bit, Adafactor, Prodigy, in any case")
-_add("implemented", "optimizer_args", 'key=value arguments of the optimizer, e.g. ["weight_decay=0.01"]')
+_add(
+    "implemented",
+    "optimizer_type",
+    "AdamW, AdamW8bit, Adafactor, Prodigy, Lion, Lion8bit, PagedLion8bit, DAdaptation (DAdaptAdamPreprint), "
+    "DAdaptAdam, DAdaptAdaGrad, DAdaptAdan, DAdaptAdanIP, DAdaptLion, DAdaptSGD, in any case; D-Adaptation and "
+    "Prodigy need one learning rate for every group (usually 1.0)",
+)
+_add(
+    "implemented",
+    "optimizer_args",
+    'key=value arguments of the optimizer, e.g. ["weight_decay=0.01"]; one the optimizer does not take is refused',
+)
+_add("implemented", "use_lion_optimizer", 'kohya\'s older spelling of optimizer_type = "Lion"')
+_add("implemented", "use_8bit_adam", 'kohya\'s older spelling of optimizer_type = "AdamW8bit"')
 _add("implemented", "mixed_precision", "no, fp16, bf16 (LoRA weights stay fp32)")
 _add("implemented", "gradient_checkpointing gradient_accumulation_steps max_grad_norm seed", "as kohya")
 _add("implemented", "noise_offset noise_offset_random_strength", "offset noise, optionally of random strength")
@@ -216,8 +228,6 @@ _add("refused", "in_json dataset_class dataset_repeats conditioning_data_dir", "
 _add("refused", "face_crop_aug_range", "not implemented")
 _add("refused", "token_warmup_min token_warmup_step", "not implemented")
 _add("refused", "optimizer_schedulefree_wrapper schedulefree_wrapper_args", "schedule-free optimizers: not implemented")
-_add("refused", "use_8bit_adam", 'write optimizer_type = "AdamW8bit"')
-_add("refused", "use_lion_optimizer", "Lion is not available")
 _add("refused", "weighting_scheme logit_mean logit_std mode_scale", "SD3/Flux options; gpurun trains SD 1.x/2.x/XL")
 _add("refused", "initial_epoch initial_step skip_until_initial_step", "use resume to continue a run")
 _add("refused", "validation_split validation_seed validate_every_n_epochs validate_every_n_steps", "not implemented")

@@ -29,6 +29,7 @@ from pydantic import (
 from gpurun import kohya_keys
 from gpurun.errors import ConfigError
 from gpurun.network_args import LYCORIS_HINT, NetworkArgs, NetworkArgsError, parse_network_args
+from gpurun.optimizers import OptimizerArgsError, check_optimizer_args, optimizer
 from gpurun.safenames import component_problem, has_control_chars
 
 if sys.version_info >= (3, 11):
@@ -63,7 +64,8 @@ _section(
     "training",
     "output_dir output_name max_train_epochs max_train_steps learning_rate unet_lr text_encoder_lr lr_scheduler "
     "lr_warmup_steps lr_scheduler_num_cycles lr_scheduler_power network_module network_dim network_alpha "
-    "network_train_unet_only network_args optimizer_type optimizer_args mixed_precision save_precision "
+    "network_train_unet_only network_args optimizer_type optimizer_args use_lion_optimizer use_8bit_adam "
+    "mixed_precision save_precision "
     "save_every_n_epochs save_every_n_steps save_model_as gradient_checkpointing gradient_accumulation_steps "
     "max_grad_norm seed "
     "noise_offset min_snr_gamma max_token_length resume noise_offset_random_strength adaptive_noise_scale "
@@ -74,23 +76,6 @@ _section(
 )
 _section("sample", "sample_prompts sample_every_n_epochs sample_seeds sample_weights sample_steps sample_sampler")
 
-OPTIMIZERS = {"adamw": "AdamW", "adamw8bit": "AdamW8bit", "adafactor": "Adafactor", "prodigy": "Prodigy"}
-#: kohya optimizers gpurun does not train with, and why (named in the refusal instead of "unsupported")
-REFUSED_OPTIMIZERS = {
-    "lion": "Lion needs the lion-pytorch package, which the box image does not install",
-    "lion8bit": "Lion needs the lion-pytorch package, which the box image does not install",
-    "dadaptation": "D-Adaptation needs the dadaptation package, which the box image does not install",
-    "dadaptadam": "D-Adaptation needs the dadaptation package, which the box image does not install",
-    "dadaptadagrad": "D-Adaptation needs the dadaptation package, which the box image does not install",
-    "dadaptadan": "D-Adaptation needs the dadaptation package, which the box image does not install",
-    "dadaptadanip": "D-Adaptation needs the dadaptation package, which the box image does not install",
-    "dadaptlion": "D-Adaptation needs the dadaptation package, which the box image does not install",
-    "dadaptsgd": "D-Adaptation needs the dadaptation package, which the box image does not install",
-    "sgdnesterov": "not implemented",
-    "sgdnesterov8bit": "not implemented",
-    "pagedadamw8bit": "not implemented",
-    "pagedlion8bit": "not implemented",
-}
 #: kohya's sample_sampler names → diffusers scheduler classes (checked here, so a typo fails before renting)
 SAMPLERS = {
     "ddim": "DDIMScheduler",
@@ -175,6 +160,9 @@ class TrainConfig(BaseModel):
     network_args: list[str] = Field(default_factory=list)
     optimizer_type: str = "AdamW"
     optimizer_args: list[str] = Field(default_factory=list)
+    #: kohya's older spellings of optimizer_type = "Lion" / "AdamW8bit"
+    use_lion_optimizer: bool = False
+    use_8bit_adam: bool = False
     #: auto = bf16 where the GPU supports it, else fp16 on CUDA, fp32 on CPU
     mixed_precision: Literal["no", "fp16", "bf16", "auto"] = "auto"
     save_precision: Literal["fp16", "bf16", "float"] = "fp16"
@@ -303,14 +291,26 @@ class TrainConfig(BaseModel):
     @classmethod
     def _check_optimizer(cls, value: str) -> str:
         # kohya lower-cases the name before matching, so "adamw8bit" and "AdaFactor" are valid there too
-        canonical = OPTIMIZERS.get(value.strip().lower())
-        if canonical is None:
-            why = REFUSED_OPTIMIZERS.get(value.strip().lower())
-            known = ", ".join(OPTIMIZERS.values())
-            if why:
-                raise ValueError(f"optimizer {value!r} is not available ({why}); choose one of {known}")
-            raise ValueError(f"unsupported optimizer {value!r}; choose one of {known}")
-        return canonical
+        try:
+            return optimizer(value).name
+        except OptimizerArgsError as exc:
+            raise ValueError(str(exc)) from None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_optimizer_switches(cls, data: Any) -> Any:
+        # kohya's use_lion_optimizer / use_8bit_adam pick the optimizer, and kohya asserts optimizer_type is unset
+        if not isinstance(data, dict):
+            return data
+        for switch, name in (("use_lion_optimizer", "Lion"), ("use_8bit_adam", "AdamW8bit")):
+            if data.get(switch) is True:
+                given = data.get("optimizer_type")
+                if isinstance(given, str) and given.strip().lower() not in ("", name.lower()):
+                    raise ValueError(f"{switch} picks {name}, and optimizer_type is {given!r}: keep one of them")
+                data = {**data, "optimizer_type": name}
+        if data.get("use_lion_optimizer") is True and data.get("use_8bit_adam") is True:
+            raise ValueError("use_lion_optimizer and use_8bit_adam pick different optimizers: keep one of them")
+        return data
 
     @field_validator("lr_scheduler")
     @classmethod
@@ -373,13 +373,18 @@ class TrainConfig(BaseModel):
                     f"bucket_reso_steps ({self.bucket_reso_steps}) is larger than min_bucket_reso "
                     f"({self.min_bucket_reso}): no bucket would fit"
                 )
-        if self.optimizer_type == "Prodigy":
-            rates = {r for r in [self.effective_unet_lr, *self.text_encoder_lrs(2)] if r > 0}
+        try:
+            check_optimizer_args(self.optimizer_type, self.optimizer_args)
+        except OptimizerArgsError as exc:
+            raise ValueError(str(exc)) from None
+        if optimizer(self.optimizer_type).adaptive:
+            rates = self.adaptive_rates()
             if len(rates) > 1:
-                # prodigyopt raises at its first step otherwise (in kohya too): catch it before renting
+                # D-Adaptation and prodigyopt raise at their first step otherwise: catch it before renting
                 raise ValueError(
-                    f"optimizer_type Prodigy needs one learning rate for the UNet and the text encoders (or 0 to "
-                    f"freeze one), got {sorted(rates)}; Prodigy scales it itself, so use the same value (usually 1)"
+                    f"optimizer_type {self.optimizer_type} needs one learning rate for the UNet and the text encoders "
+                    f"(or 0 to freeze one), got {sorted(rates)}; {self.optimizer_type} scales it itself, so use the "
+                    "same value (usually 1)"
                 )
         if self.adaptive_noise_scale is not None and self.noise_offset is None:
             raise ValueError("adaptive_noise_scale requires noise_offset (as in kohya)")
@@ -439,6 +444,10 @@ class TrainConfig(BaseModel):
         """The parsed network_args (validated on load)."""
         return parse_network_args(self.network_args)
 
+    def adaptive_rates(self) -> set[float]:
+        """The distinct positive learning rates of the parameter groups (D-Adaptation and Prodigy need one)."""
+        return {r for r in [self.effective_unet_lr, *self.text_encoder_lrs(2)] if r > 0}
+
     @property
     def adafactor_relative_step(self) -> bool:
         """Adafactor's relative_step: kohya's default is True (and warmup_init forces it), which makes Adafactor
@@ -465,6 +474,12 @@ class TrainConfig(BaseModel):
             notes["optimizer_type"] = (
                 "Adafactor with relative_step picks its own step size: learning_rate, unet_lr and text_encoder_lr "
                 "are not used and the schedule is Adafactor's (as in kohya); set relative_step=False to use them"
+            )
+        if optimizer(self.optimizer_type).adaptive and any(r <= 0.1 for r in self.adaptive_rates()):
+            # kohya warns the same: the lr is a multiplier of the step size these optimizers find themselves
+            notes["optimizer_type"] = (
+                f"{self.optimizer_type} adapts its own step size and multiplies it by the learning rate "
+                f"({min(self.adaptive_rates()):g}); kohya warns below 0.1 and recommends 1.0"
             )
         width, height = self.resolution
         if not self.enable_bucket and (width % 8 or height % 8):

@@ -21,7 +21,8 @@ PACKAGE = Path(gpurun.__file__).parent
 #: A prefix names a package and everything in it.
 LAYERS: list[tuple[str, ...]] = [
     ("gpurun.errors", "gpurun.models", "gpurun.events", "gpurun.phases", "gpurun.safenames", "gpurun.lorafile",
-     "gpurun.buckets", "gpurun.retry", "gpurun.kohya_keys", "gpurun.network_args"),
+     "gpurun.buckets", "gpurun.retry", "gpurun.kohya_keys", "gpurun.network_args",
+     "gpurun.optimizers"),
     ("gpurun.settings", "gpurun.trainconfig", "gpurun.pricing", "gpurun.dataset", "gpurun"),
     ("gpurun.journal", "gpurun.provision", "gpurun.remote", "gpurun.runner"),
     ("gpurun.job", "gpurun.report"),

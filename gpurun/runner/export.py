@@ -20,7 +20,7 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from gpurun import __version__
+from gpurun import __version__, optimizers
 from gpurun.lorafile import verify_lora_file
 from gpurun.runner.lora import ADAPTER, TEXT_ENCODER_NAMES
 
@@ -33,12 +33,6 @@ if TYPE_CHECKING:
 Precision = Literal["fp16", "bf16", "float"]
 TE_PREFIXES = {"sd15": ("lora_te",), "sd2": ("lora_te",), "sdxl": ("lora_te1", "lora_te2")}
 SDXL_VERSION = "sdxl_base_v1-0"
-OPTIMIZER_CLASSES = {
-    "AdamW": "torch.optim.adamw.AdamW",
-    "AdamW8bit": "bitsandbytes.optim.adamw.AdamW8bit",
-    "Prodigy": "prodigyopt.prodigy.Prodigy",
-    "Adafactor": "transformers.optimization.Adafactor",
-}
 
 
 def verify_kohya_file(
@@ -182,7 +176,7 @@ def build_metadata(
     v_pred = model.prediction_type == "v_prediction"
     width, height = config.resolution
     trigger = dataset.get("trigger")
-    optimizer = OPTIMIZER_CLASSES.get(config.optimizer_type, config.optimizer_type)
+    optimizer = optimizers.optimizer(config.optimizer_type).class_path  # kohya: the class's module.name
     if config.optimizer_args:
         optimizer += "(" + ",".join(config.optimizer_args) + ")"
     te_lrs = config.text_encoder_lrs(len(TE_PREFIXES[model.family]))

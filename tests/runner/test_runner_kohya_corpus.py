@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from gpurun import events
+from gpurun import events, optimizers
 from gpurun.lorafile import read_header, verify_lora_file
 from gpurun.trainconfig import TrainConfig, _toml_value, tomllib
 from tests.support.env import subprocess_env
@@ -97,6 +97,7 @@ def test_the_corpus_trains_and_writes_what_it_trained(
     meta = read_header(final).metadata
     assert json.loads(meta["ss_network_args"]) == network.metadata()
     assert meta["ss_loss_type"] == config.loss_type
+    assert meta["ss_optimizer"].startswith(optimizers.optimizer(config.optimizer_type).class_path)
     assert meta["ss_multires_noise_iterations"] == str(config.multires_noise_iterations)
     assert meta["ss_scale_weight_norms"] == str(config.scale_weight_norms)
     assert meta["ss_network_dropout"] == str(config.network_dropout)

@@ -103,9 +103,21 @@ _add(
 )
 _add("implemented", "lr_warmup_steps", "warmup steps; a fraction below 1 (0.1) is that share of the run, as kohya")
 _add("implemented", "lr_scheduler_num_cycles lr_scheduler_power", "shape of cosine_with_restarts / polynomial")
-_add("implemented", "network_module", "networks.lora (kohya's LoRA, and its LoCon with conv_dim in network_args)")
+_add(
+    "implemented",
+    "network_module",
+    "networks.lora (kohya's LoRA, and its LoCon with conv_dim in network_args) or lycoris.kohya (LyCORIS through the "
+    "lycoris-lora package: LoCon, LoHa, LoKr, Diag-OFT, DoRA with dora_wd)",
+)
 _add("implemented", "network_dim network_alpha", "LoRA rank and alpha (scale alpha/rank)")
-_add("implemented", "network_args", "conv_dim and conv_alpha (kohya's LoCon); any other argument is refused by name")
+_add(
+    "implemented",
+    "network_args",
+    "networks.lora: conv_dim and conv_alpha (kohya's LoCon). lycoris.kohya: algo (locon, loha, lokr, diag-oft), "
+    "preset, conv_dim, conv_alpha, factor, use_tucker, use_scalar, train_norm, dora_wd, wd_on_output, bypass_mode, "
+    "dropout, rank_dropout, module_dropout, constraint, rescaled, decompose_both, full_matrix, rs_lora, "
+    "unbalanced_factorization. Any other argument or value is refused by name",
+)
 _add("implemented", "network_train_unet_only", "freeze the text encoders (no lora_te keys in the file)")
 _add(
     "implemented",
@@ -139,7 +151,12 @@ _add(
     "written into the file's modelspec.title/author/description/license/tags (the title defaults to output_name)",
 )
 _add("implemented", "scale_weight_norms", "max-norm regularization of each LoRA's weight change after every step")
-_add("implemented", "network_dropout", "dropout on each LoRA's rank activations while training")
+_add(
+    "implemented",
+    "network_dropout",
+    "dropout on each LoRA's rank activations while training (networks.lora; lycoris.kohya does not read it, so "
+    "it is refused there: use dropout= in network_args)",
+)
 _add("implemented", "sample_prompts sample_every_n_epochs sample_sampler", "the sample grid")
 
 # ---- gpurun's own keys --------------------------------------------------------------------------------------------

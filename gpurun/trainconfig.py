@@ -28,7 +28,8 @@ from pydantic import (
 
 from gpurun import kohya_keys
 from gpurun.errors import ConfigError
-from gpurun.network_args import LYCORIS_HINT, NetworkArgs, NetworkArgsError, parse_network_args
+from gpurun.lycoris_args import LycorisArgs, parse_lycoris_args
+from gpurun.network_args import NetworkArgs, NetworkArgsError, parse_network_args
 from gpurun.optimizers import OptimizerArgsError, check_optimizer_args, optimizer
 from gpurun.safenames import component_problem, has_control_chars
 
@@ -95,6 +96,7 @@ SAMPLERS = {
     "dpmsolver++": "DPMSolverMultistepScheduler",
     "dpmsingle": "DPMSolverSinglestepScheduler",
 }
+NETWORK_MODULES = ("networks.lora", "lycoris.kohya")
 SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial", "adafactor")
 LOSS_TYPES = ("l2", "l1", "huber", "smooth_l1")
 HUBER_SCHEDULES = ("constant", "exponential", "snr")
@@ -278,15 +280,6 @@ class TrainConfig(BaseModel):
             )
         return value
 
-    @field_validator("network_args")
-    @classmethod
-    def _check_network_args(cls, value: list[str]) -> list[str]:
-        try:
-            parse_network_args(value)
-        except NetworkArgsError as exc:
-            raise ValueError(str(exc)) from None
-        return value
-
     @field_validator("optimizer_type")
     @classmethod
     def _check_optimizer(cls, value: str) -> str:
@@ -322,12 +315,10 @@ class TrainConfig(BaseModel):
     @field_validator("network_module")
     @classmethod
     def _check_module(cls, value: str) -> str:
-        if value.startswith("lycoris"):
-            raise ValueError(LYCORIS_HINT)
-        if value != "networks.lora":
+        if value not in NETWORK_MODULES:
             raise ValueError(
-                f"only 'networks.lora' (kohya's LoRA, and its LoCon through conv_dim in network_args) is supported, "
-                f"got {value!r}"
+                f"network_module {value!r} is not supported; use 'networks.lora' (kohya's LoRA, and its LoCon through "
+                "conv_dim in network_args) or 'lycoris.kohya' (LyCORIS: algo=locon, loha, lokr, diag-oft)"
             )
         return value
 
@@ -373,6 +364,19 @@ class TrainConfig(BaseModel):
                     f"bucket_reso_steps ({self.bucket_reso_steps}) is larger than min_bucket_reso "
                     f"({self.min_bucket_reso}): no bucket would fit"
                 )
+        try:
+            # which arguments are valid depends on the module: validated here, after both are read
+            if self.network_module == "lycoris.kohya":
+                parse_lycoris_args(self.network_args)
+            else:
+                parse_network_args(self.network_args)
+        except NetworkArgsError as exc:
+            raise ValueError(str(exc)) from None
+        if self.lycoris is not None and self.network_dropout:
+            raise ValueError(
+                "network_dropout is not read by lycoris.kohya (kohya passes it, LyCORIS ignores it); write "
+                '"dropout=<p>" in network_args for LyCORIS\' own dropout'
+            )
         try:
             check_optimizer_args(self.optimizer_type, self.optimizer_args)
         except OptimizerArgsError as exc:
@@ -441,8 +445,22 @@ class TrainConfig(BaseModel):
 
     @property
     def network(self) -> NetworkArgs:
-        """The parsed network_args (validated on load)."""
+        """networks.lora's parsed network_args (validated on load); empty for LyCORIS (see `lycoris`)."""
+        if self.network_module != "networks.lora":
+            return NetworkArgs()
         return parse_network_args(self.network_args)
+
+    @property
+    def lycoris(self) -> LycorisArgs | None:
+        """lycoris.kohya's parsed network_args, None for networks.lora."""
+        if self.network_module != "lycoris.kohya":
+            return None
+        return parse_lycoris_args(self.network_args)
+
+    def network_metadata(self) -> dict[str, str]:
+        """ss_network_args: what shaped the trained network (kohya writes the network kwargs)."""
+        lycoris = self.lycoris
+        return lycoris.metadata() if lycoris is not None else self.network.metadata()
 
     def adaptive_rates(self) -> set[float]:
         """The distinct positive learning rates of the parameter groups (D-Adaptation and Prodigy need one)."""
@@ -487,6 +505,12 @@ class TrainConfig(BaseModel):
             notes["resolution"] = (
                 f"{width}x{height} crops are encoded to {width // 8}x{height // 8} latents (as in kohya), which "
                 f"cover {width - width % 8}x{height - height % 8}; samples render at that size"
+            )
+        lycoris = self.lycoris
+        if lycoris is not None:
+            from_gui = "; ".join(f"{k}: {why}" for k, why in lycoris.no_effect.items())
+            notes["network_args"] = f"LyCORIS {lycoris.algo} (preset {lycoris.preset})" + (
+                f"; without effect: {from_gui}" if from_gui else ""
             )
         if isinstance(self.lr_warmup_steps, float):
             notes["lr_warmup_steps"] = f"{self.lr_warmup_steps:g} of the run's steps, rounded down (as kohya)"

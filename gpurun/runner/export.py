@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from gpurun import __version__, optimizers
 from gpurun.lorafile import verify_lora_file
 from gpurun.runner.lora import ADAPTER, TEXT_ENCODER_NAMES
+from gpurun.runner.lycoris_net import module_tensors
 
 if TYPE_CHECKING:
     import torch
@@ -61,6 +62,9 @@ SGM_RESNET_LAYERS = {
     "conv2": "out_layers.3",
     "time_emb_proj": "emb_layers.1",
     "conv_shortcut": "skip_connection",
+    # LyCORIS' train_norm adapts the ResNets' GroupNorms too
+    "norm1": "in_layers.0",
+    "norm2": "out_layers.0",
 }
 
 
@@ -118,12 +122,17 @@ def _adapted_modules(module: Any) -> list[tuple[str, Any]]:
 
 
 def kohya_state_dict(model: LoadedModel) -> dict[str, torch.Tensor]:
-    """The injected LoRA as kohya tensors: <name>.lora_down.weight, <name>.lora_up.weight, <name>.alpha (fp32, CPU)."""
+    """The injected LoRA as kohya tensors: <name>.lora_down.weight, <name>.lora_up.weight, <name>.alpha (fp32, CPU);
+    a LyCORIS network's tensors under the same names with its own suffixes (.hada_w1_a, .lokr_w1, .oft_blocks...)."""
     import torch
 
     lpb = int(model.unet.config.layers_per_block)
     with_attention = frozenset(i for i, block in enumerate(model.unet.up_blocks) if hasattr(block, "attentions"))
     state: dict[str, torch.Tensor] = {}
+    if model.network is not None:
+        for component, path, part, tensor in module_tensors(model):
+            state[f"{kohya_module_name(model.family, component, path, lpb, with_attention)}.{part}"] = tensor
+        return state
     components = [("unet", model.unet), *zip(TEXT_ENCODER_NAMES, model.text_encoders, strict=False)]
     for component, root in components:
         for path, layer in _adapted_modules(root):
@@ -203,7 +212,7 @@ def build_metadata(
         "ss_network_dropout": config.network_dropout,
         "ss_scale_weight_norms": config.scale_weight_norms,
         # only what shaped the trained network (kohya writes the parsed network_args here)
-        "ss_network_args": _json(config.network.metadata()),
+        "ss_network_args": _json(config.network_metadata()),
         "ss_network_train_unet_only": not config.trains_text_encoder,
         "ss_mixed_precision": config.mixed_precision,
         "ss_full_fp16": False,

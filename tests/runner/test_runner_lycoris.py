@@ -5,6 +5,7 @@ its resumable state restores exactly; what diffusers does with these files is pi
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -133,3 +134,39 @@ def test_the_resumable_state_restores_exactly() -> None:
     other, _ = lycoris_model("sd15", CASES["loha"])
     with pytest.raises(ValueError, match="does not fit the network"):
         load_lycoris_state(other, state)
+
+
+@pytest.mark.slow
+def test_diffusers_loads_a_lycoris_locon_file_with_every_key_and_refuses_loha_and_lokr(
+    tmp_path: Path, tiny_sd15: Any
+) -> None:
+    """diffusers' kohya converter reads lora_down/lora_up (LyCORIS' LoCon) and refuses LoHa's and LoKr's tensors
+    (diffusers 0.42: "keys have not been correctly renamed"); A1111 and ComfyUI load all three."""
+    from diffusers import StableDiffusionPipeline
+
+    from tests.support.lora_files import WarningRecords
+
+    model, _ = lycoris_model("sd15", CASES["locon"])
+    _, trained = unet_out(model)
+    path = save(model, CASES["locon"], tmp_path / "locon.safetensors")
+    pipe = StableDiffusionPipeline.from_pretrained(str(tiny_sd15.diffusers_dir), local_files_only=True)
+    handler = WarningRecords()
+    logging.getLogger().addHandler(handler)
+    try:
+        pipe.load_lora_weights(str(path), adapter_name="locon")
+    finally:
+        logging.getLogger().removeHandler(handler)
+    assert [r.getMessage() for r in handler.records] == []
+    wrapped = {n for n, m in pipe.unet.named_modules() if hasattr(m, "lora_A")}
+    assert len(wrapped) == len(model.network.unet_loras)  # every UNet module, conv_in and time embedding included
+    te_wrapped = [n for n, m in pipe.text_encoder.named_modules() if hasattr(m, "lora_A")]
+    assert len(te_wrapped) == len(model.network.text_encoder_loras)
+    model.unet = pipe.unet  # the same conditioning path, now through diffusers' adapter
+    _, loaded = unet_out(model)
+    assert (loaded - trained).abs().max().item() <= 1e-4
+    for case in ("loha", "lokr"):
+        other, _ = lycoris_model("sd15", CASES[case])
+        file = save(other, CASES[case], tmp_path / f"{case}.safetensors")
+        fresh = StableDiffusionPipeline.from_pretrained(str(tiny_sd15.diffusers_dir), local_files_only=True)
+        with pytest.raises(ValueError, match="have not been correctly renamed"):
+            fresh.load_lora_weights(str(file), adapter_name=case)

@@ -115,9 +115,21 @@ _add(
 )
 _add("implemented", "lr_warmup_steps", "warmup steps; a fraction below 1 (0.1) is that share of the run, as kohya")
 _add("implemented", "lr_scheduler_num_cycles lr_scheduler_power", "shape of cosine_with_restarts / polynomial")
-_add("implemented", "network_module", "networks.lora (kohya's LoRA, and its LoCon with conv_dim in network_args)")
+_add(
+    "implemented",
+    "network_module",
+    "networks.lora (kohya's LoRA, and its LoCon with conv_dim in network_args) or lycoris.kohya (LyCORIS through the "
+    "lycoris-lora package: LoCon, LoHa, LoKr, Diag-OFT, DoRA with dora_wd)",
+)
 _add("implemented", "network_dim network_alpha", "LoRA rank and alpha (scale alpha/rank)")
-_add("implemented", "network_args", "conv_dim and conv_alpha (kohya's LoCon); any other argument is refused by name")
+_add(
+    "implemented",
+    "network_args",
+    "networks.lora: conv_dim and conv_alpha (kohya's LoCon). lycoris.kohya: algo (locon, loha, lokr, diag-oft), "
+    "preset, conv_dim, conv_alpha, factor, use_tucker, use_scalar, train_norm, dora_wd, wd_on_output, bypass_mode, "
+    "dropout, rank_dropout, module_dropout, constraint, rescaled, decompose_both, full_matrix, rs_lora, "
+    "unbalanced_factorization. Any other argument or value is refused by name",
+)
 _add(
     "implemented",
     "network_weights",
@@ -125,8 +137,20 @@ _add(
 )
 _add("implemented", "dim_from_weights", "take network_dim/network_alpha (and LoCon's conv_dim) from network_weights")
 _add("implemented", "network_train_unet_only", "freeze the text encoders (no lora_te keys in the file)")
-_add("implemented", "optimizer_type", "AdamW, AdamW8bit, Adafactor, Prodigy, in any case")
-_add("implemented", "optimizer_args", 'key=value arguments of the optimizer, e.g. ["weight_decay=0.01"]')
+_add(
+    "implemented",
+    "optimizer_type",
+    "AdamW, AdamW8bit, Adafactor, Prodigy, Lion, Lion8bit, PagedLion8bit, DAdaptation (DAdaptAdamPreprint), "
+    "DAdaptAdam, DAdaptAdaGrad, DAdaptAdan, DAdaptAdanIP, DAdaptLion, DAdaptSGD, in any case; D-Adaptation and "
+    "Prodigy need one learning rate for every group (usually 1.0)",
+)
+_add(
+    "implemented",
+    "optimizer_args",
+    'key=value arguments of the optimizer, e.g. ["weight_decay=0.01"]; one the optimizer does not take is refused',
+)
+_add("implemented", "use_lion_optimizer", 'kohya\'s older spelling of optimizer_type = "Lion"')
+_add("implemented", "use_8bit_adam", 'kohya\'s older spelling of optimizer_type = "AdamW8bit"')
 _add("implemented", "mixed_precision", "no, fp16, bf16 (LoRA weights stay fp32)")
 _add("implemented", "gradient_checkpointing gradient_accumulation_steps max_grad_norm seed", "as kohya")
 _add("implemented", "noise_offset noise_offset_random_strength", "offset noise, optionally of random strength")
@@ -145,7 +169,12 @@ _add(
     "written into the file's modelspec.title/author/description/license/tags (the title defaults to output_name)",
 )
 _add("implemented", "scale_weight_norms", "max-norm regularization of each LoRA's weight change after every step")
-_add("implemented", "network_dropout", "dropout on each LoRA's rank activations while training")
+_add(
+    "implemented",
+    "network_dropout",
+    "dropout on each LoRA's rank activations while training (networks.lora; lycoris.kohya does not read it, so "
+    "it is refused there: use dropout= in network_args)",
+)
 _add("implemented", "sample_prompts sample_every_n_epochs sample_sampler", "the sample grid")
 
 # ---- gpurun's own keys --------------------------------------------------------------------------------------------
@@ -232,8 +261,6 @@ _add("refused", "in_json dataset_class dataset_repeats conditioning_data_dir", "
 _add("refused", "face_crop_aug_range", "not implemented")
 _add("refused", "token_warmup_min token_warmup_step", "not implemented")
 _add("refused", "optimizer_schedulefree_wrapper schedulefree_wrapper_args", "schedule-free optimizers: not implemented")
-_add("refused", "use_8bit_adam", 'write optimizer_type = "AdamW8bit"')
-_add("refused", "use_lion_optimizer", "Lion is not available")
 _add("refused", "weighting_scheme logit_mean logit_std mode_scale", "SD3/Flux options; gpurun trains SD 1.x/2.x/XL")
 _add("refused", "initial_epoch initial_step skip_until_initial_step", "use resume to continue a run")
 _add("refused", "validation_split validation_seed validate_every_n_epochs validate_every_n_steps", "not implemented")

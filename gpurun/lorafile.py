@@ -55,6 +55,8 @@ _TE_LAYERS: dict[Family, dict[str, int]] = {
 _KEY = re.compile(
     r"^(?P<name>lora_(?:unet|te|te1|te2)_[A-Za-z0-9_]+)\.(?P<part>lora_down\.weight|lora_up\.weight|alpha)$"
 )
+#: a kohya module name followed by any tensor name (LyCORIS files: .hada_w1_a, .lokr_w1...)
+_MODULE = re.compile(r"^(?P<name>lora_(?:unet|te|te1|te2)_[A-Za-z0-9_]+)\.")
 _DTYPES = {"F16": ("e", 2), "F32": ("f", 4), "F64": ("d", 8), "I64": ("q", 8), "I32": ("i", 4)}
 
 
@@ -209,8 +211,9 @@ def is_conv_module(family: Family, name: str) -> bool:
 
 
 def guess_family(keys: list[str] | set[str]) -> Family | None:
-    """Best guess of a kohya LoRA's family from its key names alone (None when there are no kohya keys)."""
-    names = {m.group("name") for k in keys if (m := _KEY.match(k))}
+    """Best guess of a kohya LoRA's family from its key names alone (None when there are no kohya keys); LyCORIS
+    files' names are kohya's too, whatever their tensor suffixes."""
+    names = {m.group("name") for k in keys if (m := _MODULE.match(k))}
     if not names:
         return None
     if any(

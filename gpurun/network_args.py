@@ -32,11 +32,6 @@ UNIMPLEMENTED: dict[str, str] = {
 #: arguments accepted only at a value where they change nothing
 ZERO_IS_NO_OP = ("rank_dropout", "module_dropout")
 SUPPORTED = ("conv_dim", "conv_alpha")
-#: the LyCORIS arguments (network_module = "lycoris.kohya"); named in the refusal of LyCORIS configs
-LYCORIS_HINT = (
-    'LyCORIS (LoHa, LoKr, iA3, DoRA...) is not implemented yet; for LoCon use network_module = "networks.lora" '
-    'with network_args = ["conv_dim=8", "conv_alpha=1"] (kohya\'s own LoCon)'
-)
 
 
 class NetworkArgsError(ValueError):

@@ -31,7 +31,9 @@ from gpurun.configfiles import dataset_settings, with_weights_settings
 from gpurun.errors import ConfigError
 from gpurun.kohya_dataset import DATASET_KEYS, SUBSET_KEYS, load_dataset_config
 from gpurun.lorainit import read_lora_weights
-from gpurun.network_args import LYCORIS_HINT, NetworkArgs, NetworkArgsError, parse_network_args
+from gpurun.lycoris_args import LycorisArgs, parse_lycoris_args
+from gpurun.network_args import NetworkArgs, NetworkArgsError, parse_network_args
+from gpurun.optimizers import OptimizerArgsError, check_optimizer_args, optimizer
 from gpurun.safenames import component_problem, has_control_chars
 
 if sys.version_info >= (3, 11):
@@ -68,6 +70,7 @@ _section(
     "output_dir output_name max_train_epochs max_train_steps learning_rate unet_lr text_encoder_lr lr_scheduler "
     "lr_warmup_steps lr_scheduler_num_cycles lr_scheduler_power network_module network_dim network_alpha "
     "network_train_unet_only network_args network_weights dim_from_weights optimizer_type optimizer_args "
+    "use_lion_optimizer use_8bit_adam "
     "mixed_precision save_precision "
     "save_every_n_epochs save_every_n_steps save_model_as gradient_checkpointing gradient_accumulation_steps "
     "max_grad_norm seed "
@@ -79,23 +82,6 @@ _section(
 )
 _section("sample", "sample_prompts sample_every_n_epochs sample_seeds sample_weights sample_steps sample_sampler")
 
-OPTIMIZERS = {"adamw": "AdamW", "adamw8bit": "AdamW8bit", "adafactor": "Adafactor", "prodigy": "Prodigy"}
-#: kohya optimizers gpurun does not train with, and why (named in the refusal instead of "unsupported")
-REFUSED_OPTIMIZERS = {
-    "lion": "Lion needs the lion-pytorch package, which the box image does not install",
-    "lion8bit": "Lion needs the lion-pytorch package, which the box image does not install",
-    "dadaptation": "D-Adaptation needs the dadaptation package, which the box image does not install",
-    "dadaptadam": "D-Adaptation needs the dadaptation package, which the box image does not install",
-    "dadaptadagrad": "D-Adaptation needs the dadaptation package, which the box image does not install",
-    "dadaptadan": "D-Adaptation needs the dadaptation package, which the box image does not install",
-    "dadaptadanip": "D-Adaptation needs the dadaptation package, which the box image does not install",
-    "dadaptlion": "D-Adaptation needs the dadaptation package, which the box image does not install",
-    "dadaptsgd": "D-Adaptation needs the dadaptation package, which the box image does not install",
-    "sgdnesterov": "not implemented",
-    "sgdnesterov8bit": "not implemented",
-    "pagedadamw8bit": "not implemented",
-    "pagedlion8bit": "not implemented",
-}
 #: kohya's sample_sampler names → diffusers scheduler classes (checked here, so a typo fails before renting)
 SAMPLERS = {
     "ddim": "DDIMScheduler",
@@ -115,6 +101,7 @@ SAMPLERS = {
     "dpmsolver++": "DPMSolverMultistepScheduler",
     "dpmsingle": "DPMSolverSinglestepScheduler",
 }
+NETWORK_MODULES = ("networks.lora", "lycoris.kohya")
 SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial", "adafactor")
 LOSS_TYPES = ("l2", "l1", "huber", "smooth_l1")
 HUBER_SCHEDULES = ("constant", "exponential", "snr")
@@ -190,6 +177,9 @@ class TrainConfig(BaseModel):
     dim_from_weights: bool = False
     optimizer_type: str = "AdamW"
     optimizer_args: list[str] = Field(default_factory=list)
+    #: kohya's older spellings of optimizer_type = "Lion" / "AdamW8bit"
+    use_lion_optimizer: bool = False
+    use_8bit_adam: bool = False
     #: auto = bf16 where the GPU supports it, else fp16 on CUDA, fp32 on CPU
     mixed_precision: Literal["no", "fp16", "bf16", "auto"] = "auto"
     save_precision: Literal["fp16", "bf16", "float"] = "fp16"
@@ -305,27 +295,30 @@ class TrainConfig(BaseModel):
             )
         return value
 
-    @field_validator("network_args")
-    @classmethod
-    def _check_network_args(cls, value: list[str]) -> list[str]:
-        try:
-            parse_network_args(value)
-        except NetworkArgsError as exc:
-            raise ValueError(str(exc)) from None
-        return value
-
     @field_validator("optimizer_type")
     @classmethod
     def _check_optimizer(cls, value: str) -> str:
         # kohya lower-cases the name before matching, so "adamw8bit" and "AdaFactor" are valid there too
-        canonical = OPTIMIZERS.get(value.strip().lower())
-        if canonical is None:
-            why = REFUSED_OPTIMIZERS.get(value.strip().lower())
-            known = ", ".join(OPTIMIZERS.values())
-            if why:
-                raise ValueError(f"optimizer {value!r} is not available ({why}); choose one of {known}")
-            raise ValueError(f"unsupported optimizer {value!r}; choose one of {known}")
-        return canonical
+        try:
+            return optimizer(value).name
+        except OptimizerArgsError as exc:
+            raise ValueError(str(exc)) from None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_optimizer_switches(cls, data: Any) -> Any:
+        # kohya's use_lion_optimizer / use_8bit_adam pick the optimizer, and kohya asserts optimizer_type is unset
+        if not isinstance(data, dict):
+            return data
+        for switch, name in (("use_lion_optimizer", "Lion"), ("use_8bit_adam", "AdamW8bit")):
+            if data.get(switch) is True:
+                given = data.get("optimizer_type")
+                if isinstance(given, str) and given.strip().lower() not in ("", name.lower()):
+                    raise ValueError(f"{switch} picks {name}, and optimizer_type is {given!r}: keep one of them")
+                data = {**data, "optimizer_type": name}
+        if data.get("use_lion_optimizer") is True and data.get("use_8bit_adam") is True:
+            raise ValueError("use_lion_optimizer and use_8bit_adam pick different optimizers: keep one of them")
+        return data
 
     @field_validator("lr_scheduler")
     @classmethod
@@ -337,12 +330,10 @@ class TrainConfig(BaseModel):
     @field_validator("network_module")
     @classmethod
     def _check_module(cls, value: str) -> str:
-        if value.startswith("lycoris"):
-            raise ValueError(LYCORIS_HINT)
-        if value != "networks.lora":
+        if value not in NETWORK_MODULES:
             raise ValueError(
-                f"only 'networks.lora' (kohya's LoRA, and its LoCon through conv_dim in network_args) is supported, "
-                f"got {value!r}"
+                f"network_module {value!r} is not supported; use 'networks.lora' (kohya's LoRA, and its LoCon through "
+                "conv_dim in network_args) or 'lycoris.kohya' (LyCORIS: algo=locon, loha, lokr, diag-oft)"
             )
         return value
 
@@ -388,13 +379,31 @@ class TrainConfig(BaseModel):
                     f"bucket_reso_steps ({self.bucket_reso_steps}) is larger than min_bucket_reso "
                     f"({self.min_bucket_reso}): no bucket would fit"
                 )
-        if self.optimizer_type == "Prodigy":
-            rates = {r for r in [self.effective_unet_lr, *self.text_encoder_lrs(2)] if r > 0}
+        try:
+            # which arguments are valid depends on the module: validated here, after both are read
+            if self.network_module == "lycoris.kohya":
+                parse_lycoris_args(self.network_args)
+            else:
+                parse_network_args(self.network_args)
+        except NetworkArgsError as exc:
+            raise ValueError(str(exc)) from None
+        if self.lycoris is not None and self.network_dropout:
+            raise ValueError(
+                "network_dropout is not read by lycoris.kohya (kohya passes it, LyCORIS ignores it); write "
+                '"dropout=<p>" in network_args for LyCORIS\' own dropout'
+            )
+        try:
+            check_optimizer_args(self.optimizer_type, self.optimizer_args)
+        except OptimizerArgsError as exc:
+            raise ValueError(str(exc)) from None
+        if optimizer(self.optimizer_type).adaptive:
+            rates = self.adaptive_rates()
             if len(rates) > 1:
-                # prodigyopt raises at its first step otherwise (in kohya too): catch it before renting
+                # D-Adaptation and prodigyopt raise at their first step otherwise: catch it before renting
                 raise ValueError(
-                    f"optimizer_type Prodigy needs one learning rate for the UNet and the text encoders (or 0 to "
-                    f"freeze one), got {sorted(rates)}; Prodigy scales it itself, so use the same value (usually 1)"
+                    f"optimizer_type {self.optimizer_type} needs one learning rate for the UNet and the text encoders "
+                    f"(or 0 to freeze one), got {sorted(rates)}; {self.optimizer_type} scales it itself, so use the "
+                    "same value (usually 1)"
                 )
         if self.adaptive_noise_scale is not None and self.noise_offset is None:
             raise ValueError("adaptive_noise_scale requires noise_offset (as in kohya)")
@@ -451,8 +460,26 @@ class TrainConfig(BaseModel):
 
     @property
     def network(self) -> NetworkArgs:
-        """The parsed network_args (validated on load)."""
+        """networks.lora's parsed network_args (validated on load); empty for LyCORIS (see `lycoris`)."""
+        if self.network_module != "networks.lora":
+            return NetworkArgs()
         return parse_network_args(self.network_args)
+
+    @property
+    def lycoris(self) -> LycorisArgs | None:
+        """lycoris.kohya's parsed network_args, None for networks.lora."""
+        if self.network_module != "lycoris.kohya":
+            return None
+        return parse_lycoris_args(self.network_args)
+
+    def network_metadata(self) -> dict[str, str]:
+        """ss_network_args: what shaped the trained network (kohya writes the network kwargs)."""
+        lycoris = self.lycoris
+        return lycoris.metadata() if lycoris is not None else self.network.metadata()
+
+    def adaptive_rates(self) -> set[float]:
+        """The distinct positive learning rates of the parameter groups (D-Adaptation and Prodigy need one)."""
+        return {r for r in [self.effective_unet_lr, *self.text_encoder_lrs(2)] if r > 0}
 
     @property
     def adafactor_relative_step(self) -> bool:
@@ -481,6 +508,12 @@ class TrainConfig(BaseModel):
                 "Adafactor with relative_step picks its own step size: learning_rate, unet_lr and text_encoder_lr "
                 "are not used and the schedule is Adafactor's (as in kohya); set relative_step=False to use them"
             )
+        if optimizer(self.optimizer_type).adaptive and any(r <= 0.1 for r in self.adaptive_rates()):
+            # kohya warns the same: the lr is a multiplier of the step size these optimizers find themselves
+            notes["optimizer_type"] = (
+                f"{self.optimizer_type} adapts its own step size and multiplies it by the learning rate "
+                f"({min(self.adaptive_rates()):g}); kohya warns below 0.1 and recommends 1.0"
+            )
         width, height = self.resolution
         if not self.enable_bucket and (width % 8 or height % 8):
             # kohya crops to exactly this size too; the VAE's stride-8 latents then cover the multiple of 8 below
@@ -506,6 +539,12 @@ class TrainConfig(BaseModel):
                 f"training starts from {weights.path.name} (rank {weights.dim}, alpha {weights.alpha:g}{conv})"
                 + (", its rank and alpha taken by dim_from_weights" if self.dim_from_weights else "")
                 + fresh
+            )
+        lycoris = self.lycoris
+        if lycoris is not None:
+            from_gui = "; ".join(f"{k}: {why}" for k, why in lycoris.no_effect.items())
+            notes["network_args"] = f"LyCORIS {lycoris.algo} (preset {lycoris.preset})" + (
+                f"; without effect: {from_gui}" if from_gui else ""
             )
         if isinstance(self.lr_warmup_steps, float):
             notes["lr_warmup_steps"] = f"{self.lr_warmup_steps:g} of the run's steps, rounded down (as kohya)"
@@ -535,6 +574,12 @@ class TrainConfig(BaseModel):
                 if flat.pop(key, None) is not None:
                     # kohya: "ignoring the following options because config file is found"
                     ignored[key] = "ignored: dataset_config names the images (as kohya does)"
+        if flat.get("network_weights") and str(flat.get("network_module", "")).startswith("lycoris"):
+            # the start file is read as kohya's LoRA (lora_down/lora_up); a LyCORIS one would need lycoris' loader
+            raise ConfigError(
+                "continuing from a file (network_weights) works with networks.lora, not lycoris.kohya yet",
+                where=f"{source}: network_weights", hint="train the LyCORIS network from scratch",
+            )  # fmt: skip
         if flat.get("network_weights"):
             flat = with_weights_settings(flat, base_dir, source)
         elif flat.get("dim_from_weights"):

@@ -22,7 +22,7 @@ PACKAGE = Path(gpurun.__file__).parent
 LAYERS: list[tuple[str, ...]] = [
     ("gpurun.errors", "gpurun.models", "gpurun.events", "gpurun.phases", "gpurun.safenames", "gpurun.lorafile",
      "gpurun.buckets", "gpurun.retry", "gpurun.kohya_keys", "gpurun.network_args", "gpurun.kohya_dataset",
-     "gpurun.lorainit", "gpurun.configfiles"),
+     "gpurun.lorainit", "gpurun.configfiles", "gpurun.optimizers", "gpurun.lycoris_args", "gpurun.lycorisfile"),
     ("gpurun.settings", "gpurun.trainconfig", "gpurun.pricing", "gpurun.dataset", "gpurun"),
     ("gpurun.journal", "gpurun.provision", "gpurun.remote", "gpurun.runner"),
     ("gpurun.job", "gpurun.report"),

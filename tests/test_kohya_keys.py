@@ -81,8 +81,20 @@ def test_no_op_keys_are_accepted_and_reported(tmp_path: Path, line: str, said: s
         ("max_token_length = 225", "only the standard 75-token prompt length"),
         ("network_dropout = 1.0", "[training].network_dropout"),
         ("lr_decay_steps = 10", "lr_decay_steps = 10 is refused: use lr_scheduler's names"),
-        ('network_module = "lycoris.kohya"', 'for LoCon use network_module = "networks.lora"'),
-        ('network_module = "networks.dylora"', "only 'networks.lora'"),
+        ('network_module = "lycoris.kohya"\nnetwork_args = ["algo=glora"]', "network_args algo=glora: GLoRA is not"),
+        ('network_module = "lycoris.kohya"\nnetwork_args = ["algo=loha", "use_tucker=0"]', "use_tucker='0' must be"),
+        ('network_module = "lycoris.kohya"\nnetwork_args = ["algo=loha", "rank_dropout=1.5"]', "rank_dropout=1.5"),
+        ('network_module = "lycoris.kohya"\nnetwork_args = ["algo=loha", "fancy=1"]', "'fancy' is not an argument of"),
+        ('network_module = "lycoris.kohya"\nnetwork_args = ["preset=attn-only"]', "preset=attn-only: it targets"),
+        ('network_module = "lycoris.kohya"\nnetwork_args = ["preset=my.toml"]', "not a built-in LyCORIS preset"),
+        ('network_module = "lycoris.kohya"\nnetwork_dropout = 0.1', "network_dropout is not read by lycoris.kohya"),
+        ('network_module = "lycoris.kohya"\nnetwork_args = ["algo=ia3"]', "network_args algo=ia3: iA3 files"),
+        (
+            'network_module = "networks.lora"\nnetwork_args = ["algo=loha"]',
+            "'algo' is not an argument of networks.lora",
+        ),
+        ('network_module = "networks.loha"', "network_module 'networks.loha' is not supported"),
+        ('network_module = "networks.dylora"', "network_module 'networks.dylora' is not supported"),
         ('network_args = ["conv_dim=big"]', "network_args conv_dim='big' is not a whole number"),
         ('network_args = ["conv_dim=8", "algo=loha"]', "network_args 'algo' is not an argument of networks.lora"),
         ('network_args = ["rank_dropout=0.1"]', "network_args rank_dropout=0.1: LoRA rank dropout is not implemented"),
@@ -153,7 +165,7 @@ def test_the_gui_corpus_passes_config_check(path: Path, gpurun_cli) -> None:
     result = gpurun_cli("config", "check", str(path), "--json")
     assert result.returncode == 0, result.stderr
     doc = json.loads(result.stdout)
-    assert doc["ok"] is True and doc["config"]["network_module"] == "networks.lora"
+    assert doc["ok"] is True and doc["config"]["network_module"] in ("networks.lora", "lycoris.kohya")
     assert all(isinstance(v, str) and v for v in doc["notes"].values())
 
 
@@ -173,6 +185,16 @@ def test_the_corpus_covers_the_shapes() -> None:
     assert dataset.prior_loss_weight == 0.8 and configs["reg-sd15"].reg_data_dir
     continued = configs["continue-sd15"]  # dim_from_weights: the file's rank 8 and alpha 4, not network_alpha 1
     assert continued.network_weights and (continued.network_dim, continued.network_alpha) == (8, 4.0)
+    lycoris = {name: c.lycoris for name, c in configs.items() if c.lycoris is not None}
+    assert {(n, a.algo) for n, a in lycoris.items()} == {
+        ("loha-sd15", "loha"),
+        ("lokr-sdxl", "lokr"),
+        ("dora-sd15", "locon"),
+        ("diag-oft-sd15", "diag-oft"),
+    }
+    assert lycoris["dora-sd15"].kwargs["dora_wd"] == "True" and lycoris["lokr-sdxl"].kwargs["factor"] == "8"
+    assert "rank_dropout_scale" not in lycoris["loha-sd15"].metadata()  # lycoris.kohya never reads it
+    assert configs["dadapt-sd15"].optimizer_type == "DAdaptAdam" and configs["lion-sd15"].optimizer_type == "Lion"
 
 
 def test_config_keys_and_check_speak_the_rules(tmp_path: Path, gpurun_cli) -> None:

@@ -53,7 +53,7 @@ def test_misspelled_key_suggests_the_closest(tmp_path: Path) -> None:
     ("toml", "fragment"),
     [
         ('[training]\nnetwork_dim = "big"\n', "[training].network_dim"),
-        ('[training]\noptimizer_type = "Lion"\n', "optimizer 'Lion' is not available (Lion needs the lion-pytorch"),
+        ('[training]\noptimizer_type = "SGDNesterov"\n', "optimizer 'SGDNesterov' is not available (SGD with Nesterov"),
         ('[training]\noptimizer_type = "SGD"\n', "unsupported optimizer 'SGD'"),
         ('[training]\nlr_scheduler = "warp"\n', "unsupported scheduler 'warp'"),
         (

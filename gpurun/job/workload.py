@@ -83,8 +83,12 @@ def build_workload(
         checkpointing = config.gradient_checkpointing
         train_te = config.trains_text_encoder
         dim = config.network_dim
-        network = config.network
+        network, lycoris = config.network, config.lycoris
         conv_dim = network.conv_dim if network.is_locon and network.conv_dim else 0
+        if lycoris is not None and lycoris.trains_conv:
+            # LyCORIS' 3x3 convolutions are priced as LoCon's at its conv_dim (LoHa stores two factor pairs, LoKr
+            # far fewer numbers: the file-size term is an estimate for both)
+            conv_dim = lycoris.conv_dim(dim)
         cache_latents = config.cache_latents
         config_epochs = config.max_train_epochs
         if dataset is None and config.dataset_config:

@@ -20,9 +20,10 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from gpurun import __version__
+from gpurun import __version__, optimizers
 from gpurun.lorafile import verify_lora_file
 from gpurun.runner.lora import ADAPTER, TEXT_ENCODER_NAMES
+from gpurun.runner.lycoris_net import module_tensors
 
 if TYPE_CHECKING:
     import torch
@@ -33,12 +34,6 @@ if TYPE_CHECKING:
 Precision = Literal["fp16", "bf16", "float"]
 TE_PREFIXES = {"sd15": ("lora_te",), "sd2": ("lora_te",), "sdxl": ("lora_te1", "lora_te2")}
 SDXL_VERSION = "sdxl_base_v1-0"
-OPTIMIZER_CLASSES = {
-    "AdamW": "torch.optim.adamw.AdamW",
-    "AdamW8bit": "bitsandbytes.optim.adamw.AdamW8bit",
-    "Prodigy": "prodigyopt.prodigy.Prodigy",
-    "Adafactor": "transformers.optimization.Adafactor",
-}
 
 
 def verify_kohya_file(
@@ -67,6 +62,9 @@ SGM_RESNET_LAYERS = {
     "conv2": "out_layers.3",
     "time_emb_proj": "emb_layers.1",
     "conv_shortcut": "skip_connection",
+    # LyCORIS' train_norm adapts the ResNets' GroupNorms too
+    "norm1": "in_layers.0",
+    "norm2": "out_layers.0",
 }
 
 
@@ -136,10 +134,17 @@ def kohya_modules(model: LoadedModel) -> dict[str, Any]:
 
 
 def kohya_state_dict(model: LoadedModel) -> dict[str, torch.Tensor]:
-    """The injected LoRA as kohya tensors: <name>.lora_down.weight, <name>.lora_up.weight, <name>.alpha (fp32, CPU)."""
+    """The injected LoRA as kohya tensors: <name>.lora_down.weight, <name>.lora_up.weight, <name>.alpha (fp32, CPU);
+    a LyCORIS network's tensors under the same names with its own suffixes (.hada_w1_a, .lokr_w1, .oft_blocks...)."""
     import torch
 
     state: dict[str, torch.Tensor] = {}
+    if model.network is not None:
+        lpb = int(model.unet.config.layers_per_block)
+        with_attention = frozenset(i for i, block in enumerate(model.unet.up_blocks) if hasattr(block, "attentions"))
+        for component, path, part, tensor in module_tensors(model):
+            state[f"{kohya_module_name(model.family, component, path, lpb, with_attention)}.{part}"] = tensor
+        return state
     for name, layer in kohya_modules(model).items():
         state[f"{name}.lora_down.weight"] = layer.lora_A[ADAPTER].weight.detach().float().cpu().contiguous()
         state[f"{name}.lora_up.weight"] = layer.lora_B[ADAPTER].weight.detach().float().cpu().contiguous()
@@ -190,7 +195,7 @@ def build_metadata(
     v_pred = model.prediction_type == "v_prediction"
     width, height = config.resolution
     trigger = dataset.get("trigger")
-    optimizer = OPTIMIZER_CLASSES.get(config.optimizer_type, config.optimizer_type)
+    optimizer = optimizers.optimizer(config.optimizer_type).class_path  # kohya: the class's module.name
     if config.optimizer_args:
         optimizer += "(" + ",".join(config.optimizer_args) + ")"
     te_lrs = config.text_encoder_lrs(len(TE_PREFIXES[model.family]))
@@ -217,7 +222,7 @@ def build_metadata(
         "ss_network_dropout": config.network_dropout,
         "ss_scale_weight_norms": config.scale_weight_norms,
         # only what shaped the trained network (kohya writes the parsed network_args here)
-        "ss_network_args": _json(config.network.metadata()),
+        "ss_network_args": _json(config.network_metadata()),
         "ss_network_train_unet_only": not config.trains_text_encoder,
         "ss_mixed_precision": config.mixed_precision,
         "ss_full_fp16": False,

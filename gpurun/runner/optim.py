@@ -1,4 +1,4 @@
-"""Optimizers (AdamW, bitsandbytes AdamW8bit, Adafactor, Prodigy) and learning-rate schedules, built from kohya's keys.
+"""Optimizers (kohya's optimizer_type: gpurun.optimizers) and learning-rate schedules, built from kohya's keys.
 
 The schedule is a pure function of (step, total steps), the formulas of diffusers' get_scheduler, held in a
 LambdaLR whose total can change: after an out-of-memory fallback halves the batch, the run has more steps
@@ -7,11 +7,12 @@ left and the schedule stretches to fit instead of ending early.
 
 from __future__ import annotations
 
-import ast
+import importlib
 import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from gpurun import optimizers
 from gpurun.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -22,49 +23,45 @@ if TYPE_CHECKING:
 
 def parse_optimizer_args(args: list[str]) -> dict[str, Any]:
     """kohya's `optimizer_args = ["weight_decay=0.01", "betas=0.9,0.99"]` → keyword arguments."""
-    out: dict[str, Any] = {}
-    for raw in args:
-        key, sep, value = raw.partition("=")
-        key = key.strip()
-        if not sep or not key.isidentifier():
-            raise ConfigError(f"optimizer argument {raw!r} is not key=value", where="optimizer_args")
-        try:
-            parsed = ast.literal_eval(value.strip())
-        except (ValueError, SyntaxError):
-            parsed = value.strip()
-            if parsed.lower() in ("true", "false"):
-                parsed = parsed.lower() == "true"
-        out[key] = parsed
-    return out
+    try:
+        return optimizers.parse_optimizer_args(args)
+    except optimizers.OptimizerArgsError as exc:
+        raise ConfigError(str(exc), where="optimizer_args") from None
 
 
 def make_optimizer(name: str, param_groups: list[dict[str, Any]], args: list[str], device: str) -> Any:
-    """The optimizer kohya's `optimizer_type` names, over the LoRA parameter groups."""
+    """The optimizer kohya's `optimizer_type` names, over the LoRA parameter groups (arguments checked first)."""
     import torch
 
-    kwargs = parse_optimizer_args(args)
     try:
-        if name == "AdamW8bit":
-            import bitsandbytes as bnb
-
-            return bnb.optim.AdamW8bit(param_groups, **kwargs)
-        if name == "Prodigy":
-            try:
-                from prodigyopt import Prodigy
-            except ImportError:
-                raise ConfigError(
-                    "optimizer_type Prodigy needs the prodigyopt package",
-                    where="optimizer_type",
-                    hint="pip install 'gpurun[train]' (the locked stack has prodigyopt), or use AdamW8bit",
-                ) from None
-            return Prodigy(param_groups, **kwargs)
-        if name == "Adafactor":
+        spec = optimizers.optimizer(name)
+        kwargs = optimizers.check_optimizer_args(name, args)
+    except optimizers.OptimizerArgsError as exc:
+        raise ConfigError(str(exc), where="optimizer_args") from None
+    try:
+        if spec.name == "Adafactor":
             return _adafactor(param_groups, kwargs)
-        if device == "cuda":
-            kwargs.setdefault("fused", True)  # one kernel for all LoRA tensors: a measurable win on small tensors
-        return torch.optim.AdamW(param_groups, **kwargs)
+        if spec.name == "AdamW":
+            if device == "cuda":
+                kwargs.setdefault("fused", True)  # one kernel for all LoRA tensors: a win on small tensors
+            return torch.optim.AdamW(param_groups, **kwargs)
+        return _load_class(spec)(param_groups, **kwargs)
     except TypeError as exc:
         raise ConfigError(f"bad optimizer argument for {name}: {exc}", where="optimizer_args") from None
+
+
+def _load_class(spec: optimizers.Optimizer) -> Any:
+    """The optimizer class by its module path (kohya's ss_optimizer name); a missing package is a ConfigError."""
+    module_name, _, class_name = spec.class_path.rpartition(".")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError:
+        raise ConfigError(
+            f"optimizer_type {spec.name} needs the {spec.package} package",
+            where="optimizer_type",
+            hint="pip install 'gpurun[train]' (the locked stack has it), or use AdamW8bit",
+        ) from None
+    return getattr(module, class_name)
 
 
 def _adafactor(param_groups: list[dict[str, Any]], kwargs: dict[str, Any]) -> Any:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from gpurun.errors import ConfigError
 from gpurun.runner.lora import ADAPTER
+from gpurun.runner.lycoris_file import is_lycoris_file, lycoris_file_applied
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -103,28 +104,24 @@ def render_cells(
         with torch.random.fork_rng(devices=rng_devices), torch.no_grad():
             for module in state.modules:
                 module.eval()
-            with _second_adapter_is_expected(state.has_training_adapter):
-                pipe.load_lora_weights(str(lora_path), adapter_name=GRID_ADAPTER)
-            for wi, weight in enumerate(weights):
-                pipe.set_adapters([GRID_ADAPTER], adapter_weights=[float(weight)])
-                for pi, prompt in enumerate(prompts):
-                    generators = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
-                    latents = pipe(
-                        prompt=[prompt] * len(seeds),
-                        negative_prompt=[negative] * len(seeds) if negative else None,
-                        num_inference_steps=steps,
-                        height=height,
-                        width=width,
-                        guidance_scale=guidance_scale,
-                        generator=generators,
-                        output_type="latent",
-                    ).images
-                    for si, image in enumerate(_decode(pipe, latents)):
-                        cells[(pi, si, wi)] = image
+            with _grid_lora(pipe, model, lora_path, state) as set_weight:
+                for wi, weight in enumerate(weights):
+                    set_weight(weight)
+                    for pi, prompt in enumerate(prompts):
+                        generators = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
+                        latents = pipe(
+                            prompt=[prompt] * len(seeds),
+                            negative_prompt=[negative] * len(seeds) if negative else None,
+                            num_inference_steps=steps,
+                            height=height,
+                            width=width,
+                            guidance_scale=guidance_scale,
+                            generator=generators,
+                            output_type="latent",
+                        ).images
+                        for si, image in enumerate(_decode(pipe, latents)):
+                            cells[(pi, si, wi)] = image
     finally:
-        state.reactivate_training_adapter()  # first, so deleting the grid adapter leaves a valid active one
-        if GRID_ADAPTER in _adapter_names(pipe):
-            pipe.delete_adapters(GRID_ADAPTER)
         state.restore()
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -234,6 +231,24 @@ def _decode(pipe: Any, latents: Any) -> list[Image.Image]:
         if dtype != original:
             torch.nn.Module.to(vae, dtype=original)
     return pipe.image_processor.postprocess(images.float(), output_type="pil")
+
+
+@contextlib.contextmanager
+def _grid_lora(pipe: Any, model: LoadedModel, lora_path: Path, state: _TrainingState) -> Iterator[Any]:
+    """The file applied for the grid; yields a setter of its weight. A LyCORIS file goes through lycoris' own
+    loader (diffusers reads only lora_down/lora_up), a LoRA file through diffusers as a second peft adapter."""
+    if is_lycoris_file(lora_path):
+        with lycoris_file_applied(model, lora_path) as set_weight:
+            yield set_weight
+        return
+    try:
+        with _second_adapter_is_expected(state.has_training_adapter):
+            pipe.load_lora_weights(str(lora_path), adapter_name=GRID_ADAPTER)
+        yield lambda weight: pipe.set_adapters([GRID_ADAPTER], adapter_weights=[float(weight)])
+    finally:
+        state.reactivate_training_adapter()  # first, so deleting the grid adapter leaves a valid active one
+        if GRID_ADAPTER in _adapter_names(pipe):
+            pipe.delete_adapters(GRID_ADAPTER)
 
 
 def _adapter_names(pipe: Any) -> set[str]:

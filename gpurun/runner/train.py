@@ -21,12 +21,13 @@ from gpurun.runner import state as st
 from gpurun.runner.data import TrainData, cache_conditioning, cache_latents, can_cache_conditioning, scan_training_data
 from gpurun.runner.export import build_metadata, file_sha256, save_lora
 from gpurun.runner.initweights import load_network_weights
-from gpurun.runner.lora import LoraParams, add_lora, load_lora_state, lora_state
+from gpurun.runner.lora import LoraParams
 from gpurun.runner.loss import StepContext, batch_loss
 from gpurun.runner.lossmeter import LossMeter
-from gpurun.runner.maxnorm import adapted_layers, add_rank_dropout, apply_max_norm
+from gpurun.runner.maxnorm import adapted_layers
 from gpurun.runner.memory import peak_memory_gb
 from gpurun.runner.model.load import load_base_model
+from gpurun.runner.network import add_network, load_network_state, max_norm_step, network_state
 from gpurun.runner.optim import Schedule, make_optimizer, schedule_for
 from gpurun.runner.precision import Precision, choose_precision, gpu_name
 from gpurun.runner.sample import grid_prompts, render_grid
@@ -116,20 +117,9 @@ class Trainer:
             progress, saved = saved_progress, (lora_weights, optimizer_state, rng_state)
 
         self.speed_notes = tune_device(model, self.speed)  # before LoRA: only the base changes its memory layout
-        network = config.network
-        lora = add_lora(
-            model,
-            rank=config.network_dim,
-            alpha=config.network_alpha,
-            train_text_encoder=config.trains_text_encoder,
-            seed=progress.seed,
-            conv_dim=network.conv_dim if network.is_locon else None,
-            conv_alpha=network.conv_alpha or 1.0,
-        )
+        lora = add_network(model, config, seed=progress.seed)
         if config.network_weights and saved is None:  # a resumed state already holds what training made of it
             lora.counts.update(load_network_weights(model, Path(config.network_weights)))
-        if config.network_dropout:
-            add_rank_dropout(adapted_layers([model.unet, *model.text_encoders]), config.network_dropout)
         if progress.gradient_checkpointing:
             model.enable_gradient_checkpointing(text_encoders=config.trains_text_encoder)
         self.speed_notes += tune_for_training(model, self.speed)
@@ -144,7 +134,7 @@ class Trainer:
         rng = random.Random(progress.seed)
         if saved is not None:
             lora_weights, optimizer_state, rng_state = saved
-            load_lora_state(model, lora_weights)
+            load_network_state(model, lora_weights)
             optimizer.load_state_dict(optimizer_state)
             generator.set_state(rng_state["generator"])
             rng.setstate(st.python_rng_from_plain(rng_state["python"]))
@@ -300,7 +290,7 @@ class _Loop:
         self.lr_scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         if self.config.scale_weight_norms:
-            apply_max_norm(self.lora_layers, self.config.scale_weight_norms)
+            max_norm_step(self.ctx.model, self.lora_layers, self.config.scale_weight_norms)
 
     def _after_step(self, loss: Any, seconds: float) -> None:
         p = self.p
@@ -442,7 +432,7 @@ class _Loop:
     def _save_state(self) -> None:
         self.p.loss_window = self.losses.window()
         rng = {"generator": self.ctx.generator.get_state(), "python": st.plain_python_rng(self.ctx.rng.getstate())}
-        st.save_state(st.resume_dir(self.out), self.p, lora_state(self.ctx.model), self.optimizer.state_dict(), rng)
+        st.save_state(st.resume_dir(self.out), self.p, network_state(self.ctx.model), self.optimizer.state_dict(), rng)
 
     def _grid(self, lora_path: Path, name: str, epoch: int) -> None:
         config = self.config

@@ -71,3 +71,17 @@ def test_the_workload_of_a_locon_config_carries_conv_dim(tmp_path) -> None:
     path.write_text('network_dim = 16\nnetwork_args = ["conv_dim=8", "conv_alpha=1"]\n')
     assert build_workload(config=TrainConfig.from_toml(path)).workload.conv_dim == 8
     assert build_workload(config=TrainConfig()).workload.conv_dim == 0
+
+
+def test_a_lycoris_config_with_convolutions_is_priced_with_them(tmp_path) -> None:
+    from gpurun.job.workload import build_workload
+    from gpurun.trainconfig import TrainConfig
+
+    path = tmp_path / "lycoris.toml"
+    path.write_text('network_dim = 16\nnetwork_module = "lycoris.kohya"\nnetwork_args = ["algo=loha", "conv_dim=4"]\n')
+    assert build_workload(config=TrainConfig.from_toml(path)).workload.conv_dim == 4
+    # lycoris reads an absent conv_dim as network_dim, and a preset without convolutions trains none
+    path.write_text('network_dim = 16\nnetwork_module = "lycoris.kohya"\nnetwork_args = ["algo=lokr"]\n')
+    assert build_workload(config=TrainConfig.from_toml(path)).workload.conv_dim == 16
+    path.write_text('network_dim = 16\nnetwork_module = "lycoris.kohya"\nnetwork_args = ["preset=attn-mlp"]\n')
+    assert build_workload(config=TrainConfig.from_toml(path)).workload.conv_dim == 0

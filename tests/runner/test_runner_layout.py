@@ -10,7 +10,7 @@ from pathlib import Path
 from tests.support.env import REPO_ROOT
 
 RUNNER = REPO_ROOT / "gpurun" / "runner"
-HEAVY = {"torch", "diffusers", "transformers", "peft", "safetensors", "accelerate", "bitsandbytes"}
+HEAVY = {"torch", "diffusers", "transformers", "peft", "safetensors", "accelerate", "bitsandbytes", "lycoris"}
 #: function-level imports of gpurun modules that stay, and why: both sit inside a try that turns an import failure
 #: into the script's own error report (the runner's error event, the smoke check's failed stage)
 DELIBERATE = {

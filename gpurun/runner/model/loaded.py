@@ -50,6 +50,9 @@ class LoadedModel:
     base_name: str = ""
     #: the pipeline scheduler's config (betas, spacing, prediction type), used to build sampling schedulers
     scheduler_config: dict[str, Any] = field(default_factory=dict)
+    #: the LyCORIS network applied to the UNet and text encoders (network_module = "lycoris.kohya"), else None;
+    #: kohya's LoRA lives in the modules themselves (peft adapter "default")
+    network: Any = None
 
     @property
     def v2(self) -> bool:

@@ -358,9 +358,7 @@ class FakeVast(FakeServer):
             "ssh_idx": "5" if running else None,
             "ssh_port": proxy[1] if running else None,
             "public_ipaddr": ssh[0] if running else None,
-            "ports": {"22/tcp": [{"HostIp": "0.0.0.0", "HostPort": str(ssh[1])}]}
-            if running and inst.direct
-            else None,
+            "ports": {"22/tcp": [{"HostIp": "0.0.0.0", "HostPort": str(ssh[1])}]} if running and inst.direct else None,
             "direct_port_count": offer.get("direct_port_count"),
             "start_date": inst.created_at,
             "num_gpus": offer.get("num_gpus"),

@@ -104,6 +104,8 @@ class RunRecord:
     state_files: dict[str, str] = field(default_factory=dict)
     #: when the last state was pulled (unix time)
     state_at: float | None = None
+    #: what the user asked for (`TrainRequest.to_dict`): a training run's, so `gpurun resume` can plan again
+    request: dict[str, Any] = field(default_factory=dict)
 
     @property
     def provider(self) -> str:
@@ -146,6 +148,7 @@ class RunRecord:
             "state_step": self.state_step,
             "state_files": dict(self.state_files),
             "state_at": self.state_at,
+            "request": dict(self.request),
         }
 
     @classmethod
@@ -185,6 +188,7 @@ class RunRecord:
             state_step=None if data.get("state_step") is None else int(data["state_step"]),
             state_files={str(k): str(v) for k, v in (data.get("state_files") or {}).items()},
             state_at=data.get("state_at"),
+            request=dict(data.get("request") or {}),
         )
 
     def save(self) -> None:

@@ -189,11 +189,17 @@ async def end_lost_machine(ctx: RunContext, why: str) -> None:
 
 
 async def move_to_new_machine(
-    ctx: RunContext, request: TrainRequest, payload: TrainingPayload, keys: RunKeys, providers: dict[str, Provider]
+    ctx: RunContext,
+    request: TrainRequest,
+    payload: TrainingPayload,
+    keys: RunKeys,
+    providers: dict[str, Provider],
+    fresh: TrainPlan | None = None,
 ) -> None:
-    """Rent the best offer for the rest of the run under the budget left, set it up, send the dataset and the
-    last pulled state, and launch the runner with --resume (from the start when no state was pulled)."""
-    fresh = await replan(request, ctx.record)
+    """Rent the best offer for the rest of the run under the budget left (`fresh`, or ranked now), set it up,
+    send the dataset and the last pulled state, and launch the runner with --resume (from the start when no state
+    was pulled)."""
+    fresh = fresh or await replan(request, ctx.record)
     for estimate in fresh.candidates:
         if estimate.offer.provider not in providers:
             providers[estimate.offer.provider] = make_provider(estimate.offer.provider)

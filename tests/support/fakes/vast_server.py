@@ -36,7 +36,7 @@ HOURS = 3600.0
 @dataclass
 class DestroyRecord:
     instance_id: str
-    #: "account" (the user's key) or "instance" (the instance's own key, e.g. the watchdog)
+    #: "account" (the user's key), "instance" (the instance's own key, e.g. the watchdog) or "host" (it failed)
     by: str
     at: float = field(default_factory=time.time)
 
@@ -158,6 +158,10 @@ class FakeVast(FakeServer):
             self.preempted.append(inst.id)
         if box is not None:
             box.stop()
+
+    def take_away(self, instance_id: int | str) -> None:
+        """The host fails for good: Vast lists the instance no more, and everything on it is gone."""
+        self._destroy(str(instance_id), by="host")
 
     def preempt_at_step(self, step: int) -> None:
         """Preempt the interruptible instance running on the box once its runner logs training step `step`."""

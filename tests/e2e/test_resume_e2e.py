@@ -46,6 +46,7 @@ def assert_same_weights_as_a_straight_run(out: Path, box: Box, tmp_path: Path) -
 def test_a_preempted_spot_run_continues_on_another_offer_and_ends_on_the_same_weights(
     vast_on_box: Any, warm_box: Box, tmp_path: Path
 ) -> None:
+    """Vast outbids the instance at a random step: stopped at once, its processes killed, its disk kept."""
     seed = time.time_ns()
     step = random.Random(seed).randint(8, STEPS - 8)
     vast_on_box.preempt_at_step(step)
@@ -60,23 +61,48 @@ def test_a_preempted_spot_run_continues_on_another_offer_and_ends_on_the_same_we
     assert first.offer["id"] != second.offer["id"] and second.is_bid
     assert vast_on_box.live_instances() == [] and set(vast_on_box.destroyed_ids) == {first.id, second.id}
     assert any("the provider took machine" in m for m in messages(stdout))
+    lost = assert_resumed_to_the_same_weights(out, warm_box, tmp_path, [first.id, second.id], f"seed {seed}")
+    assert lost["resumed_from"] <= step
+    print(f"seed {seed}: preempted at step {step}, resumed from {lost['resumed_from']}, "
+          f"{lost['minutes_lost']:.2f} min lost (${lost['lost_usd']:.5f})")  # fmt: skip
 
-    # the second runner resumed from the last state pulled from the first, and trained to the end
+
+def test_an_interrupted_runpod_spot_pod_continues_on_another_pod(
+    runpod_on_box: Any, warm_box: Box, tmp_path: Path
+) -> None:
+    """RunPod takes a spot pod with a 5-second warning (SIGTERM: the runner saves a state, which gpurun may pull
+    before the SIGKILL), then EXITED."""
+    step = random.Random(time.time_ns()).randint(8, STEPS - 8)
+    runpod_on_box.interrupt_at_step(step)
+    with start_train(tmp_path, EPOCHS, "--spot", "--budget", "5", env=CHECK, provider="runpod") as proc:
+        stdout, stderr = proc.communicate(timeout=400)
+    assert proc.returncode == 0, f"step {step}\n" + stdout[-3000:] + stderr[-3000:]
+    first, second = runpod_on_box.pods.values()
+    assert runpod_on_box.interrupted == [first.id] and second.interruptible
+    assert runpod_on_box.live_pods() == [] and set(runpod_on_box.destroyed_ids) == {first.id, second.id}
+    lost = assert_resumed_to_the_same_weights(run_dir(tmp_path), warm_box, tmp_path, [first.id, second.id],
+                                              f"step {step}")  # fmt: skip
+    print(f"runpod: interrupted at step {step}, resumed from {lost['resumed_from']}, "
+          f"{lost['minutes_lost']:.2f} min lost")  # fmt: skip
+
+
+def assert_resumed_to_the_same_weights(
+    out: Path, box: Box, tmp_path: Path, machines: list[str], why: str
+) -> dict[str, Any]:
+    """The second runner resumed from the last state pulled from the first and trained to the end, on the weights
+    of an uninterrupted run; the receipt lists both machines and prices the interruption. Returns it."""
     starts = events_of(out, "start")
-    assert len(starts) == 2 and 0 < starts[1]["resumed_from_step"] <= step, f"seed {seed}, step {step}"
+    assert len(starts) == 2 and starts[1]["resumed_from_step"] > 0, why
     assert events_of(out, "done")[-1]["steps"] == STEPS
-    assert_same_weights_as_a_straight_run(out, warm_box, tmp_path)
-
-    # the receipt lists both machines, the interruption's lost minutes and their cost, in the total
+    assert_same_weights_as_a_straight_run(out, box, tmp_path)
     receipt = json.loads((out / "receipt.json").read_text())
     assert receipt["outcome"] == "done" and receipt["destroyed"] is True
-    assert [m["instance_id"] for m in receipt["machines"]] == [first.id, second.id]
+    assert [m["instance_id"] for m in receipt["machines"]] == machines
     assert [m["ended"] for m in receipt["machines"]] == ["preempted", "done"]
     (lost,) = receipt["interruptions"]
-    assert lost["instance_id"] == first.id and lost["minutes_lost"] > 0 and lost["lost_usd"] > 0
+    assert lost["instance_id"] == machines[0] and lost["minutes_lost"] > 0 and lost["lost_usd"] > 0
     assert receipt["actual_total_usd"] == pytest.approx(sum(m["usd"] for m in receipt["machines"]), rel=0.05)
-    print(f"seed {seed}: preempted at step {step}, resumed from {starts[1]['resumed_from_step']}, "
-          f"{lost['minutes_lost']:.2f} min lost (${lost['lost_usd']:.5f})")  # fmt: skip
+    return {**lost, "resumed_from": starts[1]["resumed_from_step"]}
 
 
 def test_resume_continues_a_run_whose_machine_was_destroyed_while_its_client_was_gone(

@@ -133,6 +133,12 @@ class Box:
             self.remains.parent.mkdir(parents=True, exist_ok=True)
             shutil.move(str(self.runs), str(self.remains))
 
+    def signal(self, number: int) -> None:
+        """Send `number` to every process of the container (a provider's stop warning)."""
+        for pid in user_processes(self.uid):
+            with contextlib.suppress(OSError):
+                os.kill(pid, number)
+
     def stop(self) -> None:
         """What stopping the container does (a provider taking an interruptible machine): every process ends, its
         SSH sessions too, and the disk stays as it was. Nothing can log in until it starts again: the container's

@@ -9,7 +9,8 @@ destroy it, nothing else. Every request and every destroy is recorded for assert
 With a box attached (`attach_box`, tests/support/boxes.py) instances are real: when one starts, the fake does what
 Vast's SSH launch mode does in the container: installs the account's SSH keys for the login user, then runs
 the `onstart` script with the instance's environment (the create's `env`, plus CONTAINER_ID and
-CONTAINER_API_KEY); destroying the instance ends every process on the box. Without a box, keys that reach a
+CONTAINER_API_KEY); destroying the instance ends every process on the box. An interruptible instance can be outbid
+(`preempt`, `preempt_at_step`): stopped, its processes ended, its disk kept. Without a box, keys that reach a
 machine go to `key_sinks` (the shared sshd fixture) and nothing runs.
 """
 

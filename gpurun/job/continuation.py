@@ -16,7 +16,7 @@ import dataclasses
 import time
 from collections.abc import Callable
 
-from gpurun.errors import BudgetError, GpurunError, NotFoundError, ProviderError
+from gpurun.errors import BudgetError, GpurunError, NotFoundError, ProviderError, RemoteError
 from gpurun.job import machine, setup, statepull
 from gpurun.job.context import RunContext
 from gpurun.job.follow import follow
@@ -155,7 +155,7 @@ async def follow_surviving(
                          f"({ctx.record.provider}): continuing on another")  # fmt: skip
         await end_lost_machine(ctx, "preempted")
         await move_to_new_machine(ctx, plan.request, payload, keys, providers)
-    raise GpurunError(f"the run lost its machine {MAX_MOVES + 1} times; it stops here",
+    raise RemoteError(f"the run lost its machine {MAX_MOVES + 1} times; it stops here",
                       where=ctx.run_id, hint=f"`gpurun resume {ctx.run_id}` continues it later")  # fmt: skip
 
 

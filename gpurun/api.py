@@ -15,7 +15,8 @@ it never imports torch.
     print(receipt.actual_total_usd, receipt.artifacts)
 
 `offers()` asks every usable provider concurrently; one that fails is reported in `errors` and the others still
-count. `attach`, `cancel` and `runner_stderr` take up a run another process started; `runs`, `find_strays`,
+count. `attach`, `cancel` and `runner_stderr` take up a run another process started; `plan_resume` and `resume`
+continue a run whose machine is gone on a new one; `runs`, `find_strays`,
 `down_targets`, `destroy` and `forget_stray_keys` answer "what is alive, and end it".
 """
 
@@ -27,6 +28,7 @@ from pathlib import Path
 
 from gpurun.errors import JournalError
 from gpurun.job import control, fleet, run, sampling, teardown
+from gpurun.job import resume as resuming
 from gpurun.job.context import RunContext
 from gpurun.job.offers import OffersResult, ProviderFailure, offers
 from gpurun.job.options import JobOptions
@@ -36,6 +38,7 @@ from gpurun.job.queueplan import QueuePlan, QueueRequest
 from gpurun.job.queueplan import plan_queue as plan_queue_jobs
 from gpurun.job.queuereceipt import QueueReceipt
 from gpurun.job.receipt import Receipt
+from gpurun.job.resume import ResumePlan
 from gpurun.job.sampling import SamplePlan, SampleRequest
 from gpurun.job.teardown import Stray, Target
 from gpurun.job.view import Money, SilentView, View
@@ -59,6 +62,7 @@ __all__ = [
     "QueueRequest",
     "QueuedJob",
     "Receipt",
+    "ResumePlan",
     "RunContext",
     "RunsListing",
     "SamplePlan",
@@ -84,10 +88,12 @@ __all__ = [
     "offers",
     "plan",
     "plan_queue",
+    "plan_resume",
     "plan_sample",
     "provider_key_env",
     "providers_overview",
     "report",
+    "resume",
     "run_record",
     "runner_stderr",
     "runs",
@@ -185,18 +191,38 @@ async def runner_stderr(run_id: str, lines: int = 200) -> list[str]:
         return await control.runner_stderr(ctx, lines)
 
 
+async def plan_resume(run_id: str, *, budget: float | None = None) -> ResumePlan:
+    """Everything `gpurun resume` checks and decides before renting: the run can be continued (not done, a state
+    pulled, its machine gone), the budget left (raised to `budget` when given) buys the rest, the offers for it."""
+    with Journal.open() as journal:
+        return await resuming.plan_resume(run_id, journal, budget=budget)
+
+
+async def resume(ready: ResumePlan, *, view: View | None = None, on_start: OnStart | None = None) -> Receipt:
+    """Continue the run on a new machine from its last pulled state, to the end; the receipt covers every machine."""
+    view = view or SilentView()
+    with Journal.open() as journal:
+        try:
+            return await resuming.resume(ready, view, journal, JobOptions.from_env(), on_start)
+        finally:
+            view.close()
+
+
 @dataclass(frozen=True)
 class RunsListing:
-    """The journal's runs, newest first, and the rows it could not read (one line each, naming the run)."""
+    """The journal's runs, newest first, and the rows it could not read (one line each, naming the run); for each
+    run whether `gpurun resume` can continue it, and why not."""
 
     runs: list[RunRecord]
     problems: list[str]
+    resumable: dict[str, tuple[bool, str | None]]
 
 
 def runs(limit: int | None = 20) -> RunsListing:
-    """Runs from the journal: phase, machine, price, cost, outputs."""
+    """Runs from the journal: phase, machine, price, cost, outputs, resumable."""
     with Journal.open() as journal:
-        return RunsListing(journal.runs(limit=limit), list(journal.problems))
+        records = journal.runs(limit=limit)
+        return RunsListing(records, list(journal.problems), {r.run_id: resuming.resumable(r) for r in records})
 
 
 def run_record(run_id: str) -> RunRecord:

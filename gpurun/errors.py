@@ -4,7 +4,8 @@
     ├── UserError                   the user's input is wrong; never retried
     │   ├── ConfigError             a config file or option (names the file and the key)
     │   ├── DatasetError            the training data (names the file)
-    │   └── BudgetError             nothing fits the budget / the estimate exceeds it
+    │   ├── BudgetError             nothing fits the budget / the estimate exceeds it
+    │   └── ResumeError             a run cannot be continued (done, its machine still runs, no pulled state)
     ├── ProviderError               a GPU provider's API (names the provider)
     │   ├── AuthError               401/403: the API key is missing or wrong; never retried
     │   ├── TransientProviderError  429, 5xx, timeouts, connection resets; retried (honours retry_after)
@@ -63,6 +64,11 @@ class DatasetError(UserError):
 
 class BudgetError(UserError):
     """The job cannot be done within the budget."""
+
+
+class ResumeError(UserError):
+    """A run cannot be continued on a new machine: it is done, its machine still runs, it is not a training run,
+    or no training state was pulled from it yet."""
 
 
 class ProviderError(GpurunError):

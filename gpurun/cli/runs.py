@@ -22,7 +22,8 @@ def runs(
     limit: int = typer.Option(20, "--limit", help="Newest runs to show (0 = all)."),
     as_json: bool = JSON_OPTION,
 ) -> None:
-    """List runs from the journal: phase, machine, price, cost, outputs.
+    """List runs from the journal: phase, machine, price, cost, outputs, and whether `gpurun resume` can continue
+    it on a new machine (a run whose machine is gone, with a pulled training state).
 
     \b
     With --all, every gpurun-labelled instance on every provider account is listed too, and any instance the
@@ -43,7 +44,7 @@ def runs(
         print_json(
             {
                 "version": 1,
-                "runs": [_run_dict(r) for r in records],
+                "runs": [_run_dict(r, listing.resumable.get(r.run_id)) for r in records],
                 "strays": strays,
                 "provider_errors": provider_errors,
                 "journal_problems": problems,
@@ -52,7 +53,7 @@ def runs(
         return
     from rich.table import Table
 
-    table = Table("run", "age", "phase", "machine", "$/h", "cost", "alive", "outputs")
+    table = Table("run", "age", "phase", "machine", "$/h", "cost", "alive", "resumable", "outputs")
     for record in records:
         instance = record.instance
         machine = f"{instance.provider}:{instance.instance_id or '—'}" if instance else "—"
@@ -65,6 +66,7 @@ def runs(
             "—" if price is None else f"{price:.3f}",
             f"${record.spent:.4f}",
             "[red]yes[/]" if record.alive else "no",
+            "yes" if listing.resumable.get(record.run_id, (False, None))[0] else "no",
             safe(record.output_dir or "—"),
         )
     out.print(table)
@@ -85,9 +87,11 @@ def _age(created_at: float) -> float:
     return time.time() - created_at
 
 
-def _run_dict(record: Any) -> dict[str, Any]:
+def _run_dict(record: Any, resumable: tuple[bool, str | None] | None) -> dict[str, Any]:
     instance = record.instance
+    can, why = resumable or (False, None)
     return {
+        "resumable": can, "resumable_why_not": why,
         "run_id": record.run_id, "created_at": record.created_at, "state": record.state, "phase": record.phase,
         "alive": record.alive, "spent": record.spent, "budget": record.budget, "output_dir": record.output_dir,
         "error": record.error,

@@ -46,6 +46,9 @@ class RunContext:
     cancel_request: asyncio.Event = field(default_factory=asyncio.Event)
     lease_task: asyncio.Task[None] | None = None
     fetches: list[asyncio.Task[None]] = field(default_factory=list)
+    #: one state pull at a time (statepull.py); a checkpoint was announced whose state is not pulled yet
+    state_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    state_due: bool = False
     #: the phase being run and since when (monotonic), and the runner's latest step: the projection's inputs
     current_phase: RunPhase | None = None
     phase_started: float = 0.0
@@ -75,9 +78,9 @@ class RunContext:
         record = self.record
         # billed from create; before that, the quoted price is what the projection will be billed at
         price = record.price_per_hour or record.estimate.offer.price_per_hour
-        spent = 0.0
+        spent = record.earlier_usd()  # the machines a continued run used before this one
         if record.created_at is not None:
-            spent = (time.time() - record.created_at) / 3600.0 * record.price_per_hour
+            spent += (time.time() - record.created_at) / 3600.0 * record.price_per_hour
         done = {name for name in record.timings if self.current_phase is None or name != self.current_phase.name}
         projected = projected_dollars(
             record.estimate, spent=spent, price_per_hour=price, done=done, current=self.current_phase,

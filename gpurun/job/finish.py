@@ -4,11 +4,14 @@ watchdog when the user detached), record the measured speed and the cost, write 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
+from typing import Any
 
 from gpurun.errors import GpurunError
 from gpurun.job.context import RunContext
 from gpurun.job.receipt import build_receipt
+from gpurun.job.record import MachineUse
 from gpurun.job.teardown import keep_for_debugging, teardown
 from gpurun.report import write_report
 
@@ -37,6 +40,10 @@ async def finish(ctx: RunContext, outcome: str, error: GpurunError | None, *, re
         else:
             destroyed = await teardown(ctx)
     billed = 0.0 if record.created_at is None or outcome == "detached" else time.time() - record.created_at
+    now = time.time()
+    for use in record.machines:  # the current machine's life ends here (unless the watchdog keeps it)
+        if use.instance_id == record.instance_id and not use.ended and outcome != "detached":
+            use.ended_at, use.ended = now, outcome
     if record.samples_per_s and outcome == "done":
         ctx.journal.record_throughput(
             ctx.run_id, gpu=record.estimate.offer.gpu.name, family=record.training.family,
@@ -47,13 +54,16 @@ async def finish(ctx: RunContext, outcome: str, error: GpurunError | None, *, re
         run_id=ctx.run_id, estimate=record.estimate, billed_per_hour=record.price_per_hour,
         actual_seconds=dict(record.timings), billed_seconds=billed, budget=record.budget, outcome=outcome,
         destroyed=destroyed, artifacts=[{"path": p, "sha256": s} for p, s in sorted(record.fetched.items())],
+        earlier_usd=record.earlier_usd(), machines=[_machine_line(m, now) for m in record.machines],
     )  # fmt: skip
     ctx.out_dir.mkdir(parents=True, exist_ok=True)
     ctx.receipt.write(ctx.out_dir / "receipt.json")
     if outcome != "detached" and report:
         _write_report(ctx)
     if outcome != "detached":
-        ctx.journal.record_cost(ctx.run_id, "total", billed, ctx.receipt.actual_total_usd)
+        # a resumed run's earlier finishes recorded their part already: the journal adds up what is new
+        already = ctx.journal.get(ctx.run_id).spent
+        ctx.journal.record_cost(ctx.run_id, "total", billed, max(0.0, ctx.receipt.actual_total_usd - already))
     ctx.save()
     if outcome == "done":
         ctx.journal.mark_finished(ctx.run_id, "done")
@@ -67,6 +77,12 @@ async def finish(ctx: RunContext, outcome: str, error: GpurunError | None, *, re
     if ctx.provider is not None:
         with contextlib.suppress(Exception):
             await ctx.provider.aclose()
+
+
+def _machine_line(use: MachineUse, now: float) -> dict[str, Any]:
+    """One machine on the receipt."""
+    minutes = max(0.0, (use.ended_at or now) - use.created_at) / 60.0
+    return {**dataclasses.asdict(use), "minutes": round(minutes, 3), "usd": use.billed_usd(now)}
 
 
 def _write_report(ctx: RunContext) -> None:

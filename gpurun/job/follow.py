@@ -1,5 +1,6 @@
-"""Following a run's runner: stream its events into the view and events.jsonl, pull each checkpoint as it appears,
-keep the watchdog's lease fresh, honour the user's stop requests and the budget; then fetch everything.
+"""Following a run's runner: stream its events into the view and events.jsonl, pull each checkpoint (and the
+resumable state saved with it, statepull.py) as it appears, keep the watchdog's lease fresh, honour the user's stop
+requests and the budget; then fetch everything.
 
 What the machine reports (file names, sizes, hashes) is checked by `gpurun.job.untrusted` before anything is
 written, and only ever inside the run's folder.
@@ -13,7 +14,7 @@ import time
 
 from gpurun.errors import BudgetError, GpurunError, RunnerError
 from gpurun.events import Checkpoint, Done, ErrorEvent, Event, Sample, Start, Step
-from gpurun.job import machine, untrusted, watchdog
+from gpurun.job import machine, statepull, untrusted, watchdog
 from gpurun.job.context import RunContext
 from gpurun.job.options import Detached
 from gpurun.phases import FETCH
@@ -99,6 +100,9 @@ async def follow(ctx: RunContext, offset: int) -> None:
         finally:
             budget_task.cancel()
             stop_wait.cancel()
+    if ctx.state_due:  # the runner ended right after a checkpoint: its state is saved by now
+        ctx.state_due = False
+        statepull.schedule_pull(ctx)
     await drain_fetches(ctx)
     await fetch_everything(ctx)
     if ctx.stopped_for == "budget":
@@ -128,6 +132,10 @@ def on_event(ctx: RunContext, event: Event) -> None:
     """Show one runner event and act on it: money on each step, facts on start, a fetch per file written."""
     ctx.view.event(event)
     record = ctx.record
+    if ctx.state_due and not isinstance(event, (Checkpoint, Sample)):
+        # the runner announces a checkpoint, then saves the state: any later event means that state is whole
+        ctx.state_due = False
+        statepull.schedule_pull(ctx)
     if isinstance(event, Step):
         ctx.last_step = event
         ctx.view.money(ctx.money())
@@ -138,6 +146,8 @@ def on_event(ctx: RunContext, event: Event) -> None:
         ctx.journal.phase(ctx.run_id, "training", f"{event.device} {event.dtype}, {event.total_steps} steps")
     elif isinstance(event, (Checkpoint, Sample)) and event.path:
         ctx.fetches.append(asyncio.create_task(fetch(ctx, event.path, event.sha256, event.bytes)))
+        if isinstance(event, Checkpoint):
+            ctx.state_due = True
         if isinstance(event, Checkpoint) and event.final:
             record.final = event.path
     elif isinstance(event, Done):

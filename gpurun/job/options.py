@@ -32,6 +32,9 @@ class JobOptions:
     #: machines that are rented whole; GPURUN_WATCHDOG_FALLBACK=0 turns it off (the tests' "instances" are users
     #: on the test machine)
     watchdog_fallback: bool = True
+    #: while training, how often the provider is asked whether the machine still runs: an interruptible one can
+    #: be taken (Vast stops an outbid instance, RunPod exits a spot pod), and the run continues on another
+    machine_check_s: float = 30.0
 
     @classmethod
     def from_env(cls, **overrides: Any) -> JobOptions:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,27 @@ class TrainRequest:
     max_attempts: int = MAX_ATTEMPTS
     #: the container image to rent with (default: each provider's own, see `Provider.default_image`)
     image: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The request as a run's record keeps it (paths as text), for `gpurun resume`."""
+        data = dataclasses.asdict(self)
+        return {k: str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v for k, v in data.items()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainRequest:
+        """What `to_dict` wrote (fields a later gpurun added are dropped, missing ones take their defaults)."""
+        paths = ("dataset", "config", "output")
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        values: dict[str, Any] = {}
+        for name, value in data.items():
+            if name not in known:
+                continue
+            if name in paths and value is not None:
+                value = Path(value)
+            elif name in ("providers", "gpus"):
+                value = tuple(str(v) for v in value or ())
+            values[name] = value
+        return cls(**values)
 
 
 @dataclass(frozen=True)
@@ -293,6 +315,10 @@ def measured_calibration() -> Calibration | None:
     return calibration or None
 
 
+#: how a plan picks the offers it may rent from the ranked pool (raising BudgetError when none will do)
+Afford = Callable[[list[CostEstimate], TrainRequest], list[CostEstimate]]
+
+
 @dataclass(frozen=True)
 class PreparedJob:
     """A training job checked locally, before any offer is asked for: its settled config, base model (checked on
@@ -325,8 +351,11 @@ async def prepare_job(request: TrainRequest) -> PreparedJob:
     return PreparedJob(request, config, base, dataset, report, workload, (*notes, *source.notes))
 
 
-async def plan_train(request: TrainRequest, *, calibration: Calibration | None = None) -> TrainPlan:
-    """Everything `gpurun train` decides before renting. Raises the user's mistakes as GpurunErrors."""
+async def plan_train(
+    request: TrainRequest, *, calibration: Calibration | None = None, afford: Afford | None = None
+) -> TrainPlan:
+    """Everything `gpurun train` decides before renting. Raises the user's mistakes as GpurunErrors. `afford`
+    replaces the whole-job budget check (a continued run prices only what is left)."""
     job = await prepare_job(request)
     config, base, dataset, report, workload = job.config, job.base, job.dataset, job.report, job.workload
     notes = list(job.notes)
@@ -354,7 +383,7 @@ async def plan_train(request: TrainRequest, *, calibration: Calibration | None =
             )
     if not pool and refused:
         raise next(iter(refused.values()))  # only providers that cannot run this image had offers: say why
-    affordable = affordable_or_raise(pool, request)
+    affordable = (afford or affordable_or_raise)(pool, request)
     return TrainPlan(
         request=request, config=config, base=base, dataset=dataset, report=report, workload=workload,
         candidates=tuple(affordable[: max(1, request.max_attempts)]),

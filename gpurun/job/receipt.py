@@ -2,7 +2,9 @@
 
 One line per run phase (`gpurun.phases`: boot, setup, upload, training, fetch, teardown), each measured against
 the estimate phases it covers. Actual dollars are the billed $/h times the measured seconds; the total is billed
-from create to confirmed destroy.
+from create to confirmed destroy, on every machine the run used: a run that lost its machine (an interruptible
+offer taken, a host gone) and continued on another lists each one, with the minutes each interruption lost and
+what they cost.
 """
 
 from __future__ import annotations
@@ -43,6 +45,11 @@ class Receipt:
     destroyed: bool
     artifacts: list[dict[str, Any]] = field(default_factory=list)
     extra_usd: dict[str, float] = field(default_factory=dict)
+    #: every machine the run used, in order: provider, offer, instance, $/h, minutes billed, $, how it ended
+    machines: list[dict[str, Any]] = field(default_factory=list)
+    #: one per machine lost mid-run: which, minutes of work lost (since its last pulled state, plus the next
+    #: machine's setup until training ran again) and their cost
+    interruptions: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -66,8 +73,11 @@ def build_receipt(
     outcome: str,
     destroyed: bool,
     artifacts: list[dict[str, Any]] | None = None,
+    earlier_usd: float = 0.0,
+    machines: list[dict[str, Any]] | None = None,
 ) -> Receipt:
-    """Compare the estimate with what happened. `actual_seconds` maps run phase names to measured seconds."""
+    """Compare the estimate with what happened. `actual_seconds` maps run phase names to measured seconds;
+    `earlier_usd` is what the machines before the current one cost (`machines` lists them all)."""
     by_name = {phase.name: phase for phase in estimate.phases}
     per_second = billed_per_hour / 3600.0
     lines = []
@@ -88,11 +98,23 @@ def build_receipt(
         lines=lines,
         estimated_total_usd=estimate.dollars,
         estimated_expected_usd=estimate.expected_dollars,
-        actual_total_usd=billed_seconds * per_second,
+        actual_total_usd=billed_seconds * per_second + earlier_usd,
         billed_seconds=billed_seconds,
         budget=budget,
         outcome=outcome,
         destroyed=destroyed,
         artifacts=list(artifacts or []),
         extra_usd=extra,
+        machines=list(machines or []),
+        interruptions=_interruptions(machines or []),
     )
+
+
+def _interruptions(machines: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The machines the run lost mid-training, with the minutes each loss cost and their dollars."""
+    return [
+        {"instance_id": m["instance_id"], "offer": m["offer"], "ended": m["ended"],
+         "minutes_lost": round(m["lost_s"] / 60.0, 3), "lost_usd": m["lost_usd"]}
+        for m in machines
+        if m.get("ended") in ("preempted", "lost")
+    ]  # fmt: skip

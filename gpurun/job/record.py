@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,37 @@ class TrainingFacts:
     family: str = ""
     batch_size: int = 0
     total_steps: int = 0
+
+
+@dataclass
+class MachineUse:
+    """One machine a run used. A run that loses its machine (preempted, the host gone) continues on another, so a
+    record lists them all, in order; the last is the current one while the run lives."""
+
+    provider: str
+    offer: str
+    instance_id: str
+    gpu: str
+    price_per_hour: float
+    created_at: float
+    #: when gpurun stopped paying for it (destroy confirmed, or the provider took it)
+    ended_at: float | None = None
+    #: how it ended: "" while in use, else done | failed | cancelled | detached | preempted | lost
+    ended: str = ""
+    #: the training step of the last state pulled from it (what the next machine resumes from)
+    state_step: int | None = None
+    #: for an interruption: seconds of work lost (since its last pulled state, and the next machine's setup until
+    #: training resumed), and what they cost
+    lost_s: float = 0.0
+    lost_usd: float = 0.0
+
+    def billed_usd(self, now: float) -> float:
+        return max(0.0, (self.ended_at or now) - self.created_at) * self.price_per_hour / 3600.0
+
+    @classmethod
+    def from_json(cls, data: Any) -> MachineUse:
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 @dataclass
@@ -64,6 +96,16 @@ class RunRecord:
     final: str | None = None
     samples_per_s: float | None = None
     training: TrainingFacts = field(default_factory=TrainingFacts)
+    # -- continuing on a new machine (version 3) --
+    #: the machines used, in order (the current one last); a run recorded before version 3 lists none
+    machines: list[MachineUse] = field(default_factory=list)
+    #: the last resumable state pulled into `<output_dir>/state/`: its training step and sha256 of each file
+    state_step: int | None = None
+    state_files: dict[str, str] = field(default_factory=dict)
+    #: when the last state was pulled (unix time)
+    state_at: float | None = None
+    #: what the user asked for (`TrainRequest.to_dict`): a training run's, so `gpurun resume` can plan again
+    request: dict[str, Any] = field(default_factory=dict)
 
     @property
     def provider(self) -> str:
@@ -72,11 +114,15 @@ class RunRecord:
     def add_time(self, phase: str, seconds: float) -> None:
         self.timings[phase] = self.timings.get(phase, 0.0) + seconds
 
+    def earlier_usd(self) -> float:
+        """What the machines before the current one cost (they have all ended)."""
+        return sum(m.billed_usd(time.time()) for m in self.machines if m.instance_id != self.instance_id)
+
     # ---- the file ----------------------------------------------------------------------------------------------
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "version": 2,
+            "version": 3,
             "run_id": self.run_id,
             "provider": self.provider,
             "output_dir": str(self.output_dir),
@@ -98,12 +144,17 @@ class RunRecord:
             "final": self.final,
             "samples_per_s": self.samples_per_s,
             "training": dataclasses.asdict(self.training),
+            "machines": [dataclasses.asdict(m) for m in self.machines],
+            "state_step": self.state_step,
+            "state_files": dict(self.state_files),
+            "state_at": self.state_at,
+            "request": dict(self.request),
         }
 
     @classmethod
     def from_json(cls, data: Any) -> RunRecord:
-        """The record `to_json` wrote (and the version-1 files of earlier gpurun releases). ValueError/TypeError
-        when it is not one."""
+        """The record `to_json` wrote (and the version-1 and -2 files of earlier gpurun releases, which list no
+        machines and no state). ValueError/TypeError when it is not one."""
         if not isinstance(data, dict):
             raise ValueError("not a JSON object")
         if not isinstance(data.get("run_id"), str) or not isinstance(data.get("output_dir"), str):
@@ -133,6 +184,11 @@ class RunRecord:
             final=data.get("final"),
             samples_per_s=data.get("samples_per_s"),
             training=TrainingFacts(**training),
+            machines=[MachineUse.from_json(m) for m in data.get("machines") or []],
+            state_step=None if data.get("state_step") is None else int(data["state_step"]),
+            state_files={str(k): str(v) for k, v in (data.get("state_files") or {}).items()},
+            state_at=data.get("state_at"),
+            request=dict(data.get("request") or {}),
         )
 
     def save(self) -> None:

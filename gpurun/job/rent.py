@@ -17,7 +17,7 @@ from gpurun.errors import (
     PriceError,
     TransientProviderError,
 )
-from gpurun.job.record import RunRecord
+from gpurun.job.record import MachineUse, RunRecord
 from gpurun.job.teardown import destroy_confirmed
 from gpurun.journal import Journal
 from gpurun.models import CostEstimate, Instance, InstanceState, LaunchSpec
@@ -47,6 +47,11 @@ class Rented:
         record.created_at = self.created_at
         record.workdir = self.instance.workdir
         record.boot_armed = self.provider.runs_boot_script
+        offer = self.choice.offer
+        record.machines.append(
+            MachineUse(provider=offer.provider, offer=offer.key, instance_id=self.instance.instance_id,
+                       gpu=offer.gpu.name, price_per_hour=self.price_per_hour, created_at=self.created_at)
+        )  # fmt: skip
 
 
 @dataclass(frozen=True)

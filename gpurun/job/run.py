@@ -17,12 +17,12 @@ import asyncio
 from collections.abc import Callable
 
 from gpurun.errors import GpurunError, RemoteError
-from gpurun.job import setup
+from gpurun.job import continuation, setup
 from gpurun.job.context import RunContext
 from gpurun.job.finish import finish
 from gpurun.job.follow import follow
 from gpurun.job.options import Detached, JobOptions
-from gpurun.job.payload import Payload
+from gpurun.job.payload import Payload, TrainingPayload
 from gpurun.job.plan import TrainPlan
 from gpurun.job.receipt import Receipt
 from gpurun.job.record import RunRecord
@@ -30,7 +30,7 @@ from gpurun.job.sampling import SamplePlan
 from gpurun.job.view import View
 from gpurun.journal import Journal
 from gpurun.phases import TRAINING, UPLOAD
-from gpurun.provision.base import run_label
+from gpurun.provision.base import Provider, run_label
 from gpurun.provision.registry import make_provider
 from gpurun.remote.keys import RunKeys, ensure_run_keys
 
@@ -47,6 +47,8 @@ def new_context(plan: RunnablePlan, view: View, journal: Journal, options: JobOp
         artifact_grace_s=request.artifact_grace_min * 60, keep_on_failure_min=request.keep_on_failure_min,
     )  # fmt: skip
     record.training.resolution = plan.workload.resolution
+    if isinstance(plan, TrainPlan):
+        record.request = plan.request.to_dict()  # what `gpurun resume` plans again from
     return RunContext(record, view, journal, options)
 
 
@@ -81,7 +83,7 @@ async def run(
     outcome, error = "failed", None
     try:
         await setup.boot_machine(ctx, plan, plan.workload, providers, keys)
-        await _on_machine(ctx, plan, payload, keys)
+        await _on_machine(ctx, plan, payload, keys, providers)
         outcome = "cancelled" if ctx.stopped_for == "cancel" else "done"
     except Detached:
         outcome = "detached"
@@ -103,7 +105,9 @@ async def run(
     return ctx.receipt
 
 
-async def _on_machine(ctx: RunContext, plan: RunnablePlan, payload: Payload, keys: RunKeys) -> None:
+async def _on_machine(
+    ctx: RunContext, plan: RunnablePlan, payload: Payload, keys: RunKeys, providers: dict[str, Provider]
+) -> None:
     """Everything between "the machine is up" and "the outputs are here"."""
     assert ctx.instance is not None
     model_path = await setup.prepare_machine(ctx, keys, plan.base)
@@ -120,4 +124,8 @@ async def _on_machine(ctx: RunContext, plan: RunnablePlan, payload: Payload, key
         )
         if ctx.options.detach:
             raise Detached()
-        await follow(ctx, offset=0)
+        if isinstance(plan, TrainPlan) and isinstance(payload, TrainingPayload):
+            # a training run survives losing its machine: it continues on another (continuation.py)
+            await continuation.follow_surviving(ctx, plan, payload, keys, providers)
+        else:
+            await follow(ctx, offset=0)

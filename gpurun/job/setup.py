@@ -107,10 +107,16 @@ def launch_spec(
         options["fallback_command"] = None
     config = boot.boot_config(
         ctx.run_id, provider.self_destroy(None), boot_lease_s=ctx.options.boot_lease_s,
-        deadline_in_s=deadline_seconds(ctx.record.budget, offer.price_per_hour), **options,
+        deadline_in_s=deadline_seconds(_budget_left(ctx), offer.price_per_hour), **options,
     )  # fmt: skip
     env = {**spec.env, **boot.boot_env(config)}
     return dataclasses.replace(spec, env=env, boot_script=boot.boot_script(ctx.run_id))
+
+
+def _budget_left(ctx: RunContext) -> float | None:
+    """The budget a new machine may spend: what the run's earlier machines cost is gone (a continued run)."""
+    budget = ctx.record.budget
+    return None if budget is None else max(0.0, budget - ctx.record.earlier_usd())
 
 
 async def arm_watchdog(ctx: RunContext) -> None:

@@ -331,6 +331,14 @@ class Journal(JournalReads):
             conn.execute("UPDATE runs SET finished_at = ?, error = COALESCE(?, error) WHERE run_id = ?",
                          (now, error, run_id))  # fmt: skip
 
+    def mark_resumed(self, run_id: str, budget: float | None) -> None:
+        """A finished or abandoned run goes on (`gpurun resume`): active again, with its (raised) budget."""
+        now = time.time()
+        with self._write() as conn:
+            self._require_run(conn, run_id)
+            conn.execute("UPDATE runs SET state = 'active', finished_at = NULL, error = NULL, budget = ?,"
+                         " updated_at = ? WHERE run_id = ?", (budget, now, run_id))  # fmt: skip
+
     def record_cost(self, run_id: str, phase: str, seconds: float, dollars: float) -> None:
         """Time and money one phase took, for the receipt (several rows per phase add up)."""
         with self._write() as conn:

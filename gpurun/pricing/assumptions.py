@@ -71,8 +71,8 @@ class Assumptions:
     checkpoint_every_epochs: int = 2
     #: verify the fetched files, destroy, confirm
     teardown_seconds: float = 15.0
-    #: interruptible (spot) offers: mean hours until an interruption; the chance of finishing uninterrupted
-    #: multiplies the host's reliability
+    #: interruptible (spot) offers: mean hours until an interruption; each one costs a new machine's setup and
+    #: half a checkpoint interval of training (the run resumes from the last pulled state)
     spot_mean_hours_to_interruption: float = 8.0
     #: fraction of VRAM a configuration may plan to use (fragmentation, bucket sizes, the sampler)
     vram_headroom: float = 0.85

@@ -14,12 +14,14 @@ Price convention (the adapters fill Offer this way):
   is infeasible.
 - `download_per_gb` / `upload_per_gb` are $ per 10⁹ bytes into / out of the machine (Vast does not say whether
   its GB is 10⁹ or 2³⁰ bytes; the difference is 7 % of a figure measured in cents).
-Expected $ = $ / reliability, where spot offers also multiply in the chance of running uninterrupted.
+Expected $ = ($ + expected interruptions × their cost) / reliability. An interruptible (spot) offer is taken away
+about every `spot_mean_hours_to_interruption` hours; gpurun then rents again and resumes from the last pulled state,
+so each interruption costs a new boot, setup, model download, dataset upload and model load, plus on average half a
+checkpoint interval of training done again (not the whole run).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -153,6 +155,8 @@ class CostModel:
         self._setup = a.transfer_setup_seconds
         self._fetch_fixed = a.transfer_setup_seconds + a.teardown_seconds
         self._spot_hours = a.spot_mean_hours_to_interruption
+        # an interruption loses on average half the training between two pulled states (checkpoint_every_epochs)
+        self._half_interval = min(1.0, a.checkpoint_every_epochs / max(1, workload.epochs)) / 2.0
         # the notes every offer shares; the host's rates are appended per offer
         self._model_note = f"{self.model_bytes / 1e9:.1f} GB from the hub (≤ {a.hub_mbps:.0f} Mbit/s), host at "
         self._upload_note = (
@@ -327,7 +331,7 @@ class CostModel:
         eff, registry, pypi, hub = self._eff, self._registry, self._pypi, self._hub
         uplink, downlink, setup, fetch_fixed = self._uplink, self._downlink, self._setup, self._fetch_fixed
         model_mbit, dataset_mbit, final_mbit = self.model_mbit, self.dataset_mbit, self.final_mbit
-        egress, spot_hours, exp = self.egress_bytes, self._spot_hours, math.exp
+        egress, spot_hours, half_interval = self.egress_bytes, self._spot_hours, self._half_interval
 
         def numbers(offer: Offer) -> Numbers:
             gpu = offer.gpu
@@ -362,8 +366,13 @@ class CostModel:
                 reliability = 1.0 if reliability != reliability else MIN_RELIABILITY
             elif reliability > 1.0:
                 reliability = 1.0
+            expected = dollars
             if offer.spot:
-                reliability *= exp(-hours / spot_hours)
+                # each expected interruption: everything before training again, and half an interval retrained
+                redo = t_boot + t_install + t_model + t_upload + gp.caching_seconds
+                redo += gp.training_seconds * half_interval
+                ingress = pp.ingress_bytes * offer.download_per_gb / 1e9
+                expected += hours / spot_hours * (offer.price_per_hour * redo / 3600.0 + ingress)
             times = (
                 t_boot,
                 t_install,
@@ -374,7 +383,7 @@ class CostModel:
                 gp.samples_seconds,
                 t_fetch,
             )
-            return times, storage, bandwidth, seconds, dollars, dollars / reliability, reasons
+            return times, storage, bandwidth, seconds, dollars, expected / reliability, reasons
 
         return numbers
 

@@ -16,7 +16,7 @@ from gpurun.job.context import RunContext
 from gpurun.job.machine import BoxLayout
 from gpurun.job.options import JobOptions
 from gpurun.job.receipt import build_receipt
-from gpurun.job.record import RunRecord, TrainingFacts, record_path
+from gpurun.job.record import MachineUse, RunRecord, TrainingFacts, record_path
 from gpurun.job.view import SilentView
 from gpurun.journal import Journal
 from gpurun.models import GpuSpec, Offer, SshEndpoint, Workload
@@ -40,6 +40,14 @@ def full_record(tmp_path) -> RunRecord:
         final="lora.safetensors", samples_per_s=7.5,
         training=TrainingFacts(resolution=512, device="cuda", dtype="bf16", family="sd15", batch_size=4,
                                total_steps=100),
+        machines=[
+            MachineUse(provider="vast", offer="vast:41", instance_id="27001233", gpu="RTX 4090", price_per_hour=0.2,
+                       created_at=1_799_990_000.0, ended_at=1_799_993_600.0, ended="preempted", state_step=40,
+                       lost_s=300.0, lost_usd=0.02),
+            MachineUse(provider="vast", offer="vast:42", instance_id="27001234", gpu="RTX 4090", price_per_hour=0.37,
+                       created_at=1_800_000_000.0),
+        ],
+        state_step=40, state_files={"lora.safetensors": "cd" * 32}, state_at=1_799_993_000.0,
     )  # fmt: skip
 
 
@@ -76,6 +84,23 @@ def test_a_run_json_from_the_previous_release_still_loads(tmp_path) -> None:
     record = RunRecord.load(old["run_id"])
     assert record.estimate.offer.gpu.name == "RTX 3090" and record.layout == BoxLayout("/r", "/h")
     assert record.ssh == SshEndpoint("h", 22, "root") and record.training.resolution == 512
+    # before version 3 a record listed no machines and no pulled state
+    assert record.machines == [] and record.state_step is None and record.state_files == {}
+    assert record.earlier_usd() == 0.0
+
+
+def test_the_record_lists_the_machines_a_continued_run_used(tmp_path) -> None:
+    record = full_record(tmp_path)
+    record.save()
+    data = json.loads(record_path(record.run_id).read_text())
+    assert data["version"] == 3 and [m["instance_id"] for m in data["machines"]] == ["27001233", "27001234"]
+    again = RunRecord.load(record.run_id)
+    assert again.machines == record.machines and again.machines[0].ended == "preempted"
+    # what the earlier machines cost counts toward the budget: an hour at $0.20
+    assert again.earlier_usd() == pytest.approx(0.2)
+    data["machines"][0]["from_a_newer_gpurun"] = 1  # lenient on read: unknown fields are dropped
+    record_path(record.run_id).write_text(json.dumps(data))
+    assert RunRecord.load(record.run_id).machines[0].state_step == 40
 
 
 @pytest.mark.parametrize("text", ["", "[]", '{"run_id": 3}', '{"run_id": "r", "output_dir": "/o", "estimate": 1}'])

@@ -209,3 +209,37 @@ def test_graphql_parser_handles_escapes_aliases_and_comments() -> None:
     )
     assert op.kind == "mutation" and op.field == "podFindAndDeployOnDemand"
     assert op.args["input"] == {"name": 'a"b', "n": -15.0, "list": [1, 2], "flag": False, "none": None}
+
+
+def test_vast_outbid_stops_an_interruptible_instance_as_vast_reports_it(vast: FakeVast) -> None:
+    vast.pending_polls = 0
+    headers = {"Authorization": f"Bearer {vast.api_key}"}
+    with httpx.Client(base_url=vast.base_url, headers=headers) as client:
+        created = client.put("/api/v0/asks/1/", json={"image": "x", "disk": 10, "price": 0.5}).json()
+        instance = str(created["new_contract"])
+        assert client.get(f"/api/v0/instances/{instance}/").json()["instances"]["actual_status"] == "running"
+        vast.preempt(instance)
+        view = client.get(f"/api/v0/instances/{instance}/").json()["instances"]
+    # the renter's intent stays "running" (Vast restarts it if the bid wins again); no SSH endpoint while stopped
+    assert (view["actual_status"], view["intended_status"], view["cur_state"]) == ("stopped", "running", "stopped")
+    assert view["ssh_host"] is None and view["ports"] is None
+    assert vast.preempted == [instance] and vast.live_instances() == [instance]  # kept (its disk bills) until destroyed
+    billed = vast.charges(instance)
+    assert vast.charges(instance) - billed < 1e-6  # compute stopped; only storage accrues
+
+
+def test_runpod_interrupts_a_spot_pod_to_exited(runpod: FakeRunpod) -> None:
+    runpod.pending_polls = 0
+    created = gql(
+        runpod,
+        "mutation { podRentInterruptable(input: { bidPerGpu: 0.6, cloudType: SECURE, gpuCount: 1, "
+        'gpuTypeId: "NVIDIA GeForce RTX 4090", name: "gpurun-x", imageName: "runpod/pytorch", '
+        'ports: "22/tcp", env: [{ key: "PUBLIC_KEY", value: "ssh-ed25519 AAAA me" }] }) { id } }',
+    ).json()["data"]["podRentInterruptable"]
+    fields = "id desiredStatus podType costPerHr runtime { uptimeInSeconds }"
+    query = f'query {{ pod(input: {{podId: "{created["id"]}"}}) {{ {fields} }} }}'
+    assert gql(runpod, query).json()["data"]["pod"]["desiredStatus"] == "RUNNING"
+    runpod.interrupt(created["id"])
+    pod = gql(runpod, query).json()["data"]["pod"]
+    assert (pod["desiredStatus"], pod["podType"], pod["costPerHr"]) == ("EXITED", "INTERRUPTABLE", 0.0)
+    assert pod["runtime"] is None and runpod.interrupted == [created["id"]]

@@ -133,6 +133,20 @@ class Box:
             self.remains.parent.mkdir(parents=True, exist_ok=True)
             shutil.move(str(self.runs), str(self.remains))
 
+    def signal(self, number: int) -> None:
+        """Send `number` to every process of the container (a provider's stop warning)."""
+        for pid in user_processes(self.uid):
+            with contextlib.suppress(OSError):
+                os.kill(pid, number)
+
+    def stop(self) -> None:
+        """What stopping the container does (a provider taking an interruptible machine): every process ends, its
+        SSH sessions too, and the disk stays as it was. Nothing can log in until it starts again: the container's
+        sshd is down with it, which an emptied authorized_keys stands in for here (the box's sshd is shared)."""
+        kill_user_processes(self.uid)
+        _reap(self.uid)
+        self.write(".ssh/authorized_keys", "", mode=0o600)
+
     def processes(self) -> list[int]:
         return user_processes(self.uid)
 

@@ -3,7 +3,8 @@
 Behaviour per providers.md §2 and §2.8: Bearer auth (GraphQL also takes ?api_key=), 401 for a bad key,
 GraphQL errors as HTTP 200, v2 errors as problem+json, CreatePodRequest refusing unknown properties, the
 v2 quirk that a create without `gpu.count` fails as "no instances available", pod-scoped keys that may only
-terminate their own pod, capacity errors on demand, and a record of every request and every destroy.
+terminate their own pod, capacity errors on demand, spot pods interrupted on demand (`interrupt`,
+`interrupt_at_step`), and a record of every request and every destroy.
 `base_url` is the REST v2 base (GPURUN_RUNPOD_URL); `graphql_url` is GPURUN_RUNPOD_GRAPHQL_URL.
 """
 
@@ -11,13 +12,16 @@ from __future__ import annotations
 
 import re
 import secrets
+import signal
 import socket
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from tests.support.boxes import Box
 from tests.support.fakes.http_base import FakeServer, RecordedRequest, Response
+from tests.support.fakes.preemption import preempt_when_step
 from tests.support.fakes.runpod_catalog import default_runpod_gpu_types
 from tests.support.fakes.runpod_graphql import GraphQLResolvers
 from tests.support.fakes.runpod_pods import FakePod, PodViews, new_pod_id
@@ -73,6 +77,8 @@ class FakeRunpod(PodViews, GraphQLResolvers, FakeServer):
         self.box: Box | None = None
         self.closed_port = _closed_port()
         self.boot_after_polls: int | None = None
+        #: spot pods interrupted, in order
+        self.interrupted: list[str] = []
 
     @property
     def base_url(self) -> str:
@@ -108,6 +114,32 @@ class FakeRunpod(PodViews, GraphQLResolvers, FakeServer):
     def never_ready(self, gpu_type_id: str | None = None) -> None:
         with self.lock:
             self._never_ready.add(gpu_type_id)
+
+    def interrupt(self, pod_id: str, *, warning_s: float = 5.0) -> None:
+        """A spot pod taken (providers.md §2.7, Spot): SIGTERM to the container, SIGKILL after the 5-second warning;
+        the pod goes to EXITED (no runtime, nothing billed but its volume), its volume disk kept."""
+        with self.lock:
+            pod = self.pods[pod_id]
+            pod.exited = True
+            box = self.box if pod.booted_at is not None else None
+            self.interrupted.append(pod.id)
+        if box is not None:
+            box.signal(signal.SIGTERM)
+            deadline = time.monotonic() + warning_s
+            while box.processes() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            box.stop()
+
+    def interrupt_at_step(self, step: int, *, warning_s: float = 5.0) -> None:
+        """Interrupt the spot pod running on the box once its runner logs training step `step`."""
+
+        def target() -> tuple[Path, str] | None:
+            with self.lock:
+                spot = [p.id for p in self.pods.values()
+                        if p.interruptible and p.booted_at and not p.exited and p.terminated_at is None]  # fmt: skip
+                return (self.box.runs, spot[0]) if self.box is not None and spot else None
+
+        preempt_when_step(target, step, lambda pod_id: self.interrupt(pod_id, warning_s=warning_s))
 
     def pod_key(self, pod_id: str) -> str:
         """The pod-scoped key RunPod would inject into the pod as RUNPOD_API_KEY."""

@@ -9,7 +9,8 @@ destroy it, nothing else. Every request and every destroy is recorded for assert
 With a box attached (`attach_box`, tests/support/boxes.py) instances are real: when one starts, the fake does what
 Vast's SSH launch mode does in the container: installs the account's SSH keys for the login user, then runs
 the `onstart` script with the instance's environment (the create's `env`, plus CONTAINER_ID and
-CONTAINER_API_KEY); destroying the instance ends every process on the box. Without a box, keys that reach a
+CONTAINER_API_KEY); destroying the instance ends every process on the box. An interruptible instance can be outbid
+(`preempt`, `preempt_at_step`): stopped, its processes ended, its disk kept. Without a box, keys that reach a
 machine go to `key_sinks` (the shared sshd fixture) and nothing runs.
 """
 
@@ -21,10 +22,12 @@ import re
 import secrets
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from tests.support.boxes import Box
 from tests.support.fakes.http_base import FakeServer, RecordedRequest, Response
+from tests.support.fakes.preemption import preempt_when_step
 from tests.support.fakes.vast_catalog import default_vast_offers
 from tests.support.fakes.vast_query import QueryError, _compare, priced, search
 
@@ -34,7 +37,7 @@ HOURS = 3600.0
 @dataclass
 class DestroyRecord:
     instance_id: str
-    #: "account" (the user's key) or "instance" (the instance's own key, e.g. the watchdog)
+    #: "account" (the user's key), "instance" (the instance's own key, e.g. the watchdog) or "host" (it failed)
     by: str
     at: float = field(default_factory=time.time)
 
@@ -105,6 +108,8 @@ class FakeVast(FakeServer):
         self.hosts: list[tuple[Box, tuple[str, int]]] = []
         #: start the container at this poll (None: at the poll that shows it running)
         self.boot_after_polls: int | None = None
+        #: instances preempted (outbid), in order
+        self.preempted: list[str] = []
 
     @property
     def base_url(self) -> str:
@@ -149,6 +154,36 @@ class FakeVast(FakeServer):
                 self._never_ready_all = True
             else:
                 self._never_ready.add(str(offer_id))
+
+    def preempt(self, instance_id: int | str) -> None:
+        """Outbid (providers.md §1.11): Vast stops an interruptible instance. It reports actual_status and
+        cur_state "stopped" while intended_status stays "running" (the renter's target: Vast restarts it if the bid
+        wins again); compute billing stops, the disk stays and is still billed; the container's processes end."""
+        with self.lock:
+            inst = self.instances[str(instance_id)]
+            inst.outbid = True
+            if inst.running_since:
+                inst.compute_seconds += time.time() - inst.running_since
+                inst.running_since = None
+            box = self.box if inst.booted_at is not None else None
+            self.preempted.append(inst.id)
+        if box is not None:
+            box.stop()
+
+    def take_away(self, instance_id: int | str) -> None:
+        """The host fails for good: Vast lists the instance no more, and everything on it is gone."""
+        self._destroy(str(instance_id), by="host")
+
+    def preempt_at_step(self, step: int) -> None:
+        """Preempt the interruptible instance running on the box once its runner logs training step `step`."""
+
+        def target() -> tuple[Path, str] | None:
+            with self.lock:
+                bids = [i.id for i in self.instances.values()
+                        if i.is_bid and i.booted_at and not i.outbid and i.destroyed_at is None]  # fmt: skip
+                return (self.box.runs, bids[0]) if self.box is not None and bids else None
+
+        preempt_when_step(target, step, self.preempt)
 
     def report_status(self, offer_id: int | str, status: str) -> None:
         """Instances of this offer report `actual_status` = `status` from their first poll on."""
@@ -346,7 +381,8 @@ class FakeVast(FakeServer):
             "host_id": offer.get("host_id"),
             "actual_status": status,
             "intended_status": "stopped" if inst.stopped else "running",
-            "cur_state": "stopped" if inst.stopped else "running",
+            # outbid: the machine contract is stopped, the renter's intent is still "running"
+            "cur_state": "stopped" if inst.stopped or inst.outbid else "running",
             "next_state": "stopped" if inst.stopped else "running",
             "status_msg": f"success, running {body.get('image')}/ssh" if running else "Pulling image",
             "label": inst.label,

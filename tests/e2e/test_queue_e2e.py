@@ -60,6 +60,7 @@ def test_three_loras_share_one_machine_set_up_once(
     tmp_path: Path, gpurun_home: Path,
 ) -> None:  # fmt: skip
     fake_vast.attach_box(fresh_box, fresh_box_host[1].host, fresh_box_host[1].port)
+    hub_before = len(fake_hub.requests)  # the hub is the session's: earlier tests downloaded from it too
     _, config = small_job(tmp_path, epochs=2)
     datasets = _datasets(tmp_path, ["robot", "cat", "dog"])
     proc = _gpurun(tmp_path, *map(str, datasets), "--config", str(config), "--base", tiny_hub_repo,
@@ -94,7 +95,7 @@ def test_three_loras_share_one_machine_set_up_once(
     assert sum(p.startswith("environment installed:") for p in phases) == 1, phases
     unet = [
         r
-        for r in fake_hub.requests
+        for r in fake_hub.requests[hub_before:]
         if r.method == "GET" and r.path.endswith("unet/diffusion_pytorch_model.safetensors")
     ]
     assert len(unet) == 1

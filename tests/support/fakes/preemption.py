@@ -28,15 +28,22 @@ def reached_step(runs: Path, step: int) -> bool:
     return False
 
 
-def preempt_when_step(target: Callable[[], tuple[Path, str] | None], step: int, take: Callable[[str], None]) -> None:
+def preempt_when_step(
+    target: Callable[[], tuple[Path, str] | None],
+    step: int,
+    take: Callable[[str], None],
+    ready: Callable[[], bool] | None = None,
+) -> None:
     """In the background: once `target()` names (the box's run folders, an interruptible instance running there)
-    and a runner there reached `step`, `take(instance id)`; within 10 minutes, or never."""
+    and a runner there reached `step` (and `ready()`, when given, holds), `take(instance id)`; within 10 minutes,
+    or never. `ready` lets a test wait for what it needs to have happened first (a state pulled by the client:
+    on a loaded machine the runner can be many steps ahead of the client)."""
 
     def watch() -> None:
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline:
             found = target()
-            if found is not None and reached_step(found[0], step):
+            if found is not None and reached_step(found[0], step) and (ready is None or ready()):
                 take(found[1])
                 return
             time.sleep(0.02)

@@ -15,6 +15,7 @@ import secrets
 import signal
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -130,8 +131,9 @@ class FakeRunpod(PodViews, GraphQLResolvers, FakeServer):
                 time.sleep(0.05)
             box.stop()
 
-    def interrupt_at_step(self, step: int, *, warning_s: float = 5.0) -> None:
-        """Interrupt the spot pod running on the box once its runner logs training step `step`."""
+    def interrupt_at_step(self, step: int, *, warning_s: float = 5.0, ready: Callable[[], bool] | None = None) -> None:
+        """Interrupt the spot pod running on the box once its runner logs training step `step` (and `ready()`
+        holds)."""
 
         def target() -> tuple[Path, str] | None:
             with self.lock:
@@ -139,7 +141,7 @@ class FakeRunpod(PodViews, GraphQLResolvers, FakeServer):
                         if p.interruptible and p.booted_at and not p.exited and p.terminated_at is None]  # fmt: skip
                 return (self.box.runs, spot[0]) if self.box is not None and spot else None
 
-        preempt_when_step(target, step, lambda pod_id: self.interrupt(pod_id, warning_s=warning_s))
+        preempt_when_step(target, step, lambda pod_id: self.interrupt(pod_id, warning_s=warning_s), ready)
 
     def pod_key(self, pod_id: str) -> str:
         """The pod-scoped key RunPod would inject into the pod as RUNPOD_API_KEY."""

@@ -21,6 +21,7 @@ import json
 import re
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -174,8 +175,9 @@ class FakeVast(FakeServer):
         """The host fails for good: Vast lists the instance no more, and everything on it is gone."""
         self._destroy(str(instance_id), by="host")
 
-    def preempt_at_step(self, step: int) -> None:
-        """Preempt the interruptible instance running on the box once its runner logs training step `step`."""
+    def preempt_at_step(self, step: int, *, ready: Callable[[], bool] | None = None) -> None:
+        """Preempt the interruptible instance running on the box once its runner logs training step `step` (and
+        `ready()` holds)."""
 
         def target() -> tuple[Path, str] | None:
             with self.lock:
@@ -183,7 +185,7 @@ class FakeVast(FakeServer):
                         if i.is_bid and i.booted_at and not i.outbid and i.destroyed_at is None]  # fmt: skip
                 return (self.box.runs, bids[0]) if self.box is not None and bids else None
 
-        preempt_when_step(target, step, self.preempt)
+        preempt_when_step(target, step, self.preempt, ready)
 
     def report_status(self, offer_id: int | str, status: str) -> None:
         """Instances of this offer report `actual_status` = `status` from their first poll on."""
